@@ -1,0 +1,1 @@
+//! hyper-vmm (issue 4).
