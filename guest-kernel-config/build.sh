@@ -20,9 +20,10 @@ case "$version" in
 esac
 [ "$version" = "$KERNEL_TESTED_VERSION" ] || log "note: $KERNEL_PACKAGE $version (fragments last verified on $KERNEL_TESTED_VERSION)"
 
+# Bump when a change to this recipe changes the vmlinux it produces.
+RECIPE_VERSION=1
 fragments=("$here"/fragments/*.conf)
-key=$( { echo "$KERNEL_PACKAGE=$version"; cat "$here/build.sh" "$here/check-config.sh"; } \
-        | cat - "${fragments[@]}" | sha256sum | cut -c1-16)
+key=$(echo "recipe=$RECIPE_VERSION $KERNEL_PACKAGE=$version" | cat - "${fragments[@]}" | sha256sum | cut -c1-16)
 out=$HYPER_CACHE/kernel/$key
 if [ -f "$out/vmlinux" ] && [ -f "$out/config" ]; then
   log "guest kernel cached: $out/vmlinux"
@@ -42,7 +43,7 @@ export KBUILD_BUILD_TIMESTAMP="1970-01-01" KBUILD_BUILD_USER=hyper KBUILD_BUILD_
 make -s ARCH=x86_64 allnoconfig >/dev/null
 scripts/kconfig/merge_config.sh -m -O . .config "${fragments[@]}" >/dev/null
 make -s ARCH=x86_64 olddefconfig >/dev/null
-"$here/check-config.sh" .config "${fragments[@]}"
+"$here/check-config.sh" .config "${fragments[@]}" >&2
 jobs=${JOBS:-$(nproc)}
 start=$(date +%s)
 log "building vmlinux with $jobs jobs (about 10 minutes on 2 cores)"
