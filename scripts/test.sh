@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The whole test suite (`make test`; CI runs exactly this through .ci/run).
+# Installs what it needs, runs every layer of tests, and ends with one summary line
+# "total: N passed, M failed". Exit status 0 only if nothing failed.
+#
+# Layers (see ../shared/testing.md): 1-3 unit, bare-machine KVM and agent host tests
+# (cargo test); the guest kernel/image builds and checks; 4 full-stack tests in the
+# nested test host (tests/harness).
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=common.sh
+source "$here/common.sh"
+cd "$HYPER_ROOT" || exit 1
+
+export CARGO_TERM_COLOR=never
+logs=${HYPER_TEST_LOGS:-$HYPER_ROOT/target/test-logs}
+rm -rf "$logs"; mkdir -p "$logs"
+passed=0 failed=0
+failures=()
+
+record() { # record NAME RC
+  if [ "$2" -eq 0 ]; then passed=$((passed + 1)); log "PASS $1"
+  else failed=$((failed + 1)); failures+=("$1"); log "FAIL $1 (log: $logs/$1.log)"; fi
+}
+
+# step NAME CMD...: one check; its output goes to the terminal and to $logs/NAME.log.
+step() {
+  local name=$1; shift
+  log "=== $name"
+  "$@" 2>&1 | tee "$logs/$name.log"
+  record "$name" "${PIPESTATUS[0]}"
+}
+
+# cargo_tests: every cargo test counts on its own; a build failure counts as one failure.
+cargo_tests() {
+  log "=== cargo test --workspace"
+  nice cargo test --workspace --no-fail-fast 2>&1 | tee "$logs/cargo-test.log"
+  local rc=${PIPESTATUS[0]} p f
+  p=$(grep -E '^test result:' "$logs/cargo-test.log" | sed -E 's/.* ([0-9]+) passed.*/\1/' | paste -sd+ | bc)
+  f=$(grep -E '^test result:' "$logs/cargo-test.log" | sed -E 's/.* ([0-9]+) failed.*/\1/' | paste -sd+ | bc)
+  p=${p:-0} f=${f:-0}
+  passed=$((passed + p)); failed=$((failed + f))
+  [ "$f" -gt 0 ] && failures+=("cargo test ($f)")
+  if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then record cargo-test-build "$rc"; fi
+  log "cargo test: $p passed, $f failed"
+}
+
+command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain (rustup) first"
+apt_need bc gcc make
+
+step fmt cargo fmt --all -- --check
+step clippy nice cargo clippy -q --workspace --all-targets -- -D warnings
+cargo_tests
+
+kernel=""
+guest_kernel() { kernel=$(bash guest-kernel-config/build.sh) && echo "$kernel" > "$logs/kernel.path"; }
+step guest-kernel-build guest_kernel
+kernel=$(cat "$logs/kernel.path" 2>/dev/null || true)
+if [ -n "$kernel" ]; then
+  step guest-kernel-config-check bash guest-kernel-config/tests/config-check.sh "$(dirname "$kernel")/config"
+fi
+step guest-image-build bash guest-kernel-config/image/build.sh
+agent=$HYPER_ROOT/target/x86_64-unknown-linux-gnu/release/hyper-agent
+image=$HYPER_ROOT/target/guest/initramfs.cpio.gz
+if [ -x "$agent" ]; then
+  step guest-image-reproducible bash guest-kernel-config/tests/image-reproducible.sh "$agent"
+fi
+if [ -n "$kernel" ] && [ -f "$image" ]; then
+  step guest-boot-tcg bash guest-kernel-config/tests/boot-tcg.sh "$kernel" "$image"
+fi
+
+# Layer 4: the nested test host. Its runner prints "N passed, M failed" per test.
+if [ -x tests/harness/run.sh ]; then
+  log "=== test host (tests/harness/run.sh)"
+  bash tests/harness/run.sh 2>&1 | tee "$logs/harness.log"
+  rc=${PIPESTATUS[0]}
+  line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$logs/harness.log" | tail -1)
+  if [ -n "$line" ]; then
+    p=${line%% passed*}; f=${line#*, }; f=${f%% failed*}
+    passed=$((passed + p)); failed=$((failed + f))
+    [ "$f" -gt 0 ] && failures+=("test host ($f)")
+  fi
+  if [ -z "$line" ] || { [ "$rc" -ne 0 ] && [ "${f:-0}" -eq 0 ]; }; then record test-host-harness "$rc"; fi
+else
+  log "skipped: tests/harness/run.sh not present, no full-stack tests ran"
+fi
+
+[ ${#failures[@]} -gt 0 ] && log "failed: ${failures[*]}"
+echo "total: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
