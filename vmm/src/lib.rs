@@ -1,1 +1,12 @@
-//! hyper-vmm (issue 4).
+//! hyper-vmm: a KVM virtual machine monitor for one microVM per process.
+//!
+//! `builder` turns a [`config::VmConfig`] into a running VM: guest memory ([`vstate::memory`]),
+//! the KVM VM and vCPUs ([`vstate`]), boot structures ([`arch`]), legacy and virtio devices
+//! ([`devices`], wired up by [`device_manager`]); [`vmm`] runs the event loop that serves
+//! device I/O and the control socket ([`api`]) until the guest resets or is stopped.
+
+pub mod arch;
+pub mod devices;
+pub mod event_loop;
+pub mod metrics;
+pub mod vstate;

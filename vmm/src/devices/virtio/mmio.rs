@@ -1,0 +1,406 @@
+//! The virtio-mmio transport (version 2 register layout, virtio 1.1 §4.2.2).
+//!
+//! The transport holds the register state and queue configuration, owns one eventfd per
+//! queue (KVM signals it directly through an ioeventfd when available; a trapped
+//! QueueNotify write signals it by hand), and activates the device on DRIVER_OK.
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::device::{ActivateContext, DEVICE_SUB_BASE, Interrupt, VirtioDevice};
+use super::{INT_CONFIG, VIRTIO_F_VERSION_1};
+use crate::devices::BusDevice;
+use crate::event_loop::{EventCtl, EventHandler};
+
+pub const MMIO_MAGIC: u32 = 0x7472_6976; // "virt"
+pub const MMIO_VERSION: u32 = 2;
+pub const VENDOR_ID: u32 = 0x5259_5048; // "HPYR"
+
+// Register offsets.
+pub const REG_MAGIC: u64 = 0x000;
+pub const REG_VERSION: u64 = 0x004;
+pub const REG_DEVICE_ID: u64 = 0x008;
+pub const REG_VENDOR_ID: u64 = 0x00c;
+pub const REG_DEVICE_FEATURES: u64 = 0x010;
+pub const REG_DEVICE_FEATURES_SEL: u64 = 0x014;
+pub const REG_DRIVER_FEATURES: u64 = 0x020;
+pub const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
+pub const REG_QUEUE_SEL: u64 = 0x030;
+pub const REG_QUEUE_NUM_MAX: u64 = 0x034;
+pub const REG_QUEUE_NUM: u64 = 0x038;
+pub const REG_QUEUE_READY: u64 = 0x044;
+pub const REG_QUEUE_NOTIFY: u64 = 0x050;
+pub const REG_INTERRUPT_STATUS: u64 = 0x060;
+pub const REG_INTERRUPT_ACK: u64 = 0x064;
+pub const REG_STATUS: u64 = 0x070;
+pub const REG_QUEUE_DESC_LOW: u64 = 0x080;
+pub const REG_QUEUE_DESC_HIGH: u64 = 0x084;
+pub const REG_QUEUE_AVAIL_LOW: u64 = 0x090;
+pub const REG_QUEUE_AVAIL_HIGH: u64 = 0x094;
+pub const REG_QUEUE_USED_LOW: u64 = 0x0a0;
+pub const REG_QUEUE_USED_HIGH: u64 = 0x0a4;
+pub const REG_CONFIG_GENERATION: u64 = 0x0fc;
+pub const REG_CONFIG: u64 = 0x100;
+
+// Device status bits.
+pub const STATUS_ACKNOWLEDGE: u32 = 1;
+pub const STATUS_DRIVER: u32 = 2;
+pub const STATUS_DRIVER_OK: u32 = 4;
+pub const STATUS_FEATURES_OK: u32 = 8;
+pub const STATUS_NEEDS_RESET: u32 = 0x40;
+pub const STATUS_FAILED: u32 = 0x80;
+
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    mem: GuestMemoryMmap,
+    interrupt: Arc<Interrupt>,
+    queues: Vec<Queue>,
+    queue_evts: Vec<EventFd>,
+    queue_sel: u32,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    status: u32,
+    config_generation: u32,
+    activated: bool,
+    /// Set when the device failed; it ignores the guest until reset.
+    broken: bool,
+    ctl: EventCtl,
+}
+
+impl MmioTransport {
+    /// Creates the transport and registers its queue eventfds with the event loop.
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemoryMmap,
+        irq: EventFd,
+        ctl: EventCtl,
+    ) -> std::io::Result<Self> {
+        let mut queues = Vec::new();
+        let mut queue_evts = Vec::new();
+        for (i, &max) in device.queue_max_sizes().iter().enumerate() {
+            let q = Queue::new(max).map_err(|e| std::io::Error::other(e.to_string()))?;
+            queues.push(q);
+            let evt = EventFd::new(libc::EFD_NONBLOCK)?;
+            ctl.add(evt.as_raw_fd(), EventSet::IN, i as u32)?;
+            queue_evts.push(evt);
+        }
+        Ok(MmioTransport {
+            device,
+            mem,
+            interrupt: Interrupt::new(irq),
+            queues,
+            queue_evts,
+            queue_sel: 0,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            driver_features: 0,
+            status: 0,
+            config_generation: 0,
+            activated: false,
+            broken: false,
+            ctl,
+        })
+    }
+
+    /// The eventfds KVM should signal on a QueueNotify write of each queue index.
+    pub fn queue_evts(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    pub fn interrupt(&self) -> &Arc<Interrupt> {
+        &self.interrupt
+    }
+
+    pub fn device_type(&self) -> u32 {
+        self.device.device_type()
+    }
+
+    pub fn status(&self) -> u32 {
+        self.status
+    }
+
+    pub fn device_mut(&mut self) -> &mut dyn VirtioDevice {
+        self.device.as_mut()
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    /// Queue configuration may change only before DRIVER_OK and while the queue is off.
+    fn queue_config_allowed(&self) -> bool {
+        self.status & (STATUS_DRIVER_OK | STATUS_FAILED) == 0
+            && self
+                .queues
+                .get(self.queue_sel as usize)
+                .is_some_and(|q| !q.ready())
+    }
+
+    fn update_queue<F: FnOnce(&mut Queue)>(&mut self, f: F) {
+        if self.queue_config_allowed() {
+            if let Some(q) = self.selected_queue() {
+                f(q);
+            }
+        } else {
+            tracing::debug!("{}: queue config write ignored", self.device.name());
+        }
+    }
+
+    fn reset(&mut self) {
+        if self.activated {
+            self.device.reset(&self.ctl);
+        }
+        for (q, &max) in self.queues.iter_mut().zip(self.device.queue_max_sizes()) {
+            q.reset();
+            q.set_size(max);
+        }
+        self.activated = false;
+        self.broken = false;
+        self.status = 0;
+        self.queue_sel = 0;
+        self.driver_features = 0;
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.interrupt.ack(u32::MAX);
+    }
+
+    fn set_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        // The driver may only add bits (apart from reset).
+        if value & self.status != self.status {
+            tracing::warn!(
+                "{}: driver cleared status bits ({:#x} -> {value:#x})",
+                self.device.name(),
+                self.status
+            );
+            return;
+        }
+        let newly = value & !self.status;
+        if newly & STATUS_FEATURES_OK != 0 {
+            // Refuse a driver that does not speak virtio 1.0.
+            if self.driver_features & VIRTIO_F_VERSION_1 == 0 {
+                tracing::warn!("{}: driver did not accept VERSION_1", self.device.name());
+                self.status = value & !STATUS_FEATURES_OK;
+                return;
+            }
+            self.device.ack_features(self.driver_features);
+        }
+        self.status = value;
+        if newly & STATUS_DRIVER_OK != 0 && !self.activated {
+            self.activate();
+        }
+    }
+
+    fn activate(&mut self) {
+        if self.status & STATUS_FEATURES_OK == 0 {
+            self.fail("DRIVER_OK without FEATURES_OK".into());
+            return;
+        }
+        for (i, q) in self.queues.iter().enumerate() {
+            if q.ready() && !q.is_valid(&self.mem) {
+                self.fail(format!("queue {i} is not valid"));
+                return;
+            }
+        }
+        // The device gets its own copies; ours keep the configuration for reset.
+        let mut queues = Vec::with_capacity(self.queues.len());
+        for (i, q) in self.queues.iter().enumerate() {
+            match Queue::try_from(q.state()) {
+                Ok(q) => queues.push(q),
+                Err(e) => {
+                    self.fail(format!("queue {i}: {e}"));
+                    return;
+                }
+            }
+        }
+        let ctx = ActivateContext {
+            mem: self.mem.clone(),
+            queues,
+            interrupt: self.interrupt.clone(),
+        };
+        match self.device.activate(ctx, &self.ctl) {
+            Ok(()) => {
+                self.activated = true;
+                tracing::debug!("{}: activated", self.device.name());
+            }
+            Err(e) => self.fail(format!("activation failed: {e}")),
+        }
+    }
+
+    /// Marks the device broken: logged, NEEDS_RESET, and a config interrupt so the driver
+    /// notices. The guest can recover by resetting the device.
+    fn fail(&mut self, why: String) {
+        tracing::error!("{}: device broken: {why}", self.device.name());
+        self.broken = true;
+        self.status |= STATUS_NEEDS_RESET;
+        self.interrupt.trigger(INT_CONFIG);
+    }
+
+    fn read_reg(&mut self, offset: u64) -> u32 {
+        match offset {
+            REG_MAGIC => MMIO_MAGIC,
+            REG_VERSION => MMIO_VERSION,
+            REG_DEVICE_ID => self.device.device_type(),
+            REG_VENDOR_ID => VENDOR_ID,
+            REG_DEVICE_FEATURES => {
+                let f = self.device.features() | VIRTIO_F_VERSION_1;
+                match self.device_features_sel {
+                    0 => f as u32,
+                    1 => (f >> 32) as u32,
+                    _ => 0,
+                }
+            }
+            REG_QUEUE_NUM_MAX => self
+                .device
+                .queue_max_sizes()
+                .get(self.queue_sel as usize)
+                .map_or(0, |&m| u32::from(m)),
+            REG_QUEUE_READY => self
+                .queues
+                .get(self.queue_sel as usize)
+                .map_or(0, |q| u32::from(q.ready())),
+            REG_INTERRUPT_STATUS => self.interrupt.status(),
+            REG_STATUS => self.status,
+            REG_CONFIG_GENERATION => self.config_generation,
+            _ => {
+                tracing::debug!("{}: read of register {offset:#x}", self.device.name());
+                0
+            }
+        }
+    }
+
+    fn write_reg(&mut self, offset: u64, v: u32) {
+        match offset {
+            REG_DEVICE_FEATURES_SEL => self.device_features_sel = v,
+            REG_DRIVER_FEATURES_SEL => self.driver_features_sel = v,
+            REG_DRIVER_FEATURES => {
+                if self.status & STATUS_FEATURES_OK == 0 {
+                    // Only features we offered can be accepted.
+                    let offered = self.device.features() | VIRTIO_F_VERSION_1;
+                    match self.driver_features_sel {
+                        0 => {
+                            self.driver_features = (self.driver_features & !0xffff_ffff)
+                                | (u64::from(v) & offered & 0xffff_ffff)
+                        }
+                        1 => {
+                            self.driver_features = (self.driver_features & 0xffff_ffff)
+                                | ((u64::from(v) << 32) & offered)
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            REG_QUEUE_SEL => self.queue_sel = v,
+            REG_QUEUE_NUM => {
+                let max = self
+                    .device
+                    .queue_max_sizes()
+                    .get(self.queue_sel as usize)
+                    .copied()
+                    .unwrap_or(0);
+                // Zero, too big or not a power of two: the queue stays invalid and
+                // activation refuses it.
+                match u16::try_from(v) {
+                    Ok(n) if n <= max => self.update_queue(|q| q.set_size(n)),
+                    _ => self.update_queue(|q| q.set_size(0)),
+                }
+            }
+            REG_QUEUE_READY => self.update_ready(v == 1),
+            REG_QUEUE_NOTIFY => {
+                // Only reached when KVM has no ioeventfd for this address.
+                if let Some(evt) = self.queue_evts.get(v as usize) {
+                    let _ = evt.write(1);
+                }
+            }
+            REG_INTERRUPT_ACK => self.interrupt.ack(v),
+            REG_STATUS => self.set_status(v),
+            REG_QUEUE_DESC_LOW => self.update_queue(|q| q.set_desc_table_address(Some(v), None)),
+            REG_QUEUE_DESC_HIGH => self.update_queue(|q| q.set_desc_table_address(None, Some(v))),
+            REG_QUEUE_AVAIL_LOW => self.update_queue(|q| q.set_avail_ring_address(Some(v), None)),
+            REG_QUEUE_AVAIL_HIGH => self.update_queue(|q| q.set_avail_ring_address(None, Some(v))),
+            REG_QUEUE_USED_LOW => self.update_queue(|q| q.set_used_ring_address(Some(v), None)),
+            REG_QUEUE_USED_HIGH => self.update_queue(|q| q.set_used_ring_address(None, Some(v))),
+            _ => tracing::debug!(
+                "{}: write of {v:#x} to register {offset:#x} ignored",
+                self.device.name()
+            ),
+        }
+    }
+
+    fn update_ready(&mut self, ready: bool) {
+        // Ready may be cleared at any time before DRIVER_OK; set only when allowed.
+        if self.status & STATUS_DRIVER_OK == 0 {
+            if let Some(q) = self.selected_queue() {
+                q.set_ready(ready);
+            }
+        }
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= REG_CONFIG {
+            self.device.read_config(offset - REG_CONFIG, data);
+            return;
+        }
+        data.fill(0);
+        // Registers are 32 bits wide and must be read whole.
+        if data.len() != 4 || offset % 4 != 0 {
+            tracing::debug!("{}: bad register read size", self.device.name());
+            return;
+        }
+        let v = self.read_reg(offset);
+        data.copy_from_slice(&v.to_le_bytes());
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= REG_CONFIG {
+            if self.status & STATUS_FAILED == 0 {
+                self.device.write_config(offset - REG_CONFIG, data);
+                self.config_generation = self.config_generation.wrapping_add(1);
+            }
+            return;
+        }
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            tracing::debug!("{}: bad register write size", self.device.name());
+            return;
+        };
+        if offset % 4 != 0 {
+            return;
+        }
+        self.write_reg(offset, u32::from_le_bytes(bytes));
+    }
+}
+
+impl EventHandler for MmioTransport {
+    fn handle_event(&mut self, sub: u32, events: EventSet, ctl: &EventCtl) {
+        let result = if sub < DEVICE_SUB_BASE {
+            let Some(evt) = self.queue_evts.get(sub as usize) else {
+                return;
+            };
+            // Drain the notification even if we will not act on it.
+            let _ = evt.read();
+            if !self.activated || self.broken {
+                return;
+            }
+            self.device.queue_notify(sub as usize, ctl)
+        } else {
+            if self.broken {
+                return;
+            }
+            self.device.handle_event(sub, events, ctl)
+        };
+        if let Err(e) = result {
+            self.fail(e.to_string());
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! virtio devices over one MMIO transport. Each device implements [`VirtioDevice`]; the
+//! transport ([`mmio::MmioTransport`]) owns the register file, the queues' configuration
+//! and the notification eventfds, and hands live queues to the device on activation.
+
+pub mod block;
+pub mod device;
+pub mod mmio;
+pub mod net;
+pub mod rng;
+pub mod vsock;
+
+#[cfg(test)]
+pub mod test_utils;
+
+pub use device::{ActivateError, DeviceError, Interrupt, VirtioDevice};
+
+// Device types (virtio 1.1, 5).
+pub const TYPE_NET: u32 = 1;
+pub const TYPE_BLOCK: u32 = 2;
+pub const TYPE_RNG: u32 = 4;
+pub const TYPE_VSOCK: u32 = 19;
+
+/// Feature bit every device offers: we speak only modern (1.0+) virtio.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// Guest-facing interrupt causes (InterruptStatus bits).
+pub const INT_VRING: u32 = 0x1;
+pub const INT_CONFIG: u32 = 0x2;

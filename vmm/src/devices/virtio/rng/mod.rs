@@ -1,0 +1,5 @@
+//! virtio-rng: fills the guest's buffers from the host's getrandom().
+
+mod device;
+
+pub use device::Rng;

@@ -1,0 +1,54 @@
+//! Helpers for device tests: guest memory, a driver-side queue, and reading what the device
+//! put in the used ring.
+
+use virtio_queue::mock::MockSplitQueue;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::event_loop::{EventCtl, EventLoop};
+
+pub const VRING_DESC_F_NEXT: u16 = 1;
+pub const VRING_DESC_F_WRITE: u16 = 2;
+
+/// 16 MiB of guest memory at 0. MockSplitQueue puts its rings at 0; buffers go at 1 MiB+.
+pub fn test_memory() -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap()
+}
+
+pub fn test_irq() -> EventFd {
+    EventFd::new(libc::EFD_NONBLOCK).unwrap()
+}
+
+/// An event-loop handle whose registrations go nowhere in particular.
+pub fn test_ctl() -> EventCtl {
+    let l = EventLoop::new().unwrap();
+    l.next_ctl()
+}
+
+/// (descriptor head, length) for every used-ring entry the device wrote.
+pub fn used_elems(mem: &GuestMemoryMmap, vq: &MockSplitQueue<GuestMemoryMmap>) -> Vec<(u32, u32)> {
+    let base = vq.used_addr();
+    let idx: u16 = mem.read_obj(base.unchecked_add_compat(2)).unwrap();
+    (0..idx)
+        .map(|i| {
+            let e = base.unchecked_add_compat(4 + 8 * u64::from(i % vq_len(vq)));
+            let id: u32 = mem.read_obj(e).unwrap();
+            let len: u32 = mem.read_obj(e.unchecked_add_compat(4)).unwrap();
+            (id, len)
+        })
+        .collect()
+}
+
+fn vq_len(vq: &MockSplitQueue<GuestMemoryMmap>) -> u16 {
+    // The descriptor table holds `len` 16-byte entries.
+    ((vq.avail_addr().0 - vq.desc_table_addr().0) / 16) as u16
+}
+
+trait AddCompat {
+    fn unchecked_add_compat(self, n: u64) -> GuestAddress;
+}
+impl AddCompat for GuestAddress {
+    fn unchecked_add_compat(self, n: u64) -> GuestAddress {
+        GuestAddress(self.0 + n)
+    }
+}

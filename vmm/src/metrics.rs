@@ -1,0 +1,103 @@
+//! Counters the control socket reports: vCPU exits by reason and bytes per device.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+
+/// vCPU exits by reason, summed over all vCPUs.
+#[derive(Default)]
+pub struct ExitCounters {
+    pub io_in: AtomicU64,
+    pub io_out: AtomicU64,
+    pub mmio_read: AtomicU64,
+    pub mmio_write: AtomicU64,
+    pub unhandled_io: AtomicU64,
+    pub unhandled_mmio: AtomicU64,
+    pub hlt: AtomicU64,
+    pub intr: AtomicU64,
+    pub shutdown: AtomicU64,
+    pub system_event: AtomicU64,
+    pub fail_entry: AtomicU64,
+    pub internal_error: AtomicU64,
+    pub other: AtomicU64,
+}
+
+/// Byte and request counts for one device.
+#[derive(Default)]
+pub struct DeviceCounters {
+    /// Guest → host bytes.
+    pub tx_bytes: AtomicU64,
+    /// Host → guest bytes.
+    pub rx_bytes: AtomicU64,
+    /// Requests, packets or descriptor chains handled.
+    pub requests: AtomicU64,
+    /// Malformed input from the guest that was rejected.
+    pub errors: AtomicU64,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    pub exits: ExitCounters,
+    /// µs from process start to the guest's boot-timer signal (0 until then).
+    pub boot_time_us: Arc<AtomicU64>,
+    devices: Mutex<BTreeMap<String, Arc<DeviceCounters>>>,
+}
+
+pub fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+pub fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+impl Metrics {
+    /// Counters for the device called `name`, created on first use.
+    pub fn device(&self, name: &str) -> Arc<DeviceCounters> {
+        let mut map = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(name.to_string()).or_default().clone()
+    }
+
+    pub fn to_json(&self) -> Value {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let e = &self.exits;
+        let devices: serde_json::Map<String, Value> = self
+            .devices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(name, d)| {
+                (
+                    name.clone(),
+                    json!({
+                        "tx_bytes": r(&d.tx_bytes),
+                        "rx_bytes": r(&d.rx_bytes),
+                        "requests": r(&d.requests),
+                        "errors": r(&d.errors),
+                    }),
+                )
+            })
+            .collect();
+        json!({
+            "boot_time_us": r(&self.boot_time_us),
+            "exits": {
+                "io_in": r(&e.io_in),
+                "io_out": r(&e.io_out),
+                "mmio_read": r(&e.mmio_read),
+                "mmio_write": r(&e.mmio_write),
+                "unhandled_io": r(&e.unhandled_io),
+                "unhandled_mmio": r(&e.unhandled_mmio),
+                "hlt": r(&e.hlt),
+                "intr": r(&e.intr),
+                "shutdown": r(&e.shutdown),
+                "system_event": r(&e.system_event),
+                "fail_entry": r(&e.fail_entry),
+                "internal_error": r(&e.internal_error),
+                "other": r(&e.other),
+            },
+            "devices": devices,
+        })
+    }
+}

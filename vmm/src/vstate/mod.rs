@@ -1,0 +1,6 @@
+//! KVM state: the /dev/kvm handle, the VM with its guest memory, and the vCPUs.
+
+pub mod kvm;
+pub mod memory;
+pub mod vcpu;
+pub mod vm;
