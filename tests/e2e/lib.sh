@@ -1,0 +1,167 @@
+# Helpers for the end-to-end tests; they run inside the test host (see tests/harness/).
+# A test is a bash script tests/e2e/<name>.sh that sources this file (". "$TH_LIB"") and
+# exits 0 to pass. Header lines read by tests/harness/run.sh:
+#   # timeout: SECONDS      per-test limit inside the test host (TCG-slow: be generous)
+#   # needs: BIN...         our binaries the test needs built and copied (e.g. hyper-vmm)
+# Environment from the runner: TH_TEST (name), TH_ART (artefact dir, brought back to the
+# host), TH_TIMEOUT. Inner VMs are started with vm_start_qemu / vm_start_hyper; their
+# consoles go to $TH_ART/<vm>.console; every VM still running when the test exits is
+# killed by PID (the EXIT trap), and the runner fails any test that leaves processes.
+# shellcheck shell=bash
+set -euo pipefail
+TH_TEST=${TH_TEST:-$(basename "$0" .sh)}
+TH_ART=${TH_ART:-/tmp/art/$TH_TEST}
+mkdir -p "$TH_ART"
+GUEST_KERNEL=${GUEST_KERNEL:-/guest/vmlinux}
+GUEST_INITRD=${GUEST_INITRD:-/guest/initramfs.cpio.gz}
+BROKEN_INITRD=/guest/broken-initramfs.cpio.gz
+READY_MARKER=HYPER-AGENT-READY
+# hyper-vmm's default guest command line; the i8042/8250 options save ~0.4 s of probing.
+GUEST_CMDLINE=${GUEST_CMDLINE:-console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1}
+
+declare -A VM_PID=() VM_T0=() VM_KIND=()
+VMS=()
+WAIT_MS=0
+
+# A sleep that forks nothing (a fork costs milliseconds under TCG).
+exec {_th_sleep_fd}<> <(:)
+th_sleep() { read -r -t "$1" -u "$_th_sleep_fd" _ || true; }
+now_ms() { local u; read -r u _ < /proc/uptime; echo $(( ${u%.*} * 1000 + 10#${u#*.} * 10 )); }
+log() { echo "[$TH_TEST $(awk '{ print $1 }' /proc/uptime)] $*"; }
+
+# console_tail VM [LINES]: prints the end of VM's console (and of its VMM's own log).
+console_tail() {
+  local vm=$1 n=${2:-40} f
+  for f in "$TH_ART/$vm.console" "$TH_ART/$vm.vmm.log"; do
+    [ -s "$f" ] || continue
+    echo "----- last $n lines of $f -----"
+    tail -n "$n" "$f" | tr -d '\r'
+    echo "----- end of $f -----"
+  done
+}
+
+# fail MSG: the test fails with MSG; every VM's console tail is attached.
+fail() {
+  local vm
+  echo "FAIL: $TH_TEST: $*"
+  for vm in "${VMS[@]}"; do console_tail "$vm"; done
+  exit 1
+}
+
+# skip MSG: the test cannot run here; it says why, and counts as failed (never a silent pass).
+skip() { echo "SKIP: $TH_TEST: $*"; exit 77; }
+
+need_bin() {
+  local b
+  for b in "$@"; do
+    command -v "$b" >/dev/null || fail "$b is not in the test host (run.sh builds it when a test's header says '# needs: $b'; see the build log above)"
+  done
+}
+
+_vm_register() {
+  VMS+=("$1"); VM_PID[$1]=$2; VM_T0[$1]=$3; VM_KIND[$1]=$4
+  echo "$2" > "$TH_ART/$1.pid"
+  log "started $4 VM '$1' (pid $2); console: $TH_ART/$1.console"
+}
+
+# vm_start_qemu VM [--kernel P] [--initrd P] [--cmdline S] [--vcpus N] [--memory-mib M] [--vsock CID]
+# QEMU microvm under the test host's KVM, booting the ELF vmlinux (PVH).
+vm_start_qemu() {
+  local vm=$1; shift
+  local kernel=$GUEST_KERNEL initrd=$GUEST_INITRD cmdline=$GUEST_CMDLINE vcpus=1 mem=256 extra=()
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --kernel) kernel=$2 ;; --initrd) initrd=$2 ;; --cmdline) cmdline=$2 ;;
+      --vcpus) vcpus=$2 ;; --memory-mib) mem=$2 ;;
+      --vsock) modprobe vhost_vsock || fail "modprobe vhost_vsock failed"
+               extra+=(-device "vhost-vsock-device,guest-cid=$2") ;;
+      *) fail "vm_start_qemu: unknown option $1" ;;
+    esac
+    shift 2
+  done
+  : > "$TH_ART/$vm.console"
+  local t0; t0=$(now_ms)
+  qemu-system-x86_64 -M microvm -accel kvm -cpu host -smp "$vcpus" -m "$mem" \
+    -nodefaults -no-user-config -display none -monitor none -no-reboot \
+    -serial "file:$TH_ART/$vm.console" -kernel "$kernel" -initrd "$initrd" -append "$cmdline" \
+    "${extra[@]}" > "$TH_ART/$vm.vmm.log" 2>&1 < /dev/null &
+  _vm_register "$vm" $! "$t0" qemu
+}
+
+# vm_start_hyper VM [--kernel P] [--initrd P] [--cmdline S] [--vcpus N] [--memory-mib M] [--vsock CID] [--api-socket P]
+vm_start_hyper() {
+  local vm=$1; shift
+  local args=(--kernel "$GUEST_KERNEL" --initrd "$GUEST_INITRD" --serial "$TH_ART/$vm.console")
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --kernel|--initrd|--cmdline|--vcpus|--memory-mib|--api-socket) args+=("$1" "$2") ;;
+      --vsock) args+=(--vsock-uds "/tmp/$TH_TEST-$vm.vsock" --vsock-cid "$2") ;;
+      *) fail "vm_start_hyper: unknown option $1" ;;
+    esac
+    shift 2
+  done
+  need_bin hyper-vmm
+  : > "$TH_ART/$vm.console"
+  local t0; t0=$(now_ms)
+  hyper-vmm "${args[@]}" > "$TH_ART/$vm.vmm.log" 2>&1 < /dev/null &
+  _vm_register "$vm" $! "$t0" hyper-vmm
+}
+
+vm_running() { kill -0 "${VM_PID[$1]}" 2>/dev/null; }
+
+# wait_console VM PATTERN TIMEOUT_S: waits until VM's console matches PATTERN (grep -E).
+# Returns 0 and sets WAIT_MS (VMM spawn -> match, ~50 ms resolution); returns 1 and sets
+# WAIT_ERR if the VM exits first or the time runs out.
+WAIT_ERR=""
+wait_console() {
+  local vm=$1 pat=$2 limit=$(( $3 * 1000 )) f=$TH_ART/$1.console now
+  while :; do
+    now=$(now_ms)
+    if grep -qE "$pat" "$f" 2>/dev/null; then
+      WAIT_MS=$(( now - VM_T0[$vm] )); return 0
+    fi
+    if ! vm_running "$vm"; then
+      local rc=0; wait "${VM_PID[$vm]}" 2>/dev/null || rc=$?
+      WAIT_ERR="VM '$vm' (${VM_KIND[$vm]}) exited with status $rc after $(( now - VM_T0[$vm] )) ms without printing /$pat/"
+      return 1
+    fi
+    if (( now - VM_T0[$vm] > limit )); then
+      WAIT_ERR="timed out after $(( limit / 1000 )) s waiting for /$pat/ on the console of VM '$vm' (${VM_KIND[$vm]})"
+      return 1
+    fi
+    th_sleep 0.05
+  done
+}
+
+# expect_console VM PATTERN TIMEOUT_S: wait_console, or fail the test with the console attached.
+expect_console() { wait_console "$@" || fail "$WAIT_ERR"; }
+
+# vm_wait_exit VM TIMEOUT_S: waits for the VMM to exit on its own; sets VM_RC.
+vm_wait_exit() {
+  local vm=$1 limit=$(( $2 * 1000 ))
+  while vm_running "$vm"; do
+    (( $(now_ms) - VM_T0[$vm] > limit )) && fail "VM '$vm' did not exit within $2 s"
+    th_sleep 0.05
+  done
+  VM_RC=0; wait "${VM_PID[$vm]}" 2>/dev/null || VM_RC=$?
+  WAIT_MS=$(( $(now_ms) - VM_T0[$vm] ))
+}
+
+# vm_stop VM: stops the VMM by PID (TERM, then KILL after 5 s) and reaps it.
+vm_stop() {
+  local vm=$1 pid=${VM_PID[$1]} i
+  if vm_running "$vm"; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do vm_running "$vm" || break; th_sleep 0.05; done
+    vm_running "$vm" && { log "VM '$vm' ignored SIGTERM; SIGKILL"; kill -KILL "$pid" 2>/dev/null || true; }
+  fi
+  wait "$pid" 2>/dev/null || true
+}
+
+_th_cleanup() {
+  local vm
+  for vm in "${VMS[@]}"; do vm_running "$vm" && vm_stop "$vm"; done
+  return 0
+}
+trap _th_cleanup EXIT
+trap 'echo "$TH_TEST: terminated"; exit 143' TERM INT

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Builds the test host's data disk: an ext4 image (made with `mke2fs -d`: no root, no loop
+# device) that becomes the test host's root (read-only, under a tmpfs overlay). It holds
+# busybox, the entries of payload.list, our binaries, the guest kernel and image, the
+# harness runner, the tests and the plan (which tests to run, with their timeouts).
+#
+# usage: build-disk.sh --out FILE --plan FILE --guest-kernel PATH --guest-initrd PATH
+#                      [--bin NAME=PATH]...     (our binaries, into /usr/local/bin/NAME)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=../../scripts/common.sh
+source "$here/../../scripts/common.sh"
+HYPER_SHARED=${HYPER_SHARED:-$(cd "$HYPER_ROOT/.." && pwd)/shared}
+
+out="" plan="" gkernel="" ginitrd="" bins=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --out) out=$2; shift 2 ;;
+    --plan) plan=$2; shift 2 ;;
+    --guest-kernel) gkernel=$2; shift 2 ;;
+    --guest-initrd) ginitrd=$2; shift 2 ;;
+    --bin) bins+=("$2"); shift 2 ;;
+    *) die "build-disk.sh: unknown argument '$1'" ;;
+  esac
+done
+[ -n "$out" ] && [ -f "$plan" ] && [ -f "$gkernel" ] && [ -f "$ginitrd" ] \
+  || die "usage: build-disk.sh --out FILE --plan FILE --guest-kernel PATH --guest-initrd PATH [--bin NAME=PATH]..."
+apt_need e2fsprogs busybox-static cpio gzip
+
+stage=$(mktemp -d "${TMPDIR:-/tmp}/hyper-thdisk.XXXXXX")
+trap 'rm -rf "$stage"' EXIT
+mkdir -p "$stage"/usr/{bin,sbin,lib,lib64,local/bin} "$stage"/{etc,root,tmp,run,var/tmp,guest,results,lower}
+for d in bin sbin lib lib64; do ln -s "usr/$d" "$stage/$d"; done
+
+# put SRC DEST: copies one file (dereferencing links) to DEST inside the stage.
+put() {
+  mkdir -p "$stage$(dirname "$2")"
+  cp -L --preserve=mode "$1" "$stage$2"
+}
+# closure BIN: copies the shared libraries BIN needs (and the loader) to their own paths.
+closure() {
+  local lib
+  ldd "$1" >/dev/null 2>&1 || return 0            # static: nothing to add
+  for lib in $(ldd "$1" | awk '/=>/ { print $3 } !/=>/ { print $1 }' | grep '^/'); do
+    [ -e "$stage$lib" ] || put "$lib" "$lib"
+  done
+}
+is_elf() { [ "$(head -c4 "$1" 2>/dev/null | od -An -c | tr -d ' ')" = '177ELF' ]; }
+
+n=0
+while read -r kind src dest _; do
+  case "$kind" in ''|'#'*) continue ;; esac
+  src=${src//\$HYPER_ROOT/$HYPER_ROOT}; src=${src//\$HYPER_SHARED/$HYPER_SHARED}
+  dest=${dest:-$src}
+  case "$kind" in
+    pkg) apt_need "$src"; continue ;;
+    bin) [ -x "$src" ] || die "payload.list: $src is not an executable"
+         put "$src" "$dest"; closure "$src" ;;
+    file) [ -f "$src" ] || die "payload.list: $src not found"
+          put "$src" "$dest" ;;
+    dir) [ -d "$src" ] || die "payload.list: $src is not a directory"
+         mkdir -p "$stage$dest"; cp -a "$src/." "$stage$dest/"
+         while IFS= read -r f; do is_elf "$f" && closure "$f"; done < <(find "$src" -type f -perm -u+x) ;;
+    *) die "payload.list: unknown kind '$kind'" ;;
+  esac
+  n=$((n + 1))
+done < "$here/payload.list"
+
+for b in "${bins[@]}"; do
+  name=${b%%=*} path=${b#*=}
+  [ -x "$path" ] || die "--bin $name: $path is not an executable"
+  put "$path" "/usr/local/bin/$name"; closure "$path"
+done
+
+# busybox for everything else (after the payload, so real tools win).
+put /bin/busybox /usr/bin/busybox
+for a in $(/bin/busybox --list-full); do
+  [ -e "$stage/$a" ] || [ -L "$stage/$a" ] || ln -s /usr/bin/busybox "$stage/$a"
+done
+[ -e "$stage/usr/bin/sh" ] || ln -s busybox "$stage/usr/bin/sh"
+
+printf 'root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\n' > "$stage/etc/passwd"
+printf 'root:x:0:\nnogroup:x:65534:\n' > "$stage/etc/group"
+printf '127.0.0.1 localhost testhost\n::1 localhost\n' > "$stage/etc/hosts"
+echo testhost > "$stage/etc/hostname"
+chmod 1777 "$stage/tmp" "$stage/var/tmp"
+
+# The guest: our kernel and image, plus a deliberately broken image for the self-test
+# (its init says it is alive, then never prints the agent's marker and never exits).
+put "$gkernel" /guest/vmlinux
+put "$ginitrd" /guest/initramfs.cpio.gz
+bg=$stage/.broken
+mkdir -p "$bg"/{bin,proc,dev}
+cp /bin/busybox "$bg/bin/busybox"
+printf '#!/bin/busybox sh\necho BROKEN-GUEST-ALIVE: this init never prints the agent marker\nwhile :; do /bin/busybox sleep 3600; done\n' > "$bg/init"
+chmod 0755 "$bg/init"
+(cd "$bg" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) | gzip -1 > "$stage/guest/broken-initramfs.cpio.gz"
+rm -rf "$bg"
+
+# The harness itself and the tests.
+h=/usr/lib/hyper-harness
+mkdir -p "$stage$h/e2e"
+install -m 0755 "$here/runner" "$stage$h/runner"
+cp "$HYPER_ROOT"/tests/e2e/*.sh "$stage$h/e2e/"
+cp "$plan" "$stage$h/plan"
+
+mb=$(du -sm "$stage" | cut -f1)
+size=$(( mb + mb / 4 + 32 ))
+rm -f "$out"; mkdir -p "$(dirname "$out")"
+mke2fs -q -t ext4 -O ^has_journal -E root_owner=0:0 -L hyper-th -d "$stage" -F "$out" "${size}M" \
+  || die "mke2fs -d failed"
+log "test-host disk: $out (${size} MiB, ${mb} MiB used, $n payload entries, ${#bins[@]} of our binaries)"

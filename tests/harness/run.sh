@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# Runs end-to-end tests inside the test host: a QEMU-TCG VM (emulated AMD SVM) whose own
+# KVM runs our guests for real. Boots the test host once for the whole run.
+#
+# usage: tests/harness/run.sh [--all] [--list] [--keep] [TEST...]
+#   TEST     names of tests/e2e/<TEST>.sh (default: the ones in tests/e2e/default.list)
+#   --all    every test in tests/e2e/, including those not expected to pass yet
+#   --list   list the tests with their timeouts and exit
+#   --keep   keep the data and results disk images of the run
+# Environment:
+#   GUEST_KERNEL, GUEST_INITRD  use these instead of building (guest-kernel-config/...)
+#   HYPER_VMM                   use this hyper-vmm instead of `cargo build -p hyper-vmm`
+#   TH_MEM (MiB, 2048), TH_SMP (1; >1 adds -accel tcg,thread=multi)
+#   TIMEOUT_SCALE (1)           multiplies every test's timeout (a slower CI machine)
+#   TH_BOOT_TIMEOUT (180)       seconds for the test host to come up
+#   HARNESS_OUT                 where runs go (default target/harness); the run's
+#                               artefacts are in $HARNESS_OUT/runs/<time>/, also ./latest
+# Output: per-test BEGIN/END lines, the tests' output, and a last line "N passed, M failed".
+# Exit status: 0 if every selected test passed, 1 otherwise (and on any timeout).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=../../scripts/common.sh
+source "$here/../../scripts/common.sh"
+e2e=$HYPER_ROOT/tests/e2e
+
+all=0 list=0 keep=0 tests=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --all) all=1 ;; --list) list=1 ;; --keep) keep=1 ;;
+    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -*) die "unknown option $1 (see --help)" ;;
+    *) tests+=("${1%.sh}") ;;
+  esac
+  shift
+done
+
+header() { sed -n "s/^# $2: *//p" "$e2e/$1.sh" | head -1; }
+all_tests() { for f in "$e2e"/*.sh; do [ "$(basename "$f")" = lib.sh ] || basename "$f" .sh; done; }
+if [ $list = 1 ]; then
+  for t in $(all_tests); do
+    d=" "; grep -qx "$t" "$e2e/default.list" && d="*"
+    printf '%s %-20s timeout %4ss  %s\n' "$d" "$t" "$(header "$t" timeout)" "$(sed -n '2s/^# //p' "$e2e/$t.sh")"
+  done
+  echo "(* = in the default suite)"; exit 0
+fi
+if [ ${#tests[@]} -eq 0 ]; then
+  if [ $all = 1 ]; then mapfile -t tests < <(all_tests)
+  else mapfile -t tests < <(grep -v '^#' "$e2e/default.list" | grep .); fi
+fi
+for t in "${tests[@]}"; do [ -f "$e2e/$t.sh" ] && [ "$t" != lib ] || die "no test tests/e2e/$t.sh (see --list)"; done
+
+scale=${TIMEOUT_SCALE:-1}
+declare -A TIMEOUT=()
+needs=()
+for t in "${tests[@]}"; do
+  to=$(header "$t" timeout); to=${to:-300}
+  TIMEOUT[$t]=$(( to * scale ))
+  for n in $(header "$t" needs); do needs+=("$n"); done
+done
+
+# ---- build (everything but our binaries is cached by its inputs)
+t_build=$(date +%s.%N)
+stamp=$(date +%Y%m%d-%H%M%S)
+out=${HARNESS_OUT:-$HYPER_ROOT/target/harness}
+run=$out/runs/$stamp
+mkdir -p "$run"; ln -sfn "runs/$stamp" "$out/latest"
+apt_need qemu-system-x86 gcc libc6-dev
+
+testhost=$("$here/build-testhost.sh")
+tsc_bin=$HYPER_CACHE/testhost/tsc-khz-$(hash_inputs "$here/tsc-khz.c")
+[ -x "$tsc_bin" ] || { mkdir -p "$(dirname "$tsc_bin")"; gcc -O2 -o "$tsc_bin.tmp" "$here/tsc-khz.c" && mv "$tsc_bin.tmp" "$tsc_bin"; }
+gkernel=${GUEST_KERNEL:-$(bash "$HYPER_ROOT/guest-kernel-config/build.sh")}
+ginitrd=${GUEST_INITRD:-$(bash "$HYPER_ROOT/guest-kernel-config/image/build.sh")}
+bins=()
+for n in $(printf '%s\n' "${needs[@]}" | sort -u); do
+  case "$n" in
+    hyper-vmm)
+      if [ -n "${HYPER_VMM:-}" ]; then bins+=("hyper-vmm=$HYPER_VMM")
+      else
+        log "building hyper-vmm (cargo build --release -p hyper-vmm)"
+        if (cd "$HYPER_ROOT" && nice cargo build -q --release -p hyper-vmm) > "$run/build-hyper-vmm.log" 2>&1; then
+          bins+=("hyper-vmm=$HYPER_ROOT/target/release/hyper-vmm")
+        else
+          tail -20 "$run/build-hyper-vmm.log" >&2
+          log "WARNING: hyper-vmm did not build ($run/build-hyper-vmm.log); tests that need it will fail"
+        fi
+      fi ;;
+    *) die "a test needs '$n', which run.sh does not know how to build" ;;
+  esac
+done
+plan=$run/plan
+for t in "${tests[@]}"; do echo "$t ${TIMEOUT[$t]}"; done > "$plan"
+"$here/build-disk.sh" --out "$run/data.ext4" --plan "$plan" --guest-kernel "$gkernel" --guest-initrd "$ginitrd" \
+  $(for b in "${bins[@]}"; do printf -- '--bin %s ' "$b"; done)
+rm -f "$run/results.img"; truncate -s 256M "$run/results.img"
+build_s=$(elapsed "$t_build")
+
+# ---- boot the test host and follow its console
+tsc=$("$tsc_bin")
+smp=${TH_SMP:-1} accel=tcg
+[ "$smp" -gt 1 ] && accel=tcg,thread=multi
+boot_to=${TH_BOOT_TIMEOUT:-180}
+global_to=$boot_to
+for t in "${tests[@]}"; do global_to=$(( global_to + TIMEOUT[$t] + 60 )); done
+global_to=$(( global_to + 120 ))
+console=$run/testhost-console.log
+: > "$console"
+log "run dir: $run"
+log "booting the test host ($(cat "$testhost/version"), tsc_early_khz=$tsc, ${TH_MEM:-2048} MiB, $smp vCPU); ${#tests[@]} test(s), global timeout ${global_to}s"
+t0=$(date +%s.%N)
+qemu-system-x86_64 -M microvm -accel "$accel" -cpu max -smp "$smp" -m "${TH_MEM:-2048}" \
+  -nodefaults -no-user-config -display none -monitor none -no-reboot \
+  -serial "file:$console" \
+  -kernel "$testhost/vmlinuz" -initrd "$testhost/initramfs.cpio.gz" \
+  -drive "if=none,id=data,file=$run/data.ext4,format=raw,readonly=on" -device virtio-blk-device,drive=data \
+  -drive "if=none,id=results,file=$run/results.img,format=raw" -device virtio-blk-device,drive=results \
+  -append "console=ttyS0 panic=-1 quiet tsc_early_khz=$tsc tsc=reliable" \
+  > "$run/qemu.log" 2>&1 < /dev/null &
+qpid=$!
+stop_qemu() {
+  kill -TERM "$qpid" 2>/dev/null || return 0
+  for _ in $(seq 50); do kill -0 "$qpid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$qpid" 2>/dev/null || true
+}
+trap 'stop_qemu' EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+
+elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.3f", b - a }'; }
+declare -A RESULT=() SECS=() WHY=()
+current="" cur_t0="" ready="" done_seen="" host_fail=""
+boot_s=""
+exec {con}< <(tail -n +1 -F --pid="$qpid" "$console" 2>/dev/null)
+while :; do
+  if IFS= read -r -t 2 -u "$con" line; then
+    line=${line//$'\r'/}
+    case "$line" in
+      "@@TH READY"*)
+        ready=1; boot_s=$(elapsed "$t0")
+        echo "== test host up in ${boot_s%??} s: ${line#@@TH READY }" ;;
+      "@@TH BEGIN "*)
+        set -- ${line#@@TH BEGIN }; current=$1; cur_t0=$(date +%s.%N)
+        echo "== BEGIN $current (${2:-})" ;;
+      "@@TH END "*)
+        set -- ${line#@@TH END }; t=$1; RESULT[$t]=$2
+        SECS[$t]=$(elapsed "$cur_t0"); SECS[$t]=${SECS[$t]%??}
+        shift 4 || shift $#; WHY[$t]="$*"
+        echo "== END   $t: ${RESULT[$t]} (${SECS[$t]} s)${WHY[$t]:+ - ${WHY[$t]}}"
+        current="" ;;
+      "@@TH DONE"*) done_seen=$(date +%s.%N); echo "== ${line#@@TH }" ;;
+      "@@TH "*) echo "== ${line#@@TH }" ;;
+      *) if [ -n "$current" ]; then echo "   | $line"; else echo "   : $line"; fi ;;
+    esac
+  else
+    rc=$?
+    [ $rc -le 128 ] && break                       # EOF: QEMU exited and the log is drained
+  fi
+  # Host-side limits, in case the test host itself stops responding.
+  e=$(elapsed "$t0"); e=${e%.*}
+  if [ -z "$ready" ] && [ "$e" -ge "$boot_to" ]; then host_fail="the test host did not come up within ${boot_to}s"
+  elif [ -n "$current" ] && [ "$(elapsed "$cur_t0" | cut -d. -f1)" -ge $(( TIMEOUT[$current] + 60 )) ]; then
+    host_fail="the test host stopped responding during $current (its own ${TIMEOUT[$current]}s watchdog did not fire)"
+  elif [ -n "$done_seen" ] && [ "$(elapsed "$done_seen" | cut -d. -f1)" -ge 60 ]; then host_fail="the test host did not power off"
+  elif [ "$e" -ge "$global_to" ]; then host_fail="global timeout (${global_to}s)"
+  fi
+  if [ -n "$host_fail" ]; then
+    echo "== HARNESS: $host_fail; stopping the test host (pid $qpid)"
+    stop_qemu; break
+  fi
+done
+exec {con}<&-
+wait "$qpid" 2>/dev/null && qrc=0 || qrc=$?
+total_s=$(elapsed "$t0")
+trap - EXIT
+
+# ---- results: unpack the tar the test host wrote to its second disk
+mkdir -p "$run/results"
+if tar -C "$run/results" -xf "$run/results.img" 2>/dev/null && [ -n "$(ls -A "$run/results")" ]; then
+  [ $keep = 1 ] || rm -f "$run/results.img" "$run/data.ext4"
+else
+  log "no results came back from the test host (results disk empty); kept $run/results.img"
+fi
+
+passed=0 failed=0
+echo
+echo "== summary (run dir: $run)"
+for t in "${tests[@]}"; do
+  r=${RESULT[$t]:-FAIL}
+  [ -z "${RESULT[$t]:-}" ] && WHY[$t]=${host_fail:-"the test host never reported it (see $console)"}
+  if [ "$r" = PASS ]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+  printf '%-4s %-22s %6s s  %s\n' "$r" "$t" "${SECS[$t]:--}" "${WHY[$t]:-}"
+  if [ "$r" != PASS ]; then
+    for f in "$run/results/$t"/*.console "$run/results/$t"/*/*.console "$run/results/$t"/output.log; do
+      [ -f "$f" ] && echo "       artefact: $f"
+    done
+  fi
+done
+boot_txt=never; [ -n "$boot_s" ] && boot_txt="$(printf %.1f "$boot_s") s"
+echo "   test host: build $(printf %.1f "$build_s") s, boot to READY $boot_txt, whole run $(printf %.1f "$total_s") s; outer qemu exit status $qrc"
+echo "   test-host console: $console"
+if [ $failed -gt 0 ] || [ -n "$host_fail" ]; then
+  echo "----- last 25 lines of the test-host console ($console) -----"
+  tail -n 25 "$console" | tr -d '\r'
+  for t in "${tests[@]}"; do
+    [ "${RESULT[$t]:-FAIL}" = PASS ] && continue
+    for f in "$run/results/$t"/*.console; do
+      [ -f "$f" ] || continue
+      echo "----- last 15 lines of $f -----"; tail -n 15 "$f" | tr -d '\r'
+    done
+  done
+  [ -s "$run/qemu.log" ] && { echo "----- outer qemu stderr ($run/qemu.log) -----"; tail -n 10 "$run/qemu.log"; }
+fi
+echo "$passed passed, $failed failed"
+[ $failed -eq 0 ] && [ -z "$host_fail" ]
