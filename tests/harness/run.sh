@@ -34,6 +34,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 
+elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.3f", b - a }'; }
 header() { sed -n "s/^# $2: *//p" "$e2e/$1.sh" | head -1; }
 all_tests() { for f in "$e2e"/*.sh; do [ "$(basename "$f")" = lib.sh ] || basename "$f" .sh; done; }
 if [ $list = 1 ]; then
@@ -125,7 +126,6 @@ stop_qemu() {
 trap 'stop_qemu' EXIT
 trap 'log "interrupted"; exit 130' INT TERM
 
-elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.3f", b - a }'; }
 declare -A RESULT=() SECS=() WHY=()
 current="" cur_t0="" ready="" done_seen="" host_fail=""
 boot_s=""
