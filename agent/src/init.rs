@@ -1,8 +1,7 @@
-//! PID 1 duties: mount the pseudo file systems, reap orphans, power off.
+//! PID 1 duties: mount the pseudo file systems, set the clock, seed the RNG, power off.
+//! (Reaping is `reaper`'s job.)
 use anyhow::{Context, Result};
 use nix::mount::{MsFlags, mount};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::Pid;
 use std::fs;
 
 struct Mount {
@@ -95,21 +94,6 @@ fn enable_cgroup_controllers() -> Result<()> {
     Ok(())
 }
 
-/// PID 1 inherits every orphan: reap them so no zombie is left behind.
-pub async fn reap_forever() -> Result<()> {
-    let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
-        .context("SIGCHLD handler")?;
-    loop {
-        sigchld.recv().await;
-        loop {
-            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(_) => continue,
-            }
-        }
-    }
-}
-
 /// Last resort for PID 1: halt the VM instead of panicking the kernel.
 pub fn power_off() -> ! {
     nix::unistd::sync();
@@ -117,4 +101,43 @@ pub fn power_off() -> ! {
     loop {
         std::thread::park();
     }
+}
+
+/// SetGuestDateTime: the guest has no RTC worth trusting after a pause or restore.
+pub fn set_time(sec: i64, usec: i64) -> Result<()> {
+    if sec < 0 || !(0..1_000_000).contains(&usec) {
+        anyhow::bail!("sec/usec: {sec}.{usec:06} is not a valid time");
+    }
+    let ts = nix::sys::time::TimeSpec::new(sec, usec * 1000);
+    nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts).context("clock_settime")?;
+    Ok(())
+}
+
+/// `RNDADDENTROPY`, `_IOW('R', 0x03, int[2])`.
+const RNDADDENTROPY: u64 = 0x4008_5203;
+
+/// ReseedRandomDev: mixes `data` into the pool and credits it as entropy.
+pub fn reseed_random(data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    if data.is_empty() {
+        anyhow::bail!("data: empty");
+    }
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/urandom")
+        .context("open /dev/urandom")?;
+    f.write_all(data).context("write /dev/urandom")?;
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    let mut info = Vec::with_capacity(8 + data.len() + 3);
+    info.extend_from_slice(&((data.len() * 8) as i32).to_ne_bytes());
+    info.extend_from_slice(&(data.len() as i32).to_ne_bytes());
+    info.extend_from_slice(data);
+    info.resize(8 + data.len().div_ceil(4) * 4, 0);
+    // SAFETY: the buffer is a complete rand_pool_info of buf_size bytes.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), RNDADDENTROPY as _, info.as_ptr()) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error()).context("RNDADDENTROPY");
+    }
+    Ok(())
 }

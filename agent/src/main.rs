@@ -2,15 +2,30 @@
 //!
 //! As PID 1 it sets up the guest (see `init`) and serves on vsock port 1024.
 //! Run as a normal process (tests, debugging) it serves on the address given with
-//! `--address unix:///path`.
+//! `--address unix:///path`. Run as `hyper-agent __init` it is the helper that creates
+//! one container process (see `container::init`).
+mod cgroups;
+mod container;
+mod error;
 mod init;
+mod mount;
+mod network;
+mod process;
+mod reaper;
 mod rpc;
+mod sandbox;
+mod storage;
 
 use anyhow::{Context, Result};
 use hyper_agent_protocol::{AGENT_VSOCK_PORT, READY_MARKER, agent_ttrpc};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some(container::init::ARG) {
+        container::init::main();
+    }
     let is_init = std::process::id() == 1;
     if let Err(e) = run(is_init) {
         eprintln!("hyper-agent: fatal: {e:#}");
@@ -22,8 +37,17 @@ fn main() {
     }
 }
 
+#[derive(Debug, PartialEq, Default)]
+struct Args {
+    address: Option<String>,
+    state_dir: Option<PathBuf>,
+    cgroup_root: Option<PathBuf>,
+    allow_roots: Vec<PathBuf>,
+}
+
 fn run(is_init: bool) -> Result<()> {
-    let address = match parse_address(std::env::args().skip(1))? {
+    let args = parse_args(std::env::args().skip(1))?;
+    let address = match args.address {
         Some(a) => a,
         None if is_init => format!("vsock://-1:{AGENT_VSOCK_PORT}"),
         None => anyhow::bail!("not PID 1: give --address unix:///path/to/socket"),
@@ -38,17 +62,40 @@ fn run(is_init: bool) -> Result<()> {
                 .unwrap_or_else(|_| "info".into()),
         )
         .init();
+    let opts = sandbox::Options {
+        state_dir: args.state_dir.unwrap_or_else(|| "/run/hyper".into()),
+        cgroup_root: args
+            .cgroup_root
+            .unwrap_or_else(|| "/sys/fs/cgroup/hyper".into()),
+        allow_roots: args.allow_roots,
+        is_init,
+    };
+    std::fs::create_dir_all(&opts.state_dir)
+        .with_context(|| format!("create {}", opts.state_dir.display()))?;
+    if !is_init {
+        // Orphans of our containers come back to us, not to the host's init.
+        nix::sys::prctl::set_child_subreaper(true).context("PR_SET_CHILD_SUBREAPER")?;
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    runtime.block_on(serve(&address, is_init))
+    runtime.block_on(serve(&address, opts))
 }
 
-async fn serve(address: &str, is_init: bool) -> Result<()> {
-    let service = agent_ttrpc::create_agent_service(Arc::new(rpc::Agent::default()));
+async fn serve(address: &str, opts: sandbox::Options) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let is_init = opts.is_init;
+    tokio::spawn(reaper::Reaper::global().run());
+    let sandbox = Arc::new(sandbox::Sandbox::new(opts));
+    let (shutdown_tx, mut shutdown_rx) = tokio::sync::mpsc::unbounded_channel();
+    let agent = rpc::Agent {
+        sandbox: sandbox.clone(),
+        shutdown: shutdown_tx,
+    };
+    let service = agent_ttrpc::create_agent_service(Arc::new(agent));
     let mut server = ttrpc::r#async::Server::new()
         .bind(address)
         .with_context(|| format!("bind {address}"))?
@@ -56,33 +103,71 @@ async fn serve(address: &str, is_init: bool) -> Result<()> {
     server.start().await.context("start ttrpc server")?;
     // The harness and the shim's console reader wait for this exact line.
     println!("{READY_MARKER} address={address}");
-    if is_init {
-        init::reap_forever().await
-    } else {
-        tokio::signal::ctrl_c().await.context("wait for ctrl-c")?;
-        server.shutdown().await.context("shutdown")?;
-        Ok(())
-    }
-}
-
-/// `--address ADDR` (or `--address=ADDR`); anything else is an error naming the argument.
-fn parse_address(mut args: impl Iterator<Item = String>) -> Result<Option<String>> {
-    let mut address = None;
-    while let Some(arg) = args.next() {
-        if arg == "--address" {
-            address = Some(args.next().context("--address needs a value")?);
-        } else if let Some(v) = arg.strip_prefix("--address=") {
-            address = Some(v.to_string());
-        } else {
-            anyhow::bail!("unknown argument {arg:?} (usage: hyper-agent [--address ADDR])");
+    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    loop {
+        tokio::select! {
+            _ = shutdown_rx.recv() => {
+                tracing::info!("shutdown requested");
+                // Let the Shutdown reply go out first.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                break;
+            }
+            _ = sigterm.recv() => {
+                if is_init {
+                    tracing::info!("SIGTERM: forwarding to the containers");
+                    sandbox.signal_all(nix::sys::signal::Signal::SIGTERM);
+                } else {
+                    tracing::info!("SIGTERM: exiting");
+                    break;
+                }
+            }
+            _ = sigint.recv(), if !is_init => break,
         }
     }
-    Ok(address)
+    sandbox.teardown().await;
+    if is_init {
+        init::power_off();
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), server.shutdown()).await;
+    if let Some(p) = address.strip_prefix("unix://") {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(())
+}
+
+/// `--address ADDR`, `--state-dir DIR`, `--cgroup-root DIR`, `--allow-root DIR` (repeatable);
+/// also as `--flag=value`. Anything else is an error naming the argument.
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args> {
+    let mut out = Args::default();
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = || -> Result<String> {
+            match &inline {
+                Some(v) => Ok(v.clone()),
+                None => args.next().with_context(|| format!("{flag} needs a value")),
+            }
+        };
+        match flag.as_str() {
+            "--address" => out.address = Some(value()?),
+            "--state-dir" => out.state_dir = Some(value()?.into()),
+            "--cgroup-root" => out.cgroup_root = Some(value()?.into()),
+            "--allow-root" => out.allow_roots.push(value()?.into()),
+            _ => anyhow::bail!(
+                "unknown argument {arg:?} (usage: hyper-agent [--address ADDR] [--state-dir DIR] \
+                 [--cgroup-root DIR] [--allow-root DIR]...)"
+            ),
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_address;
+    use super::parse_args;
 
     fn args(v: &[&str]) -> impl Iterator<Item = String> {
         v.iter()
@@ -92,18 +177,33 @@ mod tests {
     }
 
     #[test]
-    fn address_forms() {
-        assert_eq!(parse_address(args(&[])).unwrap(), None);
+    fn argument_forms() {
+        assert_eq!(parse_args(args(&[])).unwrap().address, None);
         assert_eq!(
-            parse_address(args(&["--address", "unix:///a"])).unwrap(),
+            parse_args(args(&["--address", "unix:///a"]))
+                .unwrap()
+                .address,
             Some("unix:///a".into())
         );
+        let a = parse_args(args(&[
+            "--address=unix:///b",
+            "--state-dir",
+            "/s",
+            "--cgroup-root=/c",
+            "--allow-root",
+            "/x",
+            "--allow-root=/y",
+        ]))
+        .unwrap();
+        assert_eq!(a.address, Some("unix:///b".into()));
+        assert_eq!(a.state_dir, Some("/s".into()));
+        assert_eq!(a.cgroup_root, Some("/c".into()));
         assert_eq!(
-            parse_address(args(&["--address=unix:///b"])).unwrap(),
-            Some("unix:///b".into())
+            a.allow_roots,
+            vec![std::path::PathBuf::from("/x"), "/y".into()]
         );
-        let err = parse_address(args(&["--bogus"])).unwrap_err().to_string();
+        let err = parse_args(args(&["--bogus"])).unwrap_err().to_string();
         assert!(err.contains("--bogus"), "{err}");
-        assert!(parse_address(args(&["--address"])).is_err());
+        assert!(parse_args(args(&["--address"])).is_err());
     }
 }
