@@ -5,8 +5,13 @@
 //! ([`devices`], wired up by [`device_manager`]); [`vmm`] runs the event loop that serves
 //! device I/O and the control socket ([`api`]) until the guest resets or is stopped.
 
+pub mod api;
 pub mod arch;
+pub mod builder;
+pub mod config;
+pub mod device_manager;
 pub mod devices;
 pub mod event_loop;
 pub mod metrics;
+pub mod vmm;
 pub mod vstate;

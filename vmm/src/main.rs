@@ -1,1 +1,125 @@
-fn main() {}
+//! `hyper-vmm`: boots one microVM and serves its control socket until the guest resets or
+//! is stopped. Exit status 0 on a guest reset or a requested stop, 1 on any error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Parser;
+use hyper_vmm::config::{self, SerialOutputConfig, VmConfig, VsockConfig};
+
+#[derive(Parser, Debug)]
+#[command(name = "hyper-vmm", version, about = "hyper's KVM microVM monitor")]
+struct Cli {
+    /// Uncompressed ELF kernel (vmlinux).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initramfs to load.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line (virtio_mmio.device= entries are appended).
+    #[arg(long)]
+    cmdline: Option<String>,
+    #[arg(long)]
+    vcpus: Option<u8>,
+    #[arg(long = "memory-mib")]
+    memory_mib: Option<u64>,
+    /// Guest console: a file path, "stdout" or "none".
+    #[arg(long)]
+    serial: Option<String>,
+    /// Host unix socket for the hybrid vsock device.
+    #[arg(long = "vsock-uds", requires = "vsock_cid")]
+    vsock_uds: Option<PathBuf>,
+    /// Guest CID for the vsock device (≥ 3).
+    #[arg(long = "vsock-cid", requires = "vsock_uds")]
+    vsock_cid: Option<u64>,
+    /// path=P[,ro=true][,serial=S]; repeatable.
+    #[arg(long)]
+    block: Vec<String>,
+    /// tap=NAME[,mac=MAC] or fd=N[,mac=MAC]; repeatable.
+    #[arg(long)]
+    net: Vec<String>,
+    /// Add a virtio-rng device.
+    #[arg(long)]
+    rng: bool,
+    /// Control socket (line-based JSON: ping, pause, resume, stop, metrics).
+    #[arg(long = "api-socket")]
+    api_socket: Option<PathBuf>,
+    /// JSON config file; flags given as well override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// The config file first, then every flag given on top of it.
+fn to_config(cli: Cli) -> anyhow::Result<VmConfig> {
+    let mut cfg = match &cli.config {
+        Some(p) => VmConfig::from_json_file(p)?,
+        None => VmConfig::new(PathBuf::new()),
+    };
+    if let Some(k) = cli.kernel {
+        cfg.kernel = k;
+    }
+    if cli.initrd.is_some() {
+        cfg.initrd = cli.initrd;
+    }
+    if cli.cmdline.is_some() {
+        cfg.cmdline = cli.cmdline;
+    }
+    if let Some(v) = cli.vcpus {
+        cfg.vcpus = v;
+    }
+    if let Some(m) = cli.memory_mib {
+        cfg.memory_mib = m;
+    }
+    if let Some(s) = cli.serial {
+        cfg.serial = SerialOutputConfig::parse(&s);
+    }
+    if let (Some(uds), Some(cid)) = (cli.vsock_uds, cli.vsock_cid) {
+        cfg.vsock = Some(VsockConfig { uds, cid });
+    }
+    for b in &cli.block {
+        cfg.block.push(config::parse_block(b)?);
+    }
+    for n in &cli.net {
+        cfg.net.push(config::parse_net(n)?);
+    }
+    if cli.rng {
+        cfg.rng = true;
+    }
+    if cli.api_socket.is_some() {
+        cfg.api_socket = cli.api_socket;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn run(start: Instant) -> anyhow::Result<i32> {
+    let cfg = to_config(Cli::parse())?;
+    let mut vmm = hyper_vmm::builder::build(&cfg, start).context("cannot build the VM")?;
+    vmm.start().context("cannot start the vCPUs")?;
+    let why = vmm.run();
+    match &why {
+        hyper_vmm::vstate::vcpu::VmExit::Error(msg) => tracing::error!("VM failed: {msg}"),
+        other => tracing::info!("VM ended: {other:?}"),
+    }
+    Ok(why.exit_code())
+}
+
+fn main() -> ExitCode {
+    let start = Instant::now();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HYPER_VMM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(start) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("hyper-vmm: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -60,6 +60,12 @@ impl Metrics {
         map.entry(name.to_string()).or_default().clone()
     }
 
+    /// Registers counters that were created before the metrics (e.g. the serial port's).
+    pub fn insert_device(&self, name: &str, counters: Arc<DeviceCounters>) {
+        let mut map = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(name.to_string(), counters);
+    }
+
     pub fn to_json(&self) -> Value {
         let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let e = &self.exits;

@@ -51,15 +51,15 @@ impl Bus {
             .ok_or(BusError::BadRange { base, len })?;
         // The device starting at or before `base` must end before it; the next must start
         // at or after `end`.
-        if let Some((b, r)) = self.ranges.range(..=base).next_back() {
-            if b + r.len > base {
-                return Err(BusError::Overlap { base, len });
-            }
+        if let Some((b, r)) = self.ranges.range(..=base).next_back()
+            && b + r.len > base
+        {
+            return Err(BusError::Overlap { base, len });
         }
-        if let Some((b, _)) = self.ranges.range(base..).next() {
-            if *b < end {
-                return Err(BusError::Overlap { base, len });
-            }
+        if let Some((b, _)) = self.ranges.range(base..).next()
+            && *b < end
+        {
+            return Err(BusError::Overlap { base, len });
         }
         self.ranges.insert(base, Range { len, dev });
         Ok(())

@@ -104,10 +104,11 @@ impl I8042 {
     }
 
     fn raise_irq(&self) {
-        if !self.buf.is_empty() && self.control & CB_KBD_INT != 0 {
-            if let Err(e) = self.irq.trigger() {
-                tracing::warn!("i8042: cannot raise IRQ 1: {e}");
-            }
+        if !self.buf.is_empty()
+            && self.control & CB_KBD_INT != 0
+            && let Err(e) = self.irq.trigger()
+        {
+            tracing::warn!("i8042: cannot raise IRQ 1: {e}");
         }
     }
 

@@ -2,10 +2,10 @@
 
 use std::io::{self, Write};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::IrqLine;
 use crate::devices::BusDevice;
+use crate::metrics::{DeviceCounters, add};
 
 pub const SERIAL_PORT_BASE: u64 = 0x3f8;
 pub const SERIAL_PORT_LEN: u64 = 8;
@@ -13,18 +13,18 @@ pub const SERIAL_PORT_LEN: u64 = 8;
 /// Where the guest's console bytes go; counts them for metrics.
 pub struct SerialOutput {
     out: Option<Box<dyn Write + Send>>,
-    bytes: Arc<AtomicU64>,
+    counters: Arc<DeviceCounters>,
 }
 
 impl SerialOutput {
-    pub fn new(out: Option<Box<dyn Write + Send>>, bytes: Arc<AtomicU64>) -> Self {
-        SerialOutput { out, bytes }
+    pub fn new(out: Option<Box<dyn Write + Send>>, counters: Arc<DeviceCounters>) -> Self {
+        SerialOutput { out, counters }
     }
 }
 
 impl Write for SerialOutput {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        add(&self.counters.tx_bytes, buf.len() as u64);
         if let Some(out) = self.out.as_mut() {
             // A full disk or closed pipe must not stop the guest; drop the bytes.
             let _ = out.write_all(buf);
@@ -91,7 +91,7 @@ mod tests {
     #[test]
     fn bytes_written_to_thr_reach_the_output() {
         let buf = Arc::new(Mutex::new(Vec::new()));
-        let count = Arc::new(AtomicU64::new(0));
+        let count = Arc::new(DeviceCounters::default());
         let out = SerialOutput::new(Some(Box::new(Shared(buf.clone()))), count.clone());
         let mut s = Serial::new(IrqLine::new().unwrap(), out);
         for b in b"hi\n" {
@@ -103,7 +103,7 @@ mod tests {
         let mut d = [0u8; 0];
         s.read(5, &mut d);
         assert_eq!(&*buf.lock().unwrap(), b"hi\n");
-        assert_eq!(count.load(Ordering::Relaxed), 3);
+        assert_eq!(count.tx_bytes.load(std::sync::atomic::Ordering::Relaxed), 3);
         // LSR reports the transmitter empty.
         let mut lsr = [0u8; 1];
         s.read(5, &mut lsr);

@@ -338,10 +338,10 @@ impl MmioTransport {
 
     fn update_ready(&mut self, ready: bool) {
         // Ready may be cleared at any time before DRIVER_OK; set only when allowed.
-        if self.status & STATUS_DRIVER_OK == 0 {
-            if let Some(q) = self.selected_queue() {
-                q.set_ready(ready);
-            }
+        if self.status & STATUS_DRIVER_OK == 0
+            && let Some(q) = self.selected_queue()
+        {
+            q.set_ready(ready);
         }
     }
 }
@@ -354,7 +354,7 @@ impl BusDevice for MmioTransport {
         }
         data.fill(0);
         // Registers are 32 bits wide and must be read whole.
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             tracing::debug!("{}: bad register read size", self.device.name());
             return;
         }
@@ -374,7 +374,7 @@ impl BusDevice for MmioTransport {
             tracing::debug!("{}: bad register write size", self.device.name());
             return;
         };
-        if offset % 4 != 0 {
+        if !offset.is_multiple_of(4) {
             return;
         }
         self.write_reg(offset, u32::from_le_bytes(bytes));

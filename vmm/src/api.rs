@@ -1,0 +1,209 @@
+//! The control socket: a unix stream socket speaking one JSON object per line.
+//!
+//! Requests are `{"cmd":"ping"}` (or just the word `ping`); the commands are ping, pause,
+//! resume, stop and metrics. Every request gets one JSON line back: `{"ok":true,...}` or
+//! `{"ok":false,"error":"..."}`. This module parses and frames; the VMM decides.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+use vmm_sys_util::epoll::EventSet;
+
+use crate::event_loop::EventCtl;
+
+/// Longest request line we accept; a client sending more is disconnected.
+pub const MAX_REQUEST_LINE: usize = 4096;
+/// Sub-tokens: the listener, then connections from CONN_SUB_BASE.
+pub const LISTENER_SUB: u32 = 2;
+pub const CONN_SUB_BASE: u32 = 16;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Ping,
+    Pause,
+    Resume,
+    Stop,
+    Metrics,
+    /// Unparseable or unknown; the string says why.
+    Invalid(String),
+}
+
+pub fn parse_request(line: &str) -> Request {
+    let line = line.trim();
+    let cmd = if line.starts_with('{') {
+        match serde_json::from_str::<Value>(line) {
+            Ok(v) => match v
+                .get("cmd")
+                .or_else(|| v.get("action"))
+                .and_then(Value::as_str)
+            {
+                Some(c) => c.to_string(),
+                None => return Request::Invalid("missing \"cmd\"".into()),
+            },
+            Err(e) => return Request::Invalid(format!("bad JSON: {e}")),
+        }
+    } else {
+        line.to_string()
+    };
+    match cmd.as_str() {
+        "ping" => Request::Ping,
+        "pause" => Request::Pause,
+        "resume" => Request::Resume,
+        "stop" => Request::Stop,
+        "metrics" => Request::Metrics,
+        other => Request::Invalid(format!("unknown command {other:?}")),
+    }
+}
+
+pub fn ok(extra: Value) -> Value {
+    let mut v = json!({"ok": true});
+    if let (Some(o), Value::Object(e)) = (v.as_object_mut(), extra) {
+        o.extend(e);
+    }
+    v
+}
+
+pub fn error(msg: &str) -> Value {
+    json!({"ok": false, "error": msg})
+}
+
+struct Conn {
+    stream: UnixStream,
+    buf: Vec<u8>,
+}
+
+pub struct ApiServer {
+    listener: UnixListener,
+    path: PathBuf,
+    conns: HashMap<u32, Conn>,
+    next_id: u32,
+}
+
+impl ApiServer {
+    /// Binds `path` (replacing a stale socket file) and registers it with the loop.
+    pub fn bind(path: &Path, ctl: &EventCtl) -> io::Result<Self> {
+        if path.exists() {
+            std::fs::remove_file(path)?;
+        }
+        let listener = UnixListener::bind(path)?;
+        listener.set_nonblocking(true)?;
+        ctl.add(listener.as_raw_fd(), EventSet::IN, LISTENER_SUB)?;
+        Ok(ApiServer {
+            listener,
+            path: path.to_path_buf(),
+            conns: HashMap::new(),
+            next_id: 0,
+        })
+    }
+
+    pub fn accept(&mut self, ctl: &EventCtl) {
+        while let Ok((stream, _)) = self.listener.accept() {
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let id = self.next_id;
+            self.next_id = self.next_id.wrapping_add(1) % (u32::MAX - CONN_SUB_BASE);
+            let sub = CONN_SUB_BASE + id;
+            if ctl
+                .add(
+                    stream.as_raw_fd(),
+                    EventSet::IN | EventSet::READ_HANG_UP,
+                    sub,
+                )
+                .is_ok()
+            {
+                self.conns.insert(
+                    sub,
+                    Conn {
+                        stream,
+                        buf: Vec::new(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Reads what a connection sent and returns its complete requests.
+    pub fn read_requests(&mut self, sub: u32, ctl: &EventCtl) -> Vec<Request> {
+        let Some(conn) = self.conns.get_mut(&sub) else {
+            return Vec::new();
+        };
+        let mut closed = false;
+        let mut chunk = [0u8; 1024];
+        loop {
+            match conn.stream.read(&mut chunk) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => conn.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        let mut reqs = Vec::new();
+        while let Some(pos) = conn.buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = conn.buf.drain(..=pos).collect();
+            let text = String::from_utf8_lossy(&line);
+            if !text.trim().is_empty() {
+                reqs.push(parse_request(&text));
+            }
+        }
+        if conn.buf.len() > MAX_REQUEST_LINE {
+            let _ = conn
+                .stream
+                .write_all(format!("{}\n", error("request line too long")).as_bytes());
+            closed = true;
+        }
+        if closed && reqs.is_empty() {
+            self.close(sub, ctl);
+        }
+        reqs
+    }
+
+    pub fn respond(&mut self, sub: u32, v: &Value) {
+        if let Some(conn) = self.conns.get_mut(&sub) {
+            // Replies are small; a client that does not read them loses them.
+            let _ = conn.stream.set_nonblocking(false);
+            let _ = conn.stream.write_all(format!("{v}\n").as_bytes());
+            let _ = conn.stream.set_nonblocking(true);
+        }
+    }
+
+    pub fn close(&mut self, sub: u32, ctl: &EventCtl) {
+        if let Some(c) = self.conns.remove(&sub) {
+            ctl.remove(c.stream.as_raw_fd());
+        }
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_parsing() {
+        assert_eq!(parse_request("ping\n"), Request::Ping);
+        assert_eq!(parse_request(r#"{"cmd":"pause"}"#), Request::Pause);
+        assert_eq!(parse_request(r#"{"action":"stop"}"#), Request::Stop);
+        assert_eq!(parse_request(" metrics "), Request::Metrics);
+        assert!(matches!(parse_request("{"), Request::Invalid(_)));
+        assert!(matches!(parse_request(r#"{"x":1}"#), Request::Invalid(_)));
+        assert!(matches!(parse_request("reboot"), Request::Invalid(_)));
+        assert_eq!(ok(json!({"a":1})), json!({"ok":true,"a":1}));
+    }
+}

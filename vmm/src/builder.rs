@@ -1,0 +1,264 @@
+//! Config → a VM ready to run: memory, kernel and initramfs, boot structures, devices and
+//! the kernel command line.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use linux_loader::loader::{Elf, KernelLoader};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+
+use crate::api::ApiServer;
+use crate::arch::x86_64::boot_params::{BootInfo, BootParamsError, write_zero_page};
+use crate::arch::x86_64::e820::e820_map;
+use crate::arch::x86_64::layout::{CMDLINE_ADDR, CMDLINE_MAX_SIZE, HIMEM_START, MMIO_GAP_START};
+use crate::arch::x86_64::mptable::{self, MptableError};
+use crate::config::{ConfigError, SerialOutputConfig, VmConfig};
+use crate::device_manager::DeviceManagerError;
+use crate::devices::legacy::SerialOutput;
+use crate::devices::virtio::block::Block;
+use crate::devices::virtio::net::Net;
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::Vsock;
+use crate::metrics::DeviceCounters;
+use crate::vmm::Vmm;
+use crate::vstate::kvm::KvmError;
+use crate::vstate::memory::MemoryError;
+use crate::vstate::vcpu::VcpuError;
+use crate::vstate::vm::VmError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error(transparent)]
+    Devices(#[from] DeviceManagerError),
+    #[error("cannot set up the event loop: {0}")]
+    EventLoop(std::io::Error),
+    #[error("cannot open kernel {path}: {source}")]
+    KernelOpen {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot load kernel {path} (an uncompressed ELF vmlinux is required): {why}")]
+    KernelLoad { path: String, why: String },
+    #[error("cannot read initramfs {path}: {source}")]
+    Initrd {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("initramfs ({size} bytes) does not fit in guest memory above the kernel")]
+    InitrdTooBig { size: u64 },
+    #[error("kernel command line is {len} bytes; the limit is {max}")]
+    CmdlineTooLong { len: usize, max: usize },
+    #[error("kernel command line contains a NUL byte")]
+    CmdlineNul,
+    #[error(transparent)]
+    BootParams(#[from] BootParamsError),
+    #[error(transparent)]
+    Mptable(#[from] MptableError),
+    #[error("cannot write boot data into guest memory: {0}")]
+    GuestMemory(#[from] vm_memory::GuestMemoryError),
+    #[error("cannot open serial output {path}: {source}")]
+    Serial {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot set up {device}: {why}")]
+    Device { device: String, why: String },
+    #[error("cannot bind the control socket {path}: {source}")]
+    Api {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn serial_output(cfg: &SerialOutputConfig) -> Result<Option<Box<dyn Write + Send>>, BuildError> {
+    Ok(match cfg {
+        SerialOutputConfig::Stdout => Some(Box::new(std::io::stdout())),
+        SerialOutputConfig::None => None,
+        SerialOutputConfig::File(p) => Some(Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|source| BuildError::Serial {
+                    path: p.display().to_string(),
+                    source,
+                })?,
+        )),
+    })
+}
+
+/// The final command line: the user's (or the default) plus the device entries.
+pub fn final_cmdline(base: &str, entries: &[String]) -> String {
+    let mut s = base.trim().to_string();
+    for e in entries {
+        if !s.is_empty() {
+            s.push(' ');
+        }
+        s.push_str(e);
+    }
+    s
+}
+
+/// Builds the VM described by `cfg`; `start` is when the process started (for the boot
+/// timer).
+pub fn build(cfg: &VmConfig, start: Instant) -> Result<Vmm, BuildError> {
+    cfg.validate()?;
+    let path = cfg.kernel.display().to_string();
+    let mut kernel = File::open(&cfg.kernel).map_err(|source| BuildError::KernelOpen {
+        path: path.clone(),
+        source,
+    })?;
+    let initrd = match &cfg.initrd {
+        Some(p) => Some(std::fs::read(p).map_err(|source| BuildError::Initrd {
+            path: p.display().to_string(),
+            source,
+        })?),
+        None => None,
+    };
+
+    let mem_size = cfg.memory_mib << 20;
+    let serial_counters = Arc::new(DeviceCounters::default());
+    let serial = SerialOutput::new(serial_output(&cfg.serial)?, serial_counters.clone());
+    let mut vmm = Vmm::new(mem_size, cfg.vcpus, serial, start)?;
+    vmm.stop_timeout = Duration::from_millis(cfg.stop_timeout_ms);
+    vmm.metrics.insert_device("serial", serial_counters);
+
+    // Kernel.
+    let loaded =
+        Elf::load(&vmm.mem, None, &mut kernel, Some(GuestAddress(HIMEM_START))).map_err(|e| {
+            BuildError::KernelLoad {
+                path: path.clone(),
+                why: e.to_string(),
+            }
+        })?;
+    let entry = loaded.kernel_load.0;
+    let kernel_end = loaded.kernel_end;
+
+    // Initramfs: page-aligned at the top of low memory, above the kernel.
+    let initrd_info = match initrd {
+        Some(bytes) => {
+            let size = bytes.len() as u64;
+            let low_end = mem_size.min(MMIO_GAP_START);
+            let addr = low_end
+                .checked_sub(size)
+                .map(|a| a & !0xfff)
+                .filter(|&a| a >= kernel_end)
+                .ok_or(BuildError::InitrdTooBig { size })?;
+            vmm.mem.write_slice(&bytes, GuestAddress(addr))?;
+            Some((addr, size))
+        }
+        None => None,
+    };
+
+    // Devices.
+    let mem = vmm.mem.clone();
+    if let Some(v) = &cfg.vsock {
+        let dev = Vsock::create(v.cid, &v.uds, vmm.metrics.device("vsock")).map_err(|e| {
+            BuildError::Device {
+                device: "vsock".into(),
+                why: e.to_string(),
+            }
+        })?;
+        vmm.devices
+            .add_virtio(&vmm.vm, &mem, &mut vmm.event_loop, dev)?;
+    }
+    for (i, b) in cfg.block.iter().enumerate() {
+        let name = format!("block{i}");
+        let dev =
+            Block::create(&name, b, vmm.metrics.device(&name)).map_err(|e| BuildError::Device {
+                device: name.clone(),
+                why: e.to_string(),
+            })?;
+        vmm.devices
+            .add_virtio(&vmm.vm, &mem, &mut vmm.event_loop, dev)?;
+    }
+    for (i, n) in cfg.net.iter().enumerate() {
+        let name = format!("net{i}");
+        let dev =
+            Net::create(&name, n, vmm.metrics.device(&name)).map_err(|e| BuildError::Device {
+                device: name.clone(),
+                why: e.to_string(),
+            })?;
+        vmm.devices
+            .add_virtio(&vmm.vm, &mem, &mut vmm.event_loop, dev)?;
+    }
+    if cfg.rng {
+        let dev = Box::new(Rng::new(vmm.metrics.device("rng")));
+        vmm.devices
+            .add_virtio(&vmm.vm, &mem, &mut vmm.event_loop, dev)?;
+    }
+
+    // Command line, zero page, MP table, boot vCPU state.
+    let cmdline = final_cmdline(cfg.base_cmdline(), &vmm.devices.cmdline_entries());
+    if cmdline.as_bytes().contains(&0) {
+        return Err(BuildError::CmdlineNul);
+    }
+    if cmdline.len() + 1 > CMDLINE_MAX_SIZE {
+        return Err(BuildError::CmdlineTooLong {
+            len: cmdline.len(),
+            max: CMDLINE_MAX_SIZE - 1,
+        });
+    }
+    let mut bytes = cmdline.clone().into_bytes();
+    bytes.push(0);
+    vmm.mem.write_slice(&bytes, GuestAddress(CMDLINE_ADDR))?;
+    tracing::debug!("kernel command line: {cmdline}");
+    let map = e820_map(mem_size);
+    write_zero_page(
+        &vmm.mem,
+        &BootInfo {
+            cmdline_addr: CMDLINE_ADDR,
+            cmdline_size: bytes.len(),
+            initrd: initrd_info,
+            e820: &map,
+        },
+    )?;
+    mptable::write(&vmm.mem, cfg.vcpus)?;
+    debug_assert!(vmm.mem.last_addr().0 >= HIMEM_START);
+    if let Some(bsp) = vmm.vcpus.first() {
+        bsp.setup_boot_entry(&vmm.mem, entry)?;
+    }
+
+    if let Some(path) = &cfg.api_socket {
+        let api =
+            ApiServer::bind(path, &vmm.event_loop.own_ctl()).map_err(|source| BuildError::Api {
+                path: path.display().to_string(),
+                source,
+            })?;
+        vmm.set_api(api);
+    }
+    Ok(vmm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_gets_device_entries() {
+        assert_eq!(
+            final_cmdline(
+                "console=ttyS0 ",
+                &["virtio_mmio.device=4K@0xd0001000:5".into()]
+            ),
+            "console=ttyS0 virtio_mmio.device=4K@0xd0001000:5"
+        );
+        assert_eq!(final_cmdline("", &[]), "");
+    }
+}

@@ -1,0 +1,262 @@
+//! A built VM and the loop that runs it: vCPU threads do port I/O and MMIO, the main
+//! thread serves device events and the control socket until the guest resets, fails, or
+//! is stopped.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::Kvm;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::api::{self, ApiServer, CONN_SUB_BASE, LISTENER_SUB, Request};
+use crate::builder::BuildError;
+use crate::device_manager::DeviceManager;
+use crate::devices::bus::lock;
+use crate::devices::legacy::SerialOutput;
+use crate::event_loop::EventLoop;
+use crate::metrics::Metrics;
+use crate::vstate::kvm::open_kvm;
+use crate::vstate::memory::create_guest_memory;
+use crate::vstate::vcpu::{
+    Vcpu, VcpuContext, VcpuError, VcpuSet, VmControl, VmExit, install_kick_handler,
+};
+use crate::vstate::vm::Vm;
+
+const SUB_EXIT: u32 = 0;
+const SUB_RESET: u32 = 1;
+/// How long pause waits for every vCPU to park.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct Vmm {
+    pub kvm: Kvm,
+    pub vm: Vm,
+    pub mem: GuestMemoryMmap,
+    pub event_loop: EventLoop,
+    pub devices: DeviceManager,
+    pub control: Arc<VmControl>,
+    pub metrics: Arc<Metrics>,
+    pub vcpus: Vec<Vcpu>,
+    running: Option<VcpuSet>,
+    reset_evt: EventFd,
+    api: Option<ApiServer>,
+    stop_deadline: Option<Instant>,
+    pub stop_timeout: Duration,
+}
+
+impl Vmm {
+    /// KVM, guest memory, the VM with its interrupt controllers, the legacy devices and
+    /// configured (not yet started) vCPUs. Boot state is the builder's job.
+    pub fn new(
+        mem_size: u64,
+        num_vcpus: u8,
+        serial_out: SerialOutput,
+        start: Instant,
+    ) -> Result<Vmm, BuildError> {
+        let kvm = open_kvm()?;
+        let mem = create_guest_memory(mem_size)?;
+        let vm = Vm::new(&kvm)?;
+        vm.register_memory(&mem)?;
+        let metrics = Arc::new(Metrics::default());
+        let event_loop = EventLoop::new().map_err(BuildError::EventLoop)?;
+        let control = VmControl::new().map_err(BuildError::EventLoop)?;
+        let reset_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventLoop)?;
+        let own = event_loop.own_ctl();
+        own.add(
+            std::os::fd::AsRawFd::as_raw_fd(&control.exit_evt),
+            EventSet::IN,
+            SUB_EXIT,
+        )
+        .map_err(BuildError::EventLoop)?;
+        own.add(
+            std::os::fd::AsRawFd::as_raw_fd(&reset_evt),
+            EventSet::IN,
+            SUB_RESET,
+        )
+        .map_err(BuildError::EventLoop)?;
+
+        let mut devices = DeviceManager::new();
+        devices.add_legacy(
+            &vm,
+            serial_out,
+            reset_evt.try_clone().map_err(BuildError::EventLoop)?,
+            start,
+            metrics.boot_time_us.clone(),
+        )?;
+
+        let cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|source| VcpuError::Setup {
+                id: 0,
+                what: "supported CPUID",
+                source,
+            })?;
+        let mut vcpus = Vec::new();
+        for id in 0..num_vcpus {
+            let vcpu = Vcpu::new(&vm.fd, id)?;
+            vcpu.configure(&cpuid, num_vcpus)?;
+            vcpus.push(vcpu);
+        }
+        Ok(Vmm {
+            kvm,
+            vm,
+            mem,
+            event_loop,
+            devices,
+            control,
+            metrics,
+            vcpus,
+            running: None,
+            reset_evt,
+            api: None,
+            stop_deadline: None,
+            stop_timeout: Duration::from_millis(crate::config::DEFAULT_STOP_TIMEOUT_MS),
+        })
+    }
+
+    pub fn set_api(&mut self, api: ApiServer) {
+        self.api = Some(api);
+    }
+
+    /// Starts every vCPU thread.
+    pub fn start(&mut self) -> Result<(), VcpuError> {
+        install_kick_handler()?;
+        let ctx = VcpuContext {
+            io_bus: self.devices.io_bus.clone(),
+            mmio_bus: self.devices.mmio_bus.clone(),
+            mem: self.mem.clone(),
+            control: self.control.clone(),
+            metrics: self.metrics.clone(),
+        };
+        let mut threads = Vec::new();
+        for vcpu in self.vcpus.drain(..) {
+            threads.push(vcpu.start(ctx.clone())?);
+        }
+        self.running = Some(VcpuSet {
+            threads,
+            control: self.control.clone(),
+        });
+        Ok(())
+    }
+
+    /// Serves events until the VM ends, then stops the vCPUs and returns why it ended.
+    pub fn run(&mut self) -> VmExit {
+        loop {
+            if let Some(why) = self.control.exit_reason() {
+                self.stop_vcpus();
+                return why;
+            }
+            let timeout = match self.stop_deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        tracing::warn!("guest did not stop in time; stopping it");
+                        self.control.request_exit(VmExit::Stopped);
+                        continue;
+                    }
+                    left.as_millis().clamp(1, i32::MAX as u128) as i32
+                }
+                None => -1,
+            };
+            let own = match self.event_loop.run_once(timeout) {
+                Ok(own) => own,
+                Err(e) => {
+                    self.control
+                        .request_exit(VmExit::Error(format!("event loop failed: {e}")));
+                    continue;
+                }
+            };
+            for ev in own {
+                self.handle_own_event(ev.sub);
+            }
+        }
+    }
+
+    fn handle_own_event(&mut self, sub: u32) {
+        match sub {
+            SUB_EXIT => {
+                let _ = self.control.exit_evt.read();
+            }
+            SUB_RESET => {
+                let _ = self.reset_evt.read();
+                self.control.request_exit(VmExit::Reset);
+            }
+            LISTENER_SUB => {
+                let ctl = self.event_loop.own_ctl();
+                if let Some(api) = self.api.as_mut() {
+                    api.accept(&ctl);
+                }
+            }
+            s if s >= CONN_SUB_BASE => {
+                let ctl = self.event_loop.own_ctl();
+                let reqs = match self.api.as_mut() {
+                    Some(api) => api.read_requests(s, &ctl),
+                    None => return,
+                };
+                for req in reqs {
+                    let reply = self.handle_request(req);
+                    if let Some(api) = self.api.as_mut() {
+                        api.respond(s, &reply);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Answers one control request.
+    pub fn handle_request(&mut self, req: Request) -> serde_json::Value {
+        match req {
+            Request::Ping => api::ok(serde_json::json!({
+                "state": if self.control.is_paused() { "paused" } else { "running" }
+            })),
+            Request::Metrics => api::ok(serde_json::json!({"metrics": self.metrics.to_json()})),
+            Request::Pause => match &self.running {
+                Some(set) if set.pause(PAUSE_TIMEOUT) => api::ok(serde_json::json!({})),
+                Some(_) => api::error("vCPUs did not pause in time"),
+                None => api::error("VM is not running"),
+            },
+            Request::Resume => match &self.running {
+                Some(set) => {
+                    set.resume();
+                    api::ok(serde_json::json!({}))
+                }
+                None => api::error("VM is not running"),
+            },
+            Request::Stop => {
+                self.request_stop();
+                api::ok(serde_json::json!({}))
+            }
+            Request::Invalid(why) => api::error(&why),
+        }
+    }
+
+    /// Graceful stop: Ctrl-Alt-Del to the guest, and a hard stop if it has not reset by
+    /// the deadline. A paused guest cannot react, so it stops at once.
+    pub fn request_stop(&mut self) {
+        if self.control.is_paused() || self.running.is_none() {
+            self.control.request_exit(VmExit::Stopped);
+            return;
+        }
+        if self.stop_deadline.is_none() {
+            if let Some(i8042) = &self.devices.i8042 {
+                lock(i8042).send_ctrl_alt_del();
+            }
+            self.stop_deadline = Some(Instant::now() + self.stop_timeout);
+        }
+    }
+
+    fn stop_vcpus(&mut self) {
+        if let Some(mut set) = self.running.take() {
+            set.stop();
+        }
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        self.stop_vcpus();
+    }
+}

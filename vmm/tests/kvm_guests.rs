@@ -1,0 +1,292 @@
+//! Tiny hand-assembled guests run under real KVM: port I/O and MMIO exits, the serial port,
+//! the boot timer, the i8042 reset, virtio-mmio registers, pause/resume/stop and the
+//! control socket. Skipped (not failed) where /dev/kvm is unusable.
+//!
+//! The guests run in flat 32-bit protected mode without paging, so they can reach the MMIO
+//! range above 3 GiB with plain moves.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper_vmm::devices::legacy::SerialOutput;
+use hyper_vmm::devices::virtio::rng::Rng;
+use hyper_vmm::metrics::DeviceCounters;
+use hyper_vmm::vmm::Vmm;
+use hyper_vmm::vstate::vcpu::VmExit;
+use kvm_bindings::kvm_segment;
+use vm_memory::{Bytes, GuestAddress};
+
+const CODE: u64 = 0x1000;
+const MAGIC_ADDR: u32 = 0xd000_1000;
+
+fn kvm_usable() -> bool {
+    match kvm_ioctls::Kvm::new() {
+        Ok(_) => true,
+        Err(e) => {
+            println!("skipped: no /dev/kvm ({e})");
+            false
+        }
+    }
+}
+
+#[derive(Clone, Default)]
+struct Console(Arc<Mutex<Vec<u8>>>);
+impl Write for Console {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+impl Console {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// A few x86 instructions, 32-bit operand size.
+#[derive(Default)]
+struct Asm(Vec<u8>);
+impl Asm {
+    fn serial(&mut self, ch: u8) -> &mut Self {
+        self.0.extend_from_slice(&[0xb0, ch]); // mov al, ch
+        self.out_al_com1()
+    }
+    fn out_al_com1(&mut self) -> &mut Self {
+        self.0.extend_from_slice(&[0x66, 0xba, 0xf8, 0x03, 0xee]); // mov dx, 0x3f8; out dx, al
+        self
+    }
+    fn mmio_write8(&mut self, addr: u32, v: u8) -> &mut Self {
+        self.0.extend_from_slice(&[0xc6, 0x05]); // mov byte [addr], v
+        self.0.extend_from_slice(&addr.to_le_bytes());
+        self.0.push(v);
+        self
+    }
+    /// Prints 'Y' if the 32-bit value at `addr` equals `want`, else 'N'.
+    fn check_mmio32(&mut self, addr: u32, want: u32) -> &mut Self {
+        self.0.push(0xa1); // mov eax, [addr]
+        self.0.extend_from_slice(&addr.to_le_bytes());
+        self.0.push(0x3d); // cmp eax, want
+        self.0.extend_from_slice(&want.to_le_bytes());
+        self.0
+            .extend_from_slice(&[0xb0, b'Y', 0x74, 0x02, 0xb0, b'N']); // mov al,'Y'; je +2; mov al,'N'
+        self.out_al_com1()
+    }
+    fn reset(&mut self) -> &mut Self {
+        self.0.extend_from_slice(&[0xb0, 0xfe, 0xe6, 0x64]); // mov al, 0xfe; out 0x64, al
+        self
+    }
+    fn spin(&mut self) -> &mut Self {
+        self.0.extend_from_slice(&[0xeb, 0xfe]); // jmp $
+        self
+    }
+    fn ud2(&mut self) -> &mut Self {
+        self.0.extend_from_slice(&[0x0f, 0x0b]);
+        self
+    }
+}
+
+fn flat(selector: u16, type_: u8) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_,
+        present: 1,
+        dpl: 0,
+        db: 1,
+        s: 1,
+        l: 0,
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+/// A VM with `code` at 0x1000 and the boot vCPU in flat 32-bit protected mode.
+fn guest_vm(code: &[u8], console: &Console) -> Vmm {
+    let out = SerialOutput::new(
+        Some(Box::new(console.clone())),
+        Arc::new(DeviceCounters::default()),
+    );
+    let vmm = Vmm::new(32 << 20, 1, out, Instant::now()).expect("build VM");
+    vmm.mem.write_slice(code, GuestAddress(CODE)).unwrap();
+    let vcpu = &vmm.vcpus[0];
+    let mut sregs = vcpu.fd.get_sregs().unwrap();
+    sregs.cs = flat(0x8, 0xb);
+    for s in [
+        &mut sregs.ds,
+        &mut sregs.es,
+        &mut sregs.fs,
+        &mut sregs.gs,
+        &mut sregs.ss,
+    ] {
+        *s = flat(0x10, 0x3);
+    }
+    sregs.cr0 |= 1;
+    vcpu.fd.set_sregs(&sregs).unwrap();
+    let regs = kvm_bindings::kvm_regs {
+        rip: CODE,
+        rflags: 2,
+        rsp: 0x8000,
+        ..Default::default()
+    };
+    vcpu.fd.set_regs(&regs).unwrap();
+    vmm
+}
+
+fn add_rng(vmm: &mut Vmm) {
+    let mem = vmm.mem.clone();
+    let dev = Box::new(Rng::new(vmm.metrics.device("rng")));
+    vmm.devices
+        .add_virtio(&vmm.vm, &mem, &mut vmm.event_loop, dev)
+        .unwrap();
+}
+
+#[test]
+fn serial_output_then_i8042_reset_exits_cleanly() {
+    if !kvm_usable() {
+        return;
+    }
+    let console = Console::default();
+    let mut asm = Asm::default();
+    asm.serial(b'H').serial(b'i').reset().spin();
+    let mut vmm = guest_vm(&asm.0, &console);
+    vmm.start().unwrap();
+    let why = vmm.run();
+    assert_eq!(why, VmExit::Reset);
+    assert_eq!(why.exit_code(), 0);
+    assert_eq!(console.text(), "Hi");
+    let m = vmm.metrics.to_json();
+    assert!(m["exits"]["io_out"].as_u64().unwrap() >= 3, "{m}");
+}
+
+#[test]
+fn boot_timer_and_virtio_mmio_registers() {
+    if !kvm_usable() {
+        return;
+    }
+    let console = Console::default();
+    let mut asm = Asm::default();
+    asm.mmio_write8(0xd000_0000, 123)
+        .check_mmio32(MAGIC_ADDR, 0x7472_6976)
+        .check_mmio32(MAGIC_ADDR + 4, 2)
+        .check_mmio32(MAGIC_ADDR + 8, 4) // virtio-rng
+        .check_mmio32(MAGIC_ADDR + 0x34, 256) // QueueNumMax
+        .check_mmio32(MAGIC_ADDR + 8, 5) // must print N
+        .check_mmio32(0xd000_8000, 0xffff_ffff) // no device: all ones
+        .reset()
+        .spin();
+    let mut vmm = guest_vm(&asm.0, &console);
+    add_rng(&mut vmm);
+    vmm.start().unwrap();
+    assert_eq!(vmm.run(), VmExit::Reset);
+    assert_eq!(console.text(), "YYYYNY");
+    let m = vmm.metrics.to_json();
+    assert!(m["boot_time_us"].as_u64().unwrap() > 0, "{m}");
+    assert!(m["exits"]["mmio_read"].as_u64().unwrap() >= 6, "{m}");
+    assert!(m["exits"]["unhandled_mmio"].as_u64().unwrap() >= 1, "{m}");
+}
+
+#[test]
+fn triple_fault_is_an_error() {
+    if !kvm_usable() {
+        return;
+    }
+    let console = Console::default();
+    let mut asm = Asm::default();
+    // No IDT: #UD cannot be delivered, which escalates to a triple fault.
+    asm.serial(b'x').ud2();
+    let mut vmm = guest_vm(&asm.0, &console);
+    vmm.vcpus[0]
+        .fd
+        .set_sregs(&{
+            let mut s = vmm.vcpus[0].fd.get_sregs().unwrap();
+            s.idt.limit = 0;
+            s
+        })
+        .unwrap();
+    vmm.start().unwrap();
+    let why = vmm.run();
+    assert!(matches!(why, VmExit::Error(_)), "{why:?}");
+    assert_ne!(why.exit_code(), 0);
+    println!("{why:?}");
+}
+
+#[test]
+fn pause_resume_and_stop_with_timeout() {
+    if !kvm_usable() {
+        return;
+    }
+    let console = Console::default();
+    let mut asm = Asm::default();
+    asm.serial(b's').spin();
+    let mut vmm = guest_vm(&asm.0, &console);
+    vmm.stop_timeout = Duration::from_millis(300);
+    vmm.start().unwrap();
+    use hyper_vmm::api::Request;
+    assert_eq!(vmm.handle_request(Request::Pause)["ok"], true);
+    assert_eq!(vmm.handle_request(Request::Ping)["state"], "paused");
+    assert_eq!(vmm.handle_request(Request::Resume)["ok"], true);
+    assert_eq!(vmm.handle_request(Request::Ping)["state"], "running");
+    // The spinning guest ignores Ctrl-Alt-Del, so the hard stop follows the timeout.
+    let t = Instant::now();
+    assert_eq!(vmm.handle_request(Request::Stop)["ok"], true);
+    assert_eq!(vmm.run(), VmExit::Stopped);
+    assert!(t.elapsed() >= Duration::from_millis(250));
+}
+
+#[test]
+fn control_socket_end_to_end() {
+    if !kvm_usable() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let console = Console::default();
+    let mut asm = Asm::default();
+    asm.spin();
+    let mut vmm = guest_vm(&asm.0, &console);
+    vmm.stop_timeout = Duration::from_millis(100);
+    let api = hyper_vmm::api::ApiServer::bind(&sock, &vmm.event_loop.own_ctl()).unwrap();
+    vmm.set_api(api);
+    vmm.start().unwrap();
+    let client = std::thread::spawn(move || {
+        let s = UnixStream::connect(&sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut w = s;
+        let mut ask = |line: &str| -> serde_json::Value {
+            w.write_all(format!("{line}\n").as_bytes()).unwrap();
+            let mut resp = String::new();
+            r.read_line(&mut resp).unwrap();
+            serde_json::from_str(&resp).unwrap()
+        };
+        let mut replies = vec![
+            ask(r#"{"cmd":"ping"}"#),
+            ask("pause"),
+            ask(r#"{"cmd":"ping"}"#),
+            ask("resume"),
+            ask("metrics"),
+            ask("bogus"),
+            ask("{not json"),
+        ];
+        replies.push(ask(r#"{"cmd":"stop"}"#));
+        replies
+    });
+    assert_eq!(vmm.run(), VmExit::Stopped);
+    let replies = client.join().unwrap();
+    assert_eq!(replies[0]["ok"], true);
+    assert_eq!(replies[1]["ok"], true);
+    assert_eq!(replies[2]["state"], "paused");
+    assert_eq!(replies[3]["ok"], true);
+    assert!(replies[4]["metrics"]["exits"].is_object());
+    assert_eq!(replies[5]["ok"], false);
+    assert_eq!(replies[6]["ok"], false);
+    assert_eq!(replies[7]["ok"], true);
+}
