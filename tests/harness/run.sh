@@ -11,6 +11,7 @@
 #   GUEST_KERNEL, GUEST_INITRD  use these instead of building (guest-kernel-config/...)
 #   HYPER_VMM                   use this hyper-vmm instead of `cargo build -p hyper-vmm`
 #   TH_MEM (MiB, 2048), TH_SMP (1; >1 adds -accel tcg,thread=multi)
+#   TH_APPEND                   extra test-host kernel command line
 #   TIMEOUT_SCALE (1)           multiplies every test's timeout (a slower CI machine)
 #   TH_BOOT_TIMEOUT (180)       seconds for the test host to come up
 #   HARNESS_OUT                 where runs go (default target/harness); the run's
@@ -61,7 +62,7 @@ done
 
 # ---- build (everything but our binaries is cached by its inputs)
 t_build=$(date +%s.%N)
-stamp=$(date +%Y%m%d-%H%M%S)
+stamp=$(date +%Y%m%d-%H%M%S)-$$
 out=${HARNESS_OUT:-$HYPER_ROOT/target/harness}
 run=$out/runs/$stamp
 mkdir -p "$run"; ln -sfn "runs/$stamp" "$out/latest"
@@ -90,7 +91,7 @@ for n in $(printf '%s\n' "${needs[@]}" | sort -u); do
   esac
 done
 plan=$run/plan
-for t in "${tests[@]}"; do echo "$t ${TIMEOUT[$t]}"; done > "$plan"
+for t in "${tests[@]}"; do echo "$t ${TIMEOUT[$t]} $(header "$t" expect)"; done > "$plan"
 "$here/build-disk.sh" --out "$run/data.ext4" --plan "$plan" --guest-kernel "$gkernel" --guest-initrd "$ginitrd" \
   $(for b in "${bins[@]}"; do printf -- '--bin %s ' "$b"; done)
 rm -f "$run/results.img"; truncate -s 256M "$run/results.img"
@@ -115,7 +116,7 @@ qemu-system-x86_64 -M microvm -accel "$accel" -cpu max -smp "$smp" -m "${TH_MEM:
   -kernel "$testhost/vmlinuz" -initrd "$testhost/initramfs.cpio.gz" \
   -drive "if=none,id=data,file=$run/data.ext4,format=raw,readonly=on" -device virtio-blk-device,drive=data \
   -drive "if=none,id=results,file=$run/results.img,format=raw" -device virtio-blk-device,drive=results \
-  -append "console=ttyS0 panic=-1 quiet tsc_early_khz=$tsc tsc=reliable" \
+  -append "console=ttyS0 panic=-1 quiet tsc_early_khz=$tsc tsc=reliable ${TH_APPEND:-}" \
   > "$run/qemu.log" 2>&1 < /dev/null &
 qpid=$!
 stop_qemu() {
@@ -187,10 +188,10 @@ for t in "${tests[@]}"; do
   r=${RESULT[$t]:-FAIL}
   [ -z "${RESULT[$t]:-}" ] && WHY[$t]=${host_fail:-"the test host never reported it (see $console)"}
   if [ "$r" = PASS ]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
-  printf '%-4s %-22s %6s s  %s\n' "$r" "$t" "${SECS[$t]:--}" "${WHY[$t]:-}"
+  printf '%-4s %-26s %6s s  %s\n' "$r" "$t" "${SECS[$t]:--}" "${WHY[$t]:-}"
   if [ "$r" != PASS ]; then
-    for f in "$run/results/$t"/*.console "$run/results/$t"/*/*.console "$run/results/$t"/output.log; do
-      [ -f "$f" ] && echo "       artefact: $f"
+    for f in "$run/results/$t"/*.console "$run/results/$t"/*.log "$run/results/$t"/*/*.console; do
+      [ -f "$f" ] && echo "       artefact: $f$([ -s "$f" ] || echo ' (empty)')"
     done
   fi
 done
@@ -202,8 +203,8 @@ if [ $failed -gt 0 ] || [ -n "$host_fail" ]; then
   tail -n 25 "$console" | tr -d '\r'
   for t in "${tests[@]}"; do
     [ "${RESULT[$t]:-FAIL}" = PASS ] && continue
-    for f in "$run/results/$t"/*.console; do
-      [ -f "$f" ] || continue
+    for f in "$run/results/$t"/*.console "$run/results/$t"/*.vmm.log; do
+      [ -s "$f" ] || continue
       echo "----- last 15 lines of $f -----"; tail -n 15 "$f" | tr -d '\r'
     done
   done
