@@ -1,0 +1,76 @@
+//! The VMM as the shim sees it. The shim never touches KVM: it asks a `Hypervisor` to
+//! start, stop, pause and resume a VM and to name the socket that reaches the guest's
+//! vsock. `hyper_vmm` is the one backend today.
+pub mod hyper_vmm;
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+
+pub use hyper_vmm::HyperVmm;
+
+/// What a VM is made of, decided by the sandbox before boot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmSpec {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// Extra kernel parameters; the backend adds console, reboot and device entries.
+    pub kernel_params: String,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    /// Disks attached at boot; the agent finds each by its serial.
+    pub disks: Vec<Disk>,
+    /// Keep the guest's serial console in this file.
+    pub console_log: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Disk {
+    pub path: PathBuf,
+    pub read_only: bool,
+    /// virtio-blk serial (at most 20 bytes, the virtio limit).
+    pub serial: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HypervisorError {
+    #[error("VMM binary {0:?} not found (set hypervisor.path in the config)")]
+    BinaryNotFound(PathBuf),
+    #[error("guest {what} {path:?} not found (set hypervisor.{what} in the config)")]
+    MissingFile { what: &'static str, path: PathBuf },
+    #[error("start VMM {binary:?}: {source}")]
+    Spawn {
+        binary: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("VMM exited during boot with status {status}; last console lines:\n{console}")]
+    DiedDuringBoot { status: String, console: String },
+    #[error("VMM control socket {path:?}: {message}")]
+    Control { path: PathBuf, message: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[async_trait]
+pub trait Hypervisor: Send + Sync {
+    /// Starts the VM; returns once the VMM process runs (the guest may still be booting).
+    async fn start(&mut self, spec: &VmSpec) -> Result<(), HypervisorError>;
+    /// Stops the VM: a graceful request first, then a hard kill after `grace`.
+    async fn stop(&mut self, grace: std::time::Duration) -> Result<(), HypervisorError>;
+    async fn pause(&self) -> Result<(), HypervisorError>;
+    async fn resume(&self) -> Result<(), HypervisorError>;
+    /// The unix socket of the guest's hybrid vsock.
+    fn vsock_uds(&self) -> PathBuf;
+    /// PID of the VMM process, while it runs.
+    fn pid(&self) -> Option<u32>;
+}
+
+/// True while `pid` exists and is not a zombie (a zombie is dead, only not yet reaped).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}

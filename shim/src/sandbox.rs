@@ -1,0 +1,193 @@
+//! One pod = one VM: its hypervisor, its agent connection and where its state lives.
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hyper_agent_protocol::AGENT_VSOCK_PORT;
+use hyper_agent_protocol::agent::{
+    CreateSandboxRequest, DestroySandboxRequest, HealthRequest, health_response,
+};
+use hyper_agent_protocol::agent_ttrpc::AgentServiceClient;
+
+use crate::config::Config;
+use crate::hypervisor::{Disk, HyperVmm, Hypervisor, HypervisorError, VmSpec, process_alive};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error(transparent)]
+    Hypervisor(#[from] HypervisorError),
+    #[error("agent did not answer within {timeout:?}: {last_error}{console}")]
+    AgentTimeout {
+        timeout: Duration,
+        last_error: String,
+        console: String,
+    },
+    #[error("VMM (pid {pid}) exited while the guest was booting{console}")]
+    VmmDied { pid: u32, console: String },
+    #[error("agent {call}: {source}")]
+    Agent {
+        call: &'static str,
+        source: ttrpc::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct Sandbox {
+    pub id: String,
+    pub state_dir: PathBuf,
+    pub agent: AgentServiceClient,
+    hypervisor: Box<dyn Hypervisor>,
+    request_timeout: Duration,
+}
+
+/// Lines of the guest console shown in boot errors.
+const CONSOLE_TAIL_LINES: usize = 30;
+
+impl Sandbox {
+    /// Boots the VM with `disks`, waits for the agent and creates the sandbox in the guest.
+    /// On any failure the VMM is stopped and nothing is left running.
+    pub async fn boot(
+        config: &Config,
+        id: &str,
+        hostname: &str,
+        disks: Vec<Disk>,
+    ) -> Result<Self, SandboxError> {
+        let state_dir = config.runtime.state_dir.join(id);
+        std::fs::create_dir_all(&state_dir)?;
+        let console_log = state_dir.join("console.log");
+        let spec = VmSpec {
+            kernel: config.hypervisor.kernel.clone(),
+            initrd: config.hypervisor.image.clone(),
+            kernel_params: config.hypervisor.kernel_params.clone(),
+            vcpus: config.hypervisor.vcpus,
+            memory_mib: config.hypervisor.memory_mib,
+            disks,
+            console_log: config.hypervisor.debug_console.then(|| console_log.clone()),
+        };
+        let mut hypervisor: Box<dyn Hypervisor> = Box::new(HyperVmm::new(
+            config.hypervisor.path.clone(),
+            state_dir.clone(),
+        ));
+        hypervisor.start(&spec).await?;
+        let agent =
+            match wait_for_agent(hypervisor.as_ref(), config.boot_timeout(), &state_dir).await {
+                Ok(agent) => agent,
+                Err(e) => {
+                    let _ = hypervisor.stop(Duration::ZERO).await;
+                    return Err(e);
+                }
+            };
+        let sandbox = Self {
+            id: id.to_string(),
+            state_dir,
+            agent,
+            hypervisor,
+            request_timeout: config.request_timeout(),
+        };
+        let req = CreateSandboxRequest {
+            sandbox_id: id.to_string(),
+            hostname: hostname.to_string(),
+            ..Default::default()
+        };
+        if let Err(source) = sandbox.agent.create_sandbox(sandbox.ctx(), &req).await {
+            let mut sandbox = sandbox;
+            let _ = sandbox.hypervisor.stop(Duration::ZERO).await;
+            return Err(SandboxError::Agent {
+                call: "CreateSandbox",
+                source,
+            });
+        }
+        Ok(sandbox)
+    }
+
+    /// A ttrpc context with the configured per-request timeout.
+    pub fn ctx(&self) -> ttrpc::context::Context {
+        ttrpc::context::with_timeout(self.request_timeout.as_nanos() as i64)
+    }
+
+    pub fn vmm_pid(&self) -> Option<u32> {
+        self.hypervisor.pid()
+    }
+
+    pub async fn pause(&self) -> Result<(), SandboxError> {
+        Ok(self.hypervisor.pause().await?)
+    }
+
+    pub async fn resume(&self) -> Result<(), SandboxError> {
+        Ok(self.hypervisor.resume().await?)
+    }
+
+    /// Tears the pod down: sandbox in the guest, then the VM, then the state dir.
+    pub async fn shutdown(mut self) {
+        let req = DestroySandboxRequest {
+            sandbox_id: self.id.clone(),
+            ..Default::default()
+        };
+        if let Err(e) = self.agent.destroy_sandbox(self.ctx(), &req).await {
+            tracing::debug!("DestroySandbox: {e}");
+        }
+        if let Err(e) = self.hypervisor.stop(Duration::from_secs(2)).await {
+            tracing::warn!("stop VM: {e}");
+        }
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
+
+/// Retries the agent connection until it answers a health check, the VMM dies or the
+/// timeout passes, whichever comes first.
+async fn wait_for_agent(
+    hypervisor: &dyn Hypervisor,
+    timeout: Duration,
+    state_dir: &Path,
+) -> Result<AgentServiceClient, SandboxError> {
+    let start = tokio::time::Instant::now();
+    let uds = hypervisor.vsock_uds();
+    let mut last_error = String::from("no attempt made");
+    while start.elapsed() < timeout {
+        if let Some(pid) = hypervisor.pid()
+            && !process_alive(pid)
+        {
+            return Err(SandboxError::VmmDied {
+                pid,
+                console: console_tail(state_dir),
+            });
+        }
+        let left = timeout.saturating_sub(start.elapsed());
+        match crate::agent::connect(&uds, AGENT_VSOCK_PORT, left.min(Duration::from_secs(2))).await
+        {
+            Ok(agent) => {
+                let ctx = ttrpc::context::with_timeout(left.as_nanos() as i64);
+                match agent.health(ctx, &HealthRequest::default()).await {
+                    Ok(h) if h.status == health_response::Status::SERVING.into() => {
+                        return Ok(agent);
+                    }
+                    Ok(h) => last_error = format!("agent health is {:?}", h.status),
+                    Err(e) => last_error = format!("health check: {e}"),
+                }
+            }
+            Err(e) => last_error = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Err(SandboxError::AgentTimeout {
+        timeout,
+        last_error,
+        console: console_tail(state_dir),
+    })
+}
+
+/// The last lines of the VMM log and guest console, for error messages.
+fn console_tail(state_dir: &Path) -> String {
+    let mut out = String::new();
+    for name in ["vmm.log", "console.log"] {
+        if let Ok(text) = std::fs::read_to_string(state_dir.join(name)) {
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(CONSOLE_TAIL_LINES)..];
+            if !tail.is_empty() {
+                out.push_str(&format!("\n--- {name} (last {} lines) ---\n", tail.len()));
+                out.push_str(&tail.join("\n"));
+            }
+        }
+    }
+    out
+}
