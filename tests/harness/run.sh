@@ -2,11 +2,12 @@
 # Runs end-to-end tests inside the test host: a QEMU-TCG VM (emulated AMD SVM) whose own
 # KVM runs our guests for real. Boots the test host once for the whole run.
 #
-# usage: tests/harness/run.sh [--all] [--list] [--keep] [TEST...]
+# usage: tests/harness/run.sh [--all] [--list] [--keep] [--repeat N] [TEST...]
 #   TEST     names of tests/e2e/<TEST>.sh (default: the ones in tests/e2e/default.list)
 #   --all    every test in tests/e2e/, including those not expected to pass yet
 #   --list   list the tests with their timeouts and exit
 #   --keep   keep the data and results disk images of the run
+#   --repeat N  run each selected test N times in the same test-host boot (as TEST, TEST@2, ...)
 # Environment:
 #   GUEST_KERNEL, GUEST_INITRD  use these instead of building (guest-kernel-config/...)
 #   HYPER_VMM                   use this hyper-vmm instead of `cargo build -p hyper-vmm`
@@ -24,10 +25,11 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/../../scripts/common.sh"
 e2e=$HYPER_ROOT/tests/e2e
 
-all=0 list=0 keep=0 tests=()
+all=0 list=0 keep=0 repeat=1 tests=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --all) all=1 ;; --list) list=1 ;; --keep) keep=1 ;;
+    --repeat) repeat=$2; shift ;;
     -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) tests+=("${1%.sh}") ;;
@@ -50,13 +52,24 @@ if [ ${#tests[@]} -eq 0 ]; then
   else mapfile -t tests < <(grep -v '^#' "$e2e/default.list" | grep .); fi
 fi
 for t in "${tests[@]}"; do [ -f "$e2e/$t.sh" ] && [ "$t" != lib ] || die "no test tests/e2e/$t.sh (see --list)"; done
+# Each run of a test has an id: its name, then NAME@2, NAME@3 ... for repeats.
+ids=()
+declare -A SCRIPT=()
+for ((i = 1; i <= repeat; i++)); do
+  for t in "${tests[@]}"; do
+    id=$t; [ $i -gt 1 ] && id=$t@$i
+    case " ${ids[*]} " in *" $id "*) continue ;; esac
+    ids+=("$id"); SCRIPT[$id]=$t
+  done
+done
 
 scale=${TIMEOUT_SCALE:-1}
 declare -A TIMEOUT=()
 needs=()
-for t in "${tests[@]}"; do
+for id in "${ids[@]}"; do
+  t=${SCRIPT[$id]}
   to=$(header "$t" timeout); to=${to:-300}
-  TIMEOUT[$t]=$(( to * scale ))
+  TIMEOUT[$id]=$(( to * scale ))
   for n in $(header "$t" needs); do needs+=("$n"); done
 done
 
@@ -91,7 +104,7 @@ for n in $(printf '%s\n' "${needs[@]}" | sort -u); do
   esac
 done
 plan=$run/plan
-for t in "${tests[@]}"; do echo "$t ${TIMEOUT[$t]} $(header "$t" expect)"; done > "$plan"
+for id in "${ids[@]}"; do echo "$id ${SCRIPT[$id]} ${TIMEOUT[$id]} $(header "${SCRIPT[$id]}" expect)"; done > "$plan"
 "$here/build-disk.sh" --out "$run/data.ext4" --plan "$plan" --guest-kernel "$gkernel" --guest-initrd "$ginitrd" \
   $(for b in "${bins[@]}"; do printf -- '--bin %s ' "$b"; done)
 rm -f "$run/results.img"; truncate -s 256M "$run/results.img"
@@ -103,12 +116,12 @@ smp=${TH_SMP:-1} accel=tcg
 [ "$smp" -gt 1 ] && accel=tcg,thread=multi
 boot_to=${TH_BOOT_TIMEOUT:-180}
 global_to=$boot_to
-for t in "${tests[@]}"; do global_to=$(( global_to + TIMEOUT[$t] + 60 )); done
+for t in "${ids[@]}"; do global_to=$(( global_to + TIMEOUT[$t] + 60 )); done
 global_to=$(( global_to + 120 ))
 console=$run/testhost-console.log
 : > "$console"
 log "run dir: $run"
-log "booting the test host ($(cat "$testhost/version"), tsc_early_khz=$tsc, ${TH_MEM:-2048} MiB, $smp vCPU); ${#tests[@]} test(s), global timeout ${global_to}s"
+log "booting the test host ($(cat "$testhost/version"), tsc_early_khz=$tsc, ${TH_MEM:-2048} MiB, $smp vCPU); ${#ids[@]} test run(s), global timeout ${global_to}s"
 t0=$(date +%s.%N)
 qemu-system-x86_64 -M microvm -accel "$accel" -cpu max -smp "$smp" -m "${TH_MEM:-2048}" \
   -nodefaults -no-user-config -display none -monitor none -no-reboot \
@@ -184,7 +197,7 @@ fi
 passed=0 failed=0
 echo
 echo "== summary (run dir: $run)"
-for t in "${tests[@]}"; do
+for t in "${ids[@]}"; do
   r=${RESULT[$t]:-FAIL}
   [ -z "${RESULT[$t]:-}" ] && WHY[$t]=${host_fail:-"the test host never reported it (see $console)"}
   if [ "$r" = PASS ]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
@@ -201,7 +214,7 @@ echo "   test-host console: $console"
 if [ $failed -gt 0 ] || [ -n "$host_fail" ]; then
   echo "----- last 25 lines of the test-host console ($console) -----"
   tail -n 25 "$console" | tr -d '\r'
-  for t in "${tests[@]}"; do
+  for t in "${ids[@]}"; do
     [ "${RESULT[$t]:-FAIL}" = PASS ] && continue
     for f in "$run/results/$t"/*.console "$run/results/$t"/*.vmm.log; do
       [ -s "$f" ] || continue
