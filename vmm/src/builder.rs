@@ -169,14 +169,14 @@ pub fn build(cfg: &VmConfig, start: Instant) -> Result<Vmm, BuildError> {
     // Devices.
     let mem = vmm.mem.clone();
     if let Some(v) = &cfg.vsock {
-        let dev = Vsock::create(v.cid, &v.uds, vmm.metrics.device("vsock")).map_err(|e| {
+        let dev = Vsock::new(v.cid, &v.uds, vmm.metrics.device("vsock")).map_err(|e| {
             BuildError::Device {
                 device: "vsock".into(),
                 why: e.to_string(),
             }
         })?;
         vmm.devices
-            .add_virtio(&vmm.vm, &mem, &mut vmm.event_loop, dev)?;
+            .add_virtio(&vmm.vm, &mem, &mut vmm.event_loop, Box::new(dev))?;
     }
     for (i, b) in cfg.block.iter().enumerate() {
         let name = format!("block{i}");

@@ -1,18 +1,13 @@
-//! virtio-vsock. Not implemented yet.
+//! virtio-vsock in userspace with Firecracker's hybrid host side: guest streams map to
+//! unix-socket connections (see [`unix::muxer`]).
+//!
+//! `packet` parses and writes guest buffers, `csm` is the per-connection state machine,
+//! `unix` is the host side, `device` is the virtio device that moves packets between the
+//! queues and the muxer.
 
-use std::path::Path;
-use std::sync::Arc;
+pub mod csm;
+mod device;
+pub mod packet;
+pub mod unix;
 
-use crate::metrics::DeviceCounters;
-
-pub struct Vsock;
-
-impl Vsock {
-    pub fn create(
-        _cid: u64,
-        _uds: &Path,
-        _c: Arc<DeviceCounters>,
-    ) -> Result<Box<dyn crate::devices::virtio::VirtioDevice>, String> {
-        Err("virtio-vsock is not implemented yet".into())
-    }
-}
+pub use device::Vsock;

@@ -1,0 +1,380 @@
+//! The vsock virtio device: queues rx (0), tx (1) and event (2); config space is the guest
+//! CID.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+
+use super::packet::{read_tx_packet, rx_capacity, write_rx_packet};
+use super::unix::Muxer;
+use crate::devices::virtio::device::{
+    ActivateContext, ActivateError, DeviceError, VirtioDevice, read_config_bytes,
+};
+use crate::devices::virtio::{Interrupt, TYPE_VSOCK, VIRTIO_F_VERSION_1};
+use crate::event_loop::EventCtl;
+use crate::metrics::{DeviceCounters, inc};
+
+const QUEUE_SIZE: u16 = 256;
+const RXQ: usize = 0;
+const TXQ: usize = 1;
+const NUM_QUEUES: usize = 3;
+
+struct Active {
+    mem: GuestMemoryMmap,
+    queues: Vec<Queue>,
+    interrupt: Arc<Interrupt>,
+}
+
+pub struct Vsock {
+    cid: u64,
+    muxer: Muxer,
+    active: Option<Active>,
+    counters: Arc<DeviceCounters>,
+}
+
+impl Vsock {
+    /// Binds the host socket at `uds` now, so clients can connect before the guest is up.
+    pub fn new(cid: u64, uds: &Path, counters: Arc<DeviceCounters>) -> io::Result<Self> {
+        Ok(Vsock {
+            cid,
+            muxer: Muxer::new(cid, uds, counters.clone())?,
+            active: None,
+            counters,
+        })
+    }
+
+    fn process_tx(&mut self, ctl: &EventCtl) -> Result<(), DeviceError> {
+        let Some(a) = self.active.as_mut() else {
+            return Ok(());
+        };
+        let mut used = false;
+        while let Some(chain) = a.queues[TXQ].pop_descriptor_chain(&a.mem) {
+            let head = chain.head_index();
+            match read_tx_packet(&a.mem, chain) {
+                Ok((hdr, data)) => self.muxer.send_pkt(&hdr, &data, ctl),
+                Err(e) => {
+                    tracing::debug!("vsock: dropping bad TX packet: {e}");
+                    inc(&self.counters.errors);
+                }
+            }
+            a.queues[TXQ].add_used(&a.mem, head, 0)?;
+            used = true;
+        }
+        if used {
+            a.interrupt.signal_used_queue();
+        }
+        Ok(())
+    }
+
+    fn process_rx(&mut self, ctl: &EventCtl) -> Result<(), DeviceError> {
+        let Some(a) = self.active.as_mut() else {
+            return Ok(());
+        };
+        let mut used = false;
+        while self.muxer.has_pending_rx() {
+            let Some(chain) = a.queues[RXQ].pop_descriptor_chain(&a.mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            let cap = match rx_capacity(&a.mem, &chain) {
+                Ok(cap) => cap,
+                Err(e) => {
+                    tracing::debug!("vsock: unusable RX buffer: {e}");
+                    inc(&self.counters.errors);
+                    a.queues[RXQ].add_used(&a.mem, head, 0)?;
+                    used = true;
+                    continue;
+                }
+            };
+            let Some((hdr, data)) = self.muxer.recv_pkt(cap, ctl) else {
+                // Nothing to send after all: give the buffer back.
+                a.queues[RXQ].go_to_previous_position();
+                break;
+            };
+            let len = match write_rx_packet(&a.mem, chain, &hdr, &data) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::debug!("vsock: cannot write RX packet: {e}");
+                    inc(&self.counters.errors);
+                    0
+                }
+            };
+            a.queues[RXQ].add_used(&a.mem, head, len)?;
+            used = true;
+        }
+        if used {
+            a.interrupt.signal_used_queue();
+        }
+        Ok(())
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        TYPE_VSOCK
+    }
+    fn name(&self) -> &str {
+        "vsock"
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE; NUM_QUEUES]
+    }
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+    fn ack_features(&mut self, _features: u64) {}
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.cid.to_le_bytes(), offset, data);
+    }
+    fn activate(&mut self, ctx: ActivateContext, ctl: &EventCtl) -> Result<(), ActivateError> {
+        if ctx.queues.len() != NUM_QUEUES {
+            return Err(ActivateError::QueueCount {
+                expected: NUM_QUEUES,
+                got: ctx.queues.len(),
+            });
+        }
+        self.muxer.activate(ctl).map_err(ActivateError::Register)?;
+        self.active = Some(Active {
+            mem: ctx.mem,
+            queues: ctx.queues,
+            interrupt: ctx.interrupt,
+        });
+        Ok(())
+    }
+    fn queue_notify(&mut self, index: usize, ctl: &EventCtl) -> Result<(), DeviceError> {
+        if index == TXQ {
+            self.process_tx(ctl)?;
+        }
+        // TX often produces replies; a new RX buffer may unblock queued packets.
+        self.process_rx(ctl)
+    }
+    fn handle_event(
+        &mut self,
+        sub: u32,
+        events: EventSet,
+        ctl: &EventCtl,
+    ) -> Result<(), DeviceError> {
+        self.muxer.handle_event(sub, events, ctl);
+        self.process_rx(ctl)
+    }
+    fn reset(&mut self, ctl: &EventCtl) {
+        self.muxer.reset(ctl);
+        self.active = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::test_utils::*;
+    use crate::devices::virtio::vsock::packet::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+
+    fn desc(addr: u64, len: u32, flags: u16) -> RawDescriptor {
+        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))
+    }
+
+    struct Rig<'a> {
+        dev: Vsock,
+        rxq: MockSplitQueue<'a, GuestMemoryMmap>,
+        txq: MockSplitQueue<'a, GuestMemoryMmap>,
+        ctl: EventCtl,
+        _dir: tempfile::TempDir,
+        uds: std::path::PathBuf,
+    }
+
+    fn rig(mem: &GuestMemoryMmap) -> Rig<'_> {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("v.sock");
+        let mut dev = Vsock::new(3, &uds, Arc::new(DeviceCounters::default())).unwrap();
+        let rxq = MockSplitQueue::create(mem, GuestAddress(0), 16);
+        let txq = MockSplitQueue::create(mem, GuestAddress(0x1_0000), 16);
+        let evq = MockSplitQueue::create(mem, GuestAddress(0x2_0000), 16);
+        let ctl = test_ctl();
+        let ctx = ActivateContext {
+            mem: mem.clone(),
+            queues: vec![
+                rxq.create_queue().unwrap(),
+                txq.create_queue().unwrap(),
+                evq.create_queue().unwrap(),
+            ],
+            interrupt: Interrupt::new(test_irq()),
+        };
+        dev.activate(ctx, &ctl).unwrap();
+        Rig {
+            dev,
+            rxq,
+            txq,
+            ctl,
+            _dir: dir,
+            uds,
+        }
+    }
+
+    fn write_hdr(mem: &GuestMemoryMmap, at: u64, h: Header) {
+        mem.write_slice(&h.to_bytes(), GuestAddress(at)).unwrap();
+    }
+
+    #[test]
+    fn config_space_is_the_cid() {
+        let mem = test_memory();
+        let r = rig(&mem);
+        let mut b = [0u8; 8];
+        r.dev.read_config(0, &mut b);
+        assert_eq!(u64::from_le_bytes(b), 3);
+        let mut b = [0xaau8; 4];
+        r.dev.read_config(6, &mut b);
+        assert_eq!(b, [0, 0, 0, 0]);
+        r.dev.read_config(u64::MAX, &mut b);
+    }
+
+    #[test]
+    fn guest_connects_to_host_listener_through_queues() {
+        let mem = test_memory();
+        let mut r = rig(&mem);
+        let listener =
+            std::os::unix::net::UnixListener::bind(format!("{}_52", r.uds.display())).unwrap();
+        // TX: REQUEST header in one descriptor.
+        let req = Header {
+            src_cid: 3,
+            dst_cid: 2,
+            src_port: 1000,
+            dst_port: 52,
+            type_: TYPE_STREAM,
+            op: OP_REQUEST,
+            buf_alloc: 4096,
+            ..Default::default()
+        };
+        write_hdr(&mem, 0x10_0000, req);
+        r.txq
+            .add_desc_chains(&[desc(0x10_0000, HDR_SIZE as u32, 0)], 0)
+            .unwrap();
+        // RX: one buffer for the answer.
+        r.rxq
+            .add_desc_chains(&[desc(0x20_0000, 4096, VRING_DESC_F_WRITE)], 0)
+            .unwrap();
+        r.dev.queue_notify(TXQ, &r.ctl).unwrap();
+        let used = used_elems(&mem, &r.rxq);
+        assert_eq!(used, vec![(0, HDR_SIZE as u32)]);
+        let mut hb = [0u8; HDR_SIZE];
+        mem.read_slice(&mut hb, GuestAddress(0x20_0000)).unwrap();
+        let resp = Header::from_bytes(&hb);
+        assert_eq!(
+            (resp.op, resp.dst_port, resp.src_port),
+            (OP_RESPONSE, 1000, 52)
+        );
+        let (mut s, _) = listener.accept().unwrap();
+
+        // TX: data split over header and payload descriptors.
+        let mut rw = req;
+        rw.op = OP_RW;
+        rw.len = 3;
+        write_hdr(&mem, 0x10_1000, rw);
+        mem.write_slice(b"abc", GuestAddress(0x10_2000)).unwrap();
+        r.txq
+            .add_desc_chains(
+                &[
+                    RawDescriptor::from(SplitDescriptor::new(0x10_1000, HDR_SIZE as u32, 1, 2)),
+                    RawDescriptor::from(SplitDescriptor::new(0x10_2000, 3, 0, 0)),
+                ],
+                1,
+            )
+            .unwrap();
+        r.dev.queue_notify(TXQ, &r.ctl).unwrap();
+        let mut got = [0u8; 3];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"abc");
+        s.write_all(b"xy").unwrap();
+    }
+
+    #[test]
+    fn hostile_tx_chains_are_dropped() {
+        let mem = test_memory();
+        let mut r = rig(&mem);
+        let ok_hdr = Header {
+            src_cid: 3,
+            dst_cid: 2,
+            type_: TYPE_STREAM,
+            op: OP_RW,
+            ..Default::default()
+        };
+        // len beyond the buffer, len beyond the limit.
+        let mut h = ok_hdr;
+        h.len = 1000;
+        write_hdr(&mem, 0x10_0000, h);
+        h.len = u32::MAX;
+        write_hdr(&mem, 0x10_1000, h);
+        r.txq
+            .add_desc_chains(
+                &[
+                    desc(0x10_0000, HDR_SIZE as u32 + 10, 0),
+                    desc(0x10_1000, HDR_SIZE as u32, 0),
+                    // Header-sized buffer outside memory.
+                    desc(0x7fff_ffff_0000, HDR_SIZE as u32, 0),
+                    // Too small, zero-length, and a write-only buffer on the TX queue.
+                    desc(0x10_2000, 10, 0),
+                    desc(0x10_3000, 0, 0),
+                    desc(0x10_4000, 64, VRING_DESC_F_WRITE),
+                    // A descriptor whose next points to itself.
+                    RawDescriptor::from(SplitDescriptor::new(0x10_5000, 8, 1, 7)),
+                ],
+                0,
+            )
+            .unwrap();
+        r.dev.queue_notify(TXQ, &r.ctl).unwrap();
+        assert_eq!(used_elems(&mem, &r.txq).len(), 7);
+        assert!(
+            r.dev
+                .counters
+                .errors
+                .load(std::sync::atomic::Ordering::Relaxed)
+                >= 6
+        );
+        // The device still works: a connect attempt to a closed port gets an RST.
+        let _c = UnixStream::connect(&r.uds);
+    }
+
+    #[test]
+    fn small_or_bad_rx_buffers_do_not_lose_packets() {
+        let mem = test_memory();
+        let mut r = rig(&mem);
+        // A RST is owed to the guest (REQUEST to a port nobody listens on).
+        let req = Header {
+            src_cid: 3,
+            dst_cid: 2,
+            src_port: 1,
+            dst_port: 9,
+            type_: TYPE_STREAM,
+            op: OP_REQUEST,
+            ..Default::default()
+        };
+        write_hdr(&mem, 0x10_0000, req);
+        r.txq
+            .add_desc_chains(&[desc(0x10_0000, HDR_SIZE as u32, 0)], 0)
+            .unwrap();
+        r.rxq
+            .add_desc_chains(
+                &[
+                    desc(0x20_0000, 8, VRING_DESC_F_WRITE),
+                    desc(0x7fff_ffff_0000, 4096, VRING_DESC_F_WRITE),
+                    desc(0x20_1000, 4096, VRING_DESC_F_WRITE),
+                ],
+                0,
+            )
+            .unwrap();
+        r.dev.queue_notify(TXQ, &r.ctl).unwrap();
+        let used = used_elems(&mem, &r.rxq);
+        assert_eq!(used, vec![(0, 0), (1, 0), (2, HDR_SIZE as u32)]);
+        let mut hb = [0u8; HDR_SIZE];
+        mem.read_slice(&mut hb, GuestAddress(0x20_1000)).unwrap();
+        assert_eq!(Header::from_bytes(&hb).op, OP_RST);
+    }
+}

@@ -1,0 +1,354 @@
+//! Muxer tests with real unix sockets; the test plays the guest by calling send_pkt and
+//! recv_pkt directly.
+
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::*;
+use crate::event_loop::{EventHandler, EventLoop};
+
+const GUEST_CID: u64 = 3;
+
+struct Handler(Arc<Mutex<Muxer>>);
+impl EventHandler for Handler {
+    fn handle_event(&mut self, sub: u32, events: EventSet, ctl: &EventCtl) {
+        self.0.lock().unwrap().handle_event(sub, events, ctl);
+    }
+}
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    uds: std::path::PathBuf,
+    mux: Arc<Mutex<Muxer>>,
+    el: EventLoop,
+    ctl: EventCtl,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("v.sock");
+        let mux = Arc::new(Mutex::new(
+            Muxer::new(GUEST_CID, &uds, Arc::new(DeviceCounters::default())).unwrap(),
+        ));
+        let mut el = EventLoop::new().unwrap();
+        let ctl = el.add_handler(Arc::new(Mutex::new(Handler(mux.clone()))));
+        mux.lock().unwrap().activate(&ctl).unwrap();
+        Rig {
+            _dir: dir,
+            uds,
+            mux,
+            el,
+            ctl,
+        }
+    }
+
+    /// Runs the event loop until it is idle.
+    fn pump(&self) {
+        for _ in 0..4 {
+            self.el.run_once(5).unwrap();
+        }
+    }
+
+    fn recv(&self) -> Option<(Header, Vec<u8>)> {
+        self.pump();
+        self.mux.lock().unwrap().recv_pkt(64 * 1024, &self.ctl)
+    }
+
+    fn recv_all(&self) -> Vec<(Header, Vec<u8>)> {
+        let mut v = Vec::new();
+        while let Some(p) = self.recv() {
+            v.push(p);
+        }
+        v
+    }
+
+    fn send(&self, hdr: Header, data: &[u8]) {
+        let mut h = hdr;
+        h.len = data.len() as u32;
+        self.mux.lock().unwrap().send_pkt(&h, data, &self.ctl);
+        self.pump();
+    }
+
+    fn client(&self, line: &[u8]) -> UnixStream {
+        let mut s = UnixStream::connect(&self.uds).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(line).unwrap();
+        s
+    }
+}
+
+/// A packet from the guest's `gport` to host port `hport`.
+fn from_guest(op: u16, gport: u32, hport: u32, buf_alloc: u32, fwd_cnt: u32) -> Header {
+    Header {
+        src_cid: GUEST_CID,
+        dst_cid: HOST_CID,
+        src_port: gport,
+        dst_port: hport,
+        type_: TYPE_STREAM,
+        op,
+        buf_alloc,
+        fwd_cnt,
+        ..Default::default()
+    }
+}
+
+fn read_line(s: &mut UnixStream) -> String {
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    while let Ok(1) = s.read(&mut b) {
+        out.push(b[0]);
+        if b[0] == b'\n' {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn is_closed(s: &mut UnixStream) -> bool {
+    let mut b = [0u8; 16];
+    matches!(s.read(&mut b), Ok(0))
+        || matches!(s.read(&mut b), Err(e) if e.kind() == io::ErrorKind::ConnectionReset)
+}
+
+/// Host client connects to guest port `gport`; returns the stream and our host port.
+fn connect(rig: &Rig, gport: u32, buf_alloc: u32) -> (UnixStream, u32) {
+    let mut c = rig.client(format!("CONNECT {gport}\n").as_bytes());
+    let (req, _) = rig.recv().expect("REQUEST");
+    assert_eq!(req.op, OP_REQUEST);
+    assert_eq!(req.dst_port, gport);
+    assert_eq!(req.dst_cid, GUEST_CID);
+    rig.send(
+        from_guest(OP_RESPONSE, gport, req.src_port, buf_alloc, 0),
+        &[],
+    );
+    assert_eq!(read_line(&mut c), format!("OK {}\n", req.src_port));
+    (c, req.src_port)
+}
+
+#[test]
+fn connect_handshake_and_data_both_ways() {
+    let rig = Rig::new();
+    let (mut c, hport) = connect(&rig, 1024, 65536);
+    assert!(hport >= LOCAL_PORT_FIRST);
+    c.write_all(b"hello").unwrap();
+    let (h, d) = rig.recv().unwrap();
+    assert_eq!((h.op, h.src_port, h.dst_port), (OP_RW, hport, 1024));
+    assert_eq!(d, b"hello");
+    rig.send(from_guest(OP_RW, 1024, hport, 65536, 5), b"world");
+    let mut buf = [0u8; 5];
+    c.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"world");
+    // Bytes written straight after the CONNECT line are not lost.
+    let mut c2 = rig.client(b"CONNECT 7\npre");
+    let (req, _) = rig.recv().unwrap();
+    rig.send(from_guest(OP_RESPONSE, 7, req.src_port, 4096, 0), &[]);
+    assert!(read_line(&mut c2).starts_with("OK "));
+    let (h, d) = rig.recv().unwrap();
+    assert_eq!((h.op, d.as_slice()), (OP_RW, &b"pre"[..]));
+}
+
+#[test]
+fn bad_handshakes_are_closed() {
+    let rig = Rig::new();
+    let mut garbage = rig.client(b"HELLO 12\n");
+    let mut too_long = rig.client(&[b'C'; MAX_CONNECT_LINE + 8]);
+    let mut not_a_port = rig.client(b"CONNECT 12x\n");
+    let mut empty = rig.client(b"CONNECT \n");
+    let mut overflow = rig.client(b"CONNECT 99999999999\n");
+    let mut hangup = rig.client(b"CONN");
+    hangup.shutdown(Shutdown::Write).unwrap();
+    rig.pump();
+    for s in [
+        &mut garbage,
+        &mut too_long,
+        &mut not_a_port,
+        &mut empty,
+        &mut overflow,
+        &mut hangup,
+    ] {
+        assert!(is_closed(s));
+    }
+    assert!(rig.recv().is_none(), "no packet for the guest");
+    // Unknown guest port: the guest answers RST and the client is closed.
+    let mut c = rig.client(b"CONNECT 4444\n");
+    let (req, _) = rig.recv().unwrap();
+    rig.send(from_guest(OP_RST, 4444, req.src_port, 0, 0), &[]);
+    assert!(is_closed(&mut c));
+    assert_eq!(rig.mux.lock().unwrap().connection_count(), 0);
+}
+
+#[test]
+fn many_connections() {
+    let rig = Rig::new();
+    let mut clients: Vec<UnixStream> = (0..40)
+        .map(|i| rig.client(format!("CONNECT {}\n", 2000 + i).as_bytes()))
+        .collect();
+    let reqs = rig.recv_all();
+    assert_eq!(reqs.len(), 40);
+    let mut ports: Vec<u32> = reqs.iter().map(|(h, _)| h.src_port).collect();
+    ports.sort();
+    ports.dedup();
+    assert_eq!(ports.len(), 40, "distinct host ports");
+    for (h, _) in &reqs {
+        rig.send(
+            from_guest(OP_RESPONSE, h.dst_port, h.src_port, 4096, 0),
+            &[],
+        );
+    }
+    for c in &mut clients {
+        assert!(read_line(c).starts_with("OK "));
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.write_all(format!("msg{i}").as_bytes()).unwrap();
+    }
+    let data = rig.recv_all();
+    assert_eq!(data.len(), 40);
+    for (h, d) in data {
+        assert_eq!(d, format!("msg{}", h.dst_port - 2000).into_bytes());
+    }
+    assert_eq!(rig.mux.lock().unwrap().connection_count(), 40);
+}
+
+#[test]
+fn host_to_guest_respects_guest_credit() {
+    let rig = Rig::new();
+    let (mut c, hport) = connect(&rig, 1024, 16);
+    c.write_all(&[7u8; 100]).unwrap();
+    let (h, d) = rig.recv().unwrap();
+    assert_eq!((h.op, d.len()), (OP_RW, 16));
+    let (h, _) = rig.recv().unwrap();
+    assert_eq!(h.op, OP_CREDIT_REQUEST);
+    assert!(
+        rig.recv().is_none(),
+        "nothing more until the guest frees space"
+    );
+    rig.send(from_guest(OP_CREDIT_UPDATE, 1024, hport, 16, 16), &[]);
+    let (h, d) = rig.recv().unwrap();
+    assert_eq!((h.op, d.len()), (OP_RW, 16));
+}
+
+#[test]
+fn guest_to_host_credit_updates_and_overflow() {
+    let rig = Rig::new();
+    let (c, hport) = connect(&rig, 1024, 65536);
+    // The host reads nothing: the stream fills, then our buffer; a guest that ignores the
+    // credit we advertised gets reset.
+    let chunk = vec![1u8; 32 * 1024];
+    let mut reset = false;
+    for _ in 0..64 {
+        rig.send(from_guest(OP_RW, 1024, hport, 65536, 0), &chunk);
+        if rig.recv_all().iter().any(|(h, _)| h.op == OP_RST) {
+            reset = true;
+            break;
+        }
+    }
+    assert!(reset);
+    drop(c);
+    // A reader that keeps up gets credit updates as it consumes.
+    let (mut c, hport) = connect(&rig, 1025, 65536);
+    let reader = std::thread::spawn(move || {
+        let mut total = 0;
+        let mut buf = vec![0u8; 65536];
+        while total < 256 * 1024 {
+            match c.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+        total
+    });
+    let mut updates = 0;
+    for _ in 0..8 {
+        rig.send(from_guest(OP_RW, 1025, hport, 65536, 0), &chunk);
+        std::thread::sleep(Duration::from_millis(5));
+        rig.pump();
+        updates += rig
+            .recv_all()
+            .iter()
+            .filter(|(h, _)| h.op == OP_CREDIT_UPDATE)
+            .count();
+    }
+    assert_eq!(reader.join().unwrap(), 256 * 1024);
+    assert!(updates >= 1);
+}
+
+#[test]
+fn half_close_both_directions() {
+    let rig = Rig::new();
+    let (mut c, hport) = connect(&rig, 1024, 65536);
+    // Host stops sending: the guest hears SHUTDOWN(SEND) but can still send.
+    c.shutdown(Shutdown::Write).unwrap();
+    let (h, _) = rig.recv().unwrap();
+    assert_eq!((h.op, h.flags), (OP_SHUTDOWN, SHUTDOWN_SEND));
+    rig.send(from_guest(OP_RW, 1024, hport, 65536, 0), b"reply");
+    let mut buf = [0u8; 5];
+    c.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"reply");
+    // Guest stops sending: the host reads EOF.
+    rig.send(from_guest(OP_SHUTDOWN, 1024, hport, 65536, 0), &[]);
+    let mut h = from_guest(OP_SHUTDOWN, 1024, hport, 65536, 0);
+    h.flags = SHUTDOWN_SEND;
+    rig.send(h, &[]);
+    assert!(is_closed(&mut c));
+    // Full shutdown from the guest: we answer RST and forget the connection.
+    h.flags = SHUTDOWN_SEND | SHUTDOWN_RCV;
+    rig.send(h, &[]);
+    let (r, _) = rig.recv().unwrap();
+    assert_eq!(r.op, OP_RST);
+    assert_eq!(rig.mux.lock().unwrap().connection_count(), 0);
+}
+
+#[test]
+fn guest_initiated_connections() {
+    let rig = Rig::new();
+    let listener = UnixListener::bind(format!("{}_5000", rig.uds.display())).unwrap();
+    rig.send(from_guest(OP_REQUEST, 3333, 5000, 4096, 0), &[]);
+    let (h, _) = rig.recv().unwrap();
+    assert_eq!((h.op, h.src_port, h.dst_port), (OP_RESPONSE, 5000, 3333));
+    let (mut s, _) = listener.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    rig.send(from_guest(OP_RW, 3333, 5000, 4096, 0), b"ping");
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+    s.write_all(b"pong").unwrap();
+    let (h, d) = rig.recv().unwrap();
+    assert_eq!((h.op, d.as_slice()), (OP_RW, &b"pong"[..]));
+    // Nobody listens on 5001: RST.
+    rig.send(from_guest(OP_REQUEST, 3334, 5001, 4096, 0), &[]);
+    let (h, _) = rig.recv().unwrap();
+    assert_eq!((h.op, h.dst_port), (OP_RST, 3334));
+}
+
+#[test]
+fn hostile_packets() {
+    let rig = Rig::new();
+    // Wrong source CID: dropped silently.
+    let mut h = from_guest(OP_REQUEST, 1, 5000, 0, 0);
+    h.src_cid = 99;
+    rig.send(h, &[]);
+    assert!(rig.recv().is_none());
+    // Not a stream packet: RST.
+    let mut h = from_guest(OP_REQUEST, 1, 5000, 0, 0);
+    h.type_ = 2;
+    rig.send(h, &[]);
+    assert_eq!(rig.recv().unwrap().0.op, OP_RST);
+    // Data, shutdown or credit for a connection that does not exist: RST.
+    for op in [OP_RW, OP_SHUTDOWN, OP_CREDIT_UPDATE, OP_RESPONSE, 77] {
+        rig.send(from_guest(op, 1, 5000, 0, 0), b"xx");
+        assert_eq!(rig.recv().unwrap().0.op, OP_RST, "op {op}");
+    }
+    // A stray RST gets no answer.
+    rig.send(from_guest(OP_RST, 1, 5000, 0, 0), &[]);
+    assert!(rig.recv().is_none());
+    // Data before RESPONSE on a host-initiated connection resets it.
+    let mut c = rig.client(b"CONNECT 9\n");
+    let (req, _) = rig.recv().unwrap();
+    rig.send(from_guest(OP_RW, 9, req.src_port, 4096, 0), b"early");
+    assert_eq!(rig.recv().unwrap().0.op, OP_RST);
+    assert!(is_closed(&mut c));
+}
