@@ -55,8 +55,11 @@ fn register(fd: OwnedFd, what: &'static str) -> Result<AsyncFd<OwnedFd>, Process
 
 /// A child's stdout or stderr: filled by a reader task, drained by ReadStdout/ReadStderr.
 pub struct OutputStream {
-    inner: tokio::sync::Mutex<(Option<mpsc::Receiver<Vec<u8>>>, Vec<u8>)>,
+    /// Chunks from the reader task (None: no stream) and the unread rest of the last one.
+    inner: tokio::sync::Mutex<(Option<Chunks>, Vec<u8>)>,
 }
+
+type Chunks = mpsc::Receiver<Vec<u8>>;
 
 impl OutputStream {
     fn new(fd: Option<OwnedFd>) -> Result<Self, ProcessError> {
@@ -313,16 +316,34 @@ fn spawn_blocking(cfg: &InitConfig, child: ChildStdio) -> HelperResult {
     let mut line = serde_json::to_vec(cfg).map_err(|e| ProcessError::Setup(e.to_string()))?;
     line.push(b'\n');
     cfg_w.write_all(&line).map_err(io("write helper config"))?;
-    let pid = match read_status(&mut status) {
-        Some(Status::Pid(pid)) => pid,
-        Some(Status::Error(e)) => return Err(ProcessError::Setup(e)),
-        other => return Err(ProcessError::Setup(format!("helper said {other:?}"))),
+    // Stage 1 reports the pid, stage 2 reports Ready: both write the same pipe, in
+    // either order.
+    let mut pid = None;
+    let mut exit = None;
+    let mut ready = false;
+    let fail = |pid: Option<i32>, e: ProcessError| {
+        if let Some(p) = pid {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::SIGKILL);
+        }
+        Err(e)
     };
-    let exit = Reaper::global().watch_fresh(pid);
-    let _ = cfg_w.write_all(b"k");
+    while pid.is_none() || !ready {
+        match read_status(&mut status) {
+            Some(Status::Pid(p)) if pid.is_none() => {
+                exit = Some(Reaper::global().watch_fresh(p));
+                pid = Some(p);
+                // Stage 1 may exit now: the reaper knows whom the stage 2 status goes to.
+                let _ = cfg_w.write_all(b"k");
+            }
+            Some(Status::Ready) if !ready => ready = true,
+            Some(Status::Error(e)) => return fail(pid, ProcessError::Setup(e)),
+            other => return fail(pid, ProcessError::Setup(format!("helper said {other:?}"))),
+        }
+    }
     drop(cfg_w);
-    match read_status(&mut status) {
-        Some(Status::Ready) => Ok((
+    match (pid, exit) {
+        (Some(pid), Some(exit)) => Ok((
             Spawned {
                 pid,
                 exit,
@@ -333,14 +354,7 @@ fn spawn_blocking(cfg: &InitConfig, child: ChildStdio) -> HelperResult {
             },
             helper_exit,
         )),
-        other => {
-            let _ =
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
-            Err(match other {
-                Some(Status::Error(e)) => ProcessError::Setup(e),
-                other => ProcessError::Setup(format!("process {pid} said {other:?}")),
-            })
-        }
+        _ => Err(ProcessError::Setup("helper reported no pid".into())),
     }
 }
 
@@ -351,7 +365,7 @@ impl Starter {
             mut start,
             mut status,
         } = self;
-        let res = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             start.write_all(b"s").map_err(io("start"))?;
             drop(start);
             match read_status(&mut status) {
@@ -361,8 +375,7 @@ impl Starter {
             }
         })
         .await
-        .map_err(|e| ProcessError::Exec(e.to_string()))?;
-        res
+        .map_err(|e| ProcessError::Exec(e.to_string()))?
     }
 }
 

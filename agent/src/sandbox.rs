@@ -429,7 +429,8 @@ impl Sandbox {
                 allowed_roots: &allowed,
                 cgroup_procs: cgroup.as_ref().map(|c| c.procs_file()),
             },
-        )?;
+        )
+        .map_err(|e| invalid(format!("oci_spec_json.{e}")))?;
         if let Some(res) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
             match &cgroup {
                 Some(cg) => cg.apply(res)?,

@@ -161,7 +161,7 @@ fn holder_loop() -> ! {
         match nix::sys::wait::wait() {
             Ok(_) => continue,
             Err(_) => {
-                let _ = nix::unistd::pause();
+                nix::unistd::pause();
             }
         }
     }
@@ -449,10 +449,11 @@ fn apply_caps_before_setuid(c: &CapsConfig) -> Result<()> {
 
 fn apply_caps_after_setuid(c: &CapsConfig) -> Result<()> {
     use caps::CapSet;
-    caps::set(None, CapSet::Permitted, &parse_caps(&c.permitted)?).context("permitted caps")?;
+    // Every capset must keep effective within permitted: shrink effective first.
+    caps::set(None, CapSet::Effective, &parse_caps(&c.effective)?).context("effective caps")?;
     caps::set(None, CapSet::Inheritable, &parse_caps(&c.inheritable)?)
         .context("inheritable caps")?;
-    caps::set(None, CapSet::Effective, &parse_caps(&c.effective)?).context("effective caps")?;
+    caps::set(None, CapSet::Permitted, &parse_caps(&c.permitted)?).context("permitted caps")?;
     caps::clear(None, CapSet::Ambient).context("clear ambient caps")?;
     for cap in parse_caps(&c.ambient)? {
         caps::raise(None, CapSet::Ambient, cap).with_context(|| format!("ambient {cap}"))?;

@@ -227,10 +227,13 @@ pub fn container_config(spec: &Spec, inp: &Inputs) -> Result<InitConfig, SpecErr
 
 /// Which namespaces to join and which to create. In a pod, network, ipc, uts (and pid when
 /// the pod shares it) are the pod's; host paths in the spec are ignored for those.
+/// Namespaces to join (with their paths) and namespaces to create.
+type NsPlan = (Vec<(Ns, PathBuf)>, Vec<Ns>);
+
 fn namespaces(
     list: &[oci_spec::runtime::LinuxNamespace],
     pod: &PodContext,
-) -> Result<(Vec<(Ns, PathBuf)>, Vec<Ns>), SpecError> {
+) -> Result<NsPlan, SpecError> {
     let mut seen = HashSet::new();
     let mut join = Vec::new();
     let mut new = Vec::new();
@@ -450,6 +453,8 @@ pub fn process_config(field: &str, p: &Process) -> Result<ProcessConfig, SpecErr
     })
 }
 
+// The RLIMIT_* type differs between libcs.
+#[allow(clippy::unnecessary_cast)]
 fn rlimit_number(t: PosixRlimitType) -> u32 {
     use PosixRlimitType as R;
     (match t {
@@ -571,7 +576,10 @@ mod tests {
         );
         assert_eq!(p.umask, Some(0o22));
         assert!(p.no_new_privileges);
-        assert_eq!(p.rlimits, vec![(libc::RLIMIT_NOFILE as u32, 512, 1024)]);
+        assert_eq!(
+            p.rlimits,
+            vec![(rlimit_number(PosixRlimitType::RlimitNofile), 512, 1024)]
+        );
         let caps = p.caps.as_ref().unwrap();
         assert_eq!(
             caps.bounding,
