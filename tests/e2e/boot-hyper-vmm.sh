@@ -1,6 +1,6 @@
 #!/bin/bash
 # hyper-vmm boots our guest kernel and image inside the test host, and the agent reports
-# ready on the console. Not in the default suite until hyper-vmm boots Linux.
+# ready on the console.
 # timeout: 240
 # needs: hyper-vmm
 . "$TH_LIB"

@@ -21,6 +21,9 @@ READY_MARKER=HYPER-AGENT-READY
 GUEST_CMDLINE=${GUEST_CMDLINE:-console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1}
 
 declare -A VM_PID=() VM_T0=() VM_KIND=()
+# hyper-vmm's hybrid-vsock sockets (host side: connect, send "CONNECT <port>\n").
+TH_VSOCK_DIR=/tmp/vsock-$TH_TEST
+mkdir -p "$TH_VSOCK_DIR"
 VMS=()
 WAIT_MS=0
 
@@ -96,7 +99,7 @@ vm_start_hyper() {
   while [ $# -gt 0 ]; do
     case "$1" in
       --kernel|--initrd|--cmdline|--vcpus|--memory-mib|--api-socket) args+=("$1" "$2") ;;
-      --vsock) args+=(--vsock-uds "/tmp/$TH_TEST-$vm.vsock" --vsock-cid "$2") ;;
+      --vsock) args+=(--vsock-uds "$TH_VSOCK_DIR/$vm.vsock" --vsock-cid "$2") ;;
       *) fail "vm_start_hyper: unknown option $1" ;;
     esac
     shift 2
@@ -162,6 +165,7 @@ vm_stop() {
 _th_cleanup() {
   local vm
   for vm in "${VMS[@]}"; do vm_running "$vm" && vm_stop "$vm"; done
+  rm -rf "$TH_VSOCK_DIR"
   return 0
 }
 trap _th_cleanup EXIT
