@@ -4,6 +4,7 @@
 //! service (containerd's task API) → sandbox (one VM per pod: hypervisor + agent +
 //! containers) → `hypervisor::Hypervisor` and the agent client.
 pub mod agent;
+pub mod command;
 pub mod config;
 pub mod hypervisor;
 pub mod io;

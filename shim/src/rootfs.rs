@@ -66,7 +66,7 @@ pub fn unmount(target: &Path) {
 }
 
 /// Copies `dir` into a fresh ext4 image at `image`, sized for its content plus headroom.
-pub fn make_image(dir: &Path, image: &Path) -> Result<(), RootfsError> {
+pub async fn make_image(dir: &Path, image: &Path) -> Result<(), RootfsError> {
     let err = |message: String| RootfsError::Image {
         image: image.into(),
         dir: dir.into(),
@@ -76,52 +76,66 @@ pub fn make_image(dir: &Path, image: &Path) -> Result<(), RootfsError> {
     if entries.count() == 0 {
         return Err(RootfsError::Empty(dir.into()));
     }
-    let used_kib = disk_usage_kib(dir).map_err(err)?;
-    let size_kib = used_kib * 2 + IMAGE_HEADROOM_MIB * 1024;
+    let walk = dir.to_path_buf();
+    let used = tokio::task::spawn_blocking(move || disk_usage(&walk))
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let size_kib = used / 1024 * 2 + IMAGE_HEADROOM_MIB * 1024;
     let _ = std::fs::remove_file(image);
-    let out = Command::new("mke2fs")
-        .args(["-q", "-F", "-t", "ext4", "-E", "root_owner=0:0", "-d"])
+    let mut cmd = Command::new("mke2fs");
+    cmd.args(["-q", "-F", "-t", "ext4", "-E", "root_owner=0:0", "-d"])
         .arg(dir)
         .arg(image)
-        .arg(format!("{size_kib}k"))
-        .output()
+        .arg(format!("{size_kib}k"));
+    let out = crate::command::output(cmd)
+        .await
         .map_err(|e| err(format!("run mke2fs (is e2fsprogs installed?): {e}")))?;
-    if !out.status.success() {
+    if out.code != 0 {
         let _ = std::fs::remove_file(image);
         return Err(err(format!(
-            "mke2fs failed ({}): {}",
-            out.status,
+            "mke2fs failed (exit {}): {}",
+            out.code,
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
     Ok(())
 }
 
-fn disk_usage_kib(dir: &Path) -> Result<u64, String> {
-    let out = Command::new("du")
-        .args(["-sk", "-x"])
-        .arg(dir)
-        .output()
-        .map_err(|e| format!("run du: {e}"))?;
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| format!("du gave no size for {}", dir.display()))
+/// Bytes the files under `dir` take (rounded up to 4 KiB each), without crossing mounts.
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(top) = std::fs::symlink_metadata(dir) else {
+        return 0;
+    };
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            total += m.len().div_ceil(4096) * 4096;
+            if m.is_dir() && m.dev() == top.dev() {
+                stack.push(e.path());
+            }
+        }
+    }
+    total
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn image_holds_the_tree() {
+    #[tokio::test]
+    async fn image_holds_the_tree() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("rootfs");
         std::fs::create_dir_all(root.join("etc")).unwrap();
         std::fs::write(root.join("etc/hostname"), "box\n").unwrap();
         let image = dir.path().join("rootfs.img");
-        make_image(&root, &image).unwrap();
+        make_image(&root, &image).await.unwrap();
         // debugfs reads the image without mounting it.
         let out = Command::new("debugfs")
             .args(["-R", "cat /etc/hostname"])
@@ -131,10 +145,12 @@ mod tests {
         assert_eq!(String::from_utf8_lossy(&out.stdout), "box\n");
     }
 
-    #[test]
-    fn an_empty_rootfs_is_refused() {
+    #[tokio::test]
+    async fn an_empty_rootfs_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let err = make_image(dir.path(), &dir.path().join("x.img")).unwrap_err();
+        let err = make_image(dir.path(), &dir.path().join("x.img"))
+            .await
+            .unwrap_err();
         assert!(matches!(err, RootfsError::Empty(_)), "{err}");
     }
 

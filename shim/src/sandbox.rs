@@ -68,12 +68,16 @@ impl Sandbox {
             config.hypervisor.path.clone(),
             state_dir.clone(),
         ));
-        hypervisor.start(&spec).await?;
+        if let Err(e) = hypervisor.start(&spec).await {
+            let _ = std::fs::remove_dir_all(&state_dir);
+            return Err(e.into());
+        }
         let agent =
             match wait_for_agent(hypervisor.as_ref(), config.boot_timeout(), &state_dir).await {
                 Ok(agent) => agent,
                 Err(e) => {
                     let _ = hypervisor.stop(Duration::ZERO).await;
+                    let _ = std::fs::remove_dir_all(&state_dir);
                     return Err(e);
                 }
             };
@@ -90,8 +94,7 @@ impl Sandbox {
             ..Default::default()
         };
         if let Err(source) = sandbox.agent.create_sandbox(sandbox.ctx(), &req).await {
-            let mut sandbox = sandbox;
-            let _ = sandbox.hypervisor.stop(Duration::ZERO).await;
+            sandbox.shutdown().await;
             return Err(SandboxError::Agent {
                 call: "CreateSandbox",
                 source,

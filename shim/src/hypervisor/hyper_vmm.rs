@@ -102,7 +102,7 @@ impl HyperVmm {
             .read_line(&mut line)
             .await
             .map_err(|e| err(format!("read answer to {request}: {e}")))?;
-        if line.contains("\"error\"") || line.is_empty() {
+        if !line.replace(' ', "").contains("\"ok\":true") {
             return Err(err(format!("{request} failed: {}", line.trim())));
         }
         Ok(line)
@@ -167,7 +167,7 @@ impl Hypervisor for HyperVmm {
             return Ok(());
         };
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        if self.control("{\"action\":\"stop\"}").await.is_ok() {
+        if self.control("{\"cmd\":\"stop\"}").await.is_ok() {
             let deadline = tokio::time::Instant::now() + grace;
             while tokio::time::Instant::now() < deadline && process_alive(pid.as_raw() as u32) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -180,11 +180,11 @@ impl Hypervisor for HyperVmm {
     }
 
     async fn pause(&self) -> Result<(), HypervisorError> {
-        self.control("{\"action\":\"pause\"}").await.map(|_| ())
+        self.control("{\"cmd\":\"pause\"}").await.map(|_| ())
     }
 
     async fn resume(&self) -> Result<(), HypervisorError> {
-        self.control("{\"action\":\"resume\"}").await.map(|_| ())
+        self.control("{\"cmd\":\"resume\"}").await.map(|_| ())
     }
 
     fn vsock_uds(&self) -> PathBuf {

@@ -19,7 +19,7 @@ use containerd_shim::protos::events::task as ev;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::{Message, MessageField};
 use containerd_shim::protos::shim_async::Task;
-use containerd_shim::{Error, TtrpcContext, TtrpcResult};
+use containerd_shim::{TtrpcContext, TtrpcResult};
 use hyper_agent_protocol::agent;
 use tokio::sync::Mutex;
 
@@ -52,29 +52,44 @@ pub struct TaskService {
     exit: Arc<ExitSignal>,
 }
 
+/// A ttrpc status containerd shows as is (containerd-shim's own error type would wrap
+/// the message in its enum's debug form).
+fn status(code: ttrpc::Code, message: impl Into<String>) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, message.into()))
+}
+
 fn not_found(what: &str) -> ttrpc::Error {
-    Error::NotFoundError(what.to_string()).into()
+    status(ttrpc::Code::NOT_FOUND, format!("{what} not found"))
+}
+
+fn invalid(e: impl std::fmt::Display) -> ttrpc::Error {
+    status(ttrpc::Code::INVALID_ARGUMENT, e.to_string())
+}
+
+fn precondition(message: String) -> ttrpc::Error {
+    status(ttrpc::Code::FAILED_PRECONDITION, message)
+}
+
+fn unimplemented(message: String) -> ttrpc::Error {
+    status(ttrpc::Code::UNIMPLEMENTED, message)
 }
 
 fn already_exists(what: &str) -> ttrpc::Error {
-    ttrpc::Error::RpcStatus(ttrpc::get_status(
+    status(
         ttrpc::Code::ALREADY_EXISTS,
         format!("{what} already exists"),
-    ))
+    )
 }
 
 fn agent_err(call: &str, e: ttrpc::Error) -> ttrpc::Error {
     match e {
-        ttrpc::Error::RpcStatus(s) => ttrpc::Error::RpcStatus(ttrpc::get_status(
-            s.code(),
-            format!("agent {call}: {}", s.message()),
-        )),
-        other => Error::Other(format!("agent {call}: {other}")).into(),
+        ttrpc::Error::RpcStatus(s) => status(s.code(), format!("agent {call}: {}", s.message())),
+        other => status(ttrpc::Code::INTERNAL, format!("agent {call}: {other}")),
     }
 }
 
 fn other(e: impl std::fmt::Display) -> ttrpc::Error {
-    Error::Other(e.to_string()).into()
+    status(ttrpc::Code::INTERNAL, e.to_string())
 }
 
 impl TaskService {
@@ -103,7 +118,7 @@ impl TaskService {
         let sandbox = inner
             .sandbox
             .as_ref()
-            .ok_or_else(|| Error::FailedPreconditionError("no sandbox VM is running".into()))?;
+            .ok_or_else(|| precondition("no sandbox VM is running".into()))?;
         Ok((sandbox.agent.clone(), sandbox.ctx()))
     }
 
@@ -116,11 +131,9 @@ impl TaskService {
         rootfs_dir: &Path,
         image: &Path,
     ) -> TtrpcResult<Arc<Sandbox>> {
-        let (dir, img) = (rootfs_dir.to_path_buf(), image.to_path_buf());
-        tokio::task::spawn_blocking(move || rootfs::make_image(&dir, &img))
+        rootfs::make_image(rootfs_dir, image)
             .await
-            .map_err(other)?
-            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            .map_err(invalid)?;
         let disk = Disk {
             path: image.to_path_buf(),
             read_only: false,
@@ -312,11 +325,10 @@ impl TaskService {
         let spec_json = std::fs::read(bundle.join("config.json")).map_err(other)?;
         let config_path = match req.options.as_ref() {
             Some(any) => options::config_path(&any.value)
-                .map_err(|e| Error::InvalidArgument(format!("runtime options: {e}")))?,
+                .map_err(|e| invalid(format!("runtime options: {e}")))?,
             None => None,
         };
-        let config = Config::load(config_path.as_deref().map(Path::new))
-            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let config = Config::load(config_path.as_deref().map(Path::new)).map_err(invalid)?;
 
         {
             let inner = self.inner.lock().await;
@@ -326,11 +338,10 @@ impl TaskService {
             if inner.sandbox.is_some() {
                 // Without a shared file system or disk hotplug a running VM cannot see a
                 // new rootfs.
-                return Err(Error::Unimplemented(format!(
+                return Err(unimplemented(format!(
                     "container {}: adding a container to a running pod VM needs virtio-fs (not yet available)",
                     req.id
-                ))
-                .into());
+                )));
             }
         }
 
@@ -347,8 +358,7 @@ impl TaskService {
         let host_rootfs = if req.rootfs.is_empty() {
             None
         } else {
-            rootfs::mount(&req.rootfs, &rootfs_dir)
-                .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            rootfs::mount(&req.rootfs, &rootfs_dir).map_err(invalid)?;
             Some(rootfs_dir.clone())
         };
         let group = grouping(&req.id, spec.annotations().as_ref());
@@ -435,7 +445,7 @@ impl Task for TaskService {
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
         if !req.checkpoint.is_empty() {
-            return Err(Error::Unimplemented("restore from a checkpoint".into()).into());
+            return Err(unimplemented("restore from a checkpoint".into()));
         }
         let pid = self.create_container(req.clone()).await?;
         self.events
@@ -476,11 +486,10 @@ impl Task for TaskService {
                 .process(&req.exec_id)
                 .ok_or_else(|| not_found(&format!("process {} in {}", req.exec_id, req.id)))?;
             if p.state != State::Created {
-                return Err(Error::FailedPreconditionError(format!(
+                return Err(precondition(format!(
                     "process {:?} of {} is not in created state",
                     req.exec_id, req.id
-                ))
-                .into());
+                )));
             }
             (p.stdio.clone(), p.exec_spec.clone())
         };
@@ -694,11 +703,10 @@ impl Task for TaskService {
                 .get(&req.id)
                 .ok_or_else(|| not_found(&format!("container {}", req.id)))?;
             if matches!(c.init.state, State::Running | State::Paused) {
-                return Err(Error::FailedPreconditionError(format!(
+                return Err(precondition(format!(
                     "container {} is still running",
                     req.id
-                ))
-                .into());
+                )));
             }
             let c = inner.containers.remove(&req.id).expect("checked above");
             let last = inner.containers.is_empty();
@@ -824,10 +832,9 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         _req: api::CheckpointTaskRequest,
     ) -> TtrpcResult<api::Empty> {
-        Err(Error::Unimplemented(
+        Err(unimplemented(
             "checkpoint is not supported by hyper (a VM-level snapshot is planned)".into(),
-        )
-        .into())
+        ))
     }
 
     async fn close_io(
