@@ -178,25 +178,23 @@ pub fn build(cfg: &VmConfig, start: Instant) -> Result<Vmm, BuildError> {
         vmm.devices
             .add_virtio(&vmm.vm, &mem, &mut vmm.event_loop, Box::new(dev))?;
     }
+    let device_err = |device: &str, e: std::io::Error| BuildError::Device {
+        device: device.to_string(),
+        why: e.to_string(),
+    };
     for (i, b) in cfg.block.iter().enumerate() {
         let name = format!("block{i}");
         let dev =
-            Block::create(&name, b, vmm.metrics.device(&name)).map_err(|e| BuildError::Device {
-                device: name.clone(),
-                why: e.to_string(),
-            })?;
+            Block::new(&name, b, vmm.metrics.device(&name)).map_err(|e| device_err(&name, e))?;
         vmm.devices
-            .add_virtio(&vmm.vm, &mem, &mut vmm.event_loop, dev)?;
+            .add_virtio(&vmm.vm, &mem, &mut vmm.event_loop, Box::new(dev))?;
     }
     for (i, n) in cfg.net.iter().enumerate() {
         let name = format!("net{i}");
         let dev =
-            Net::create(&name, n, vmm.metrics.device(&name)).map_err(|e| BuildError::Device {
-                device: name.clone(),
-                why: e.to_string(),
-            })?;
+            Net::new(&name, n, vmm.metrics.device(&name)).map_err(|e| device_err(&name, e))?;
         vmm.devices
-            .add_virtio(&vmm.vm, &mem, &mut vmm.event_loop, dev)?;
+            .add_virtio(&vmm.vm, &mem, &mut vmm.event_loop, Box::new(dev))?;
     }
     if cfg.rng {
         let dev = Box::new(Rng::new(vmm.metrics.device("rng")));
