@@ -6,13 +6,14 @@
 #
 # usage: build-disk.sh --out FILE --plan FILE --guest-kernel PATH --guest-initrd PATH
 #                      [--bin NAME=PATH]...     (our binaries, into /usr/local/bin/NAME)
+#                      [--with GROUP]...        (payload.list lines marked @GROUP)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=../../scripts/common.sh
 source "$here/../../scripts/common.sh"
 HYPER_SHARED=${HYPER_SHARED:-$(cd "$HYPER_ROOT/.." && pwd)/shared}
 
-out="" plan="" gkernel="" ginitrd="" bins=()
+out="" plan="" gkernel="" ginitrd="" bins=() groups=" "
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) out=$2; shift 2 ;;
@@ -20,6 +21,7 @@ while [ $# -gt 0 ]; do
     --guest-kernel) gkernel=$2; shift 2 ;;
     --guest-initrd) ginitrd=$2; shift 2 ;;
     --bin) bins+=("$2"); shift 2 ;;
+    --with) groups+="$2 "; shift 2 ;;
     *) die "build-disk.sh: unknown argument '$1'" ;;
   esac
 done
@@ -48,8 +50,13 @@ closure() {
 is_elf() { [ "$(head -c4 "$1" 2>/dev/null | od -An -c | tr -d ' ')" = '177ELF' ]; }
 
 n=0
-while read -r kind src dest _; do
-  case "$kind" in ''|'#'*) continue ;; esac
+while read -ra f; do
+  case "${f[0]:-#}" in '#'*) continue ;; esac
+  if [ "${f[0]#@}" != "${f[0]}" ]; then          # @GROUP KIND SRC [DEST]
+    case "$groups" in *" ${f[0]#@} "*) ;; *) continue ;; esac
+    f=("${f[@]:1}")
+  fi
+  kind=${f[0]} src=${f[1]:-} dest=${f[2]:-}
   src=${src//\$HYPER_ROOT/$HYPER_ROOT}; src=${src//\$HYPER_SHARED/$HYPER_SHARED}
   dest=${dest:-$src}
   case "$kind" in

@@ -86,7 +86,7 @@ tsc_bin=$HYPER_CACHE/testhost/tsc-khz-$(hash_inputs "$here/tsc-khz.c")
 [ -x "$tsc_bin" ] || { mkdir -p "$(dirname "$tsc_bin")"; gcc -O2 -o "$tsc_bin.tmp" "$here/tsc-khz.c" && mv "$tsc_bin.tmp" "$tsc_bin"; }
 gkernel=${GUEST_KERNEL:-$(bash "$HYPER_ROOT/guest-kernel-config/build.sh")}
 ginitrd=${GUEST_INITRD:-$(bash "$HYPER_ROOT/guest-kernel-config/image/build.sh")}
-bins=()
+bins=() with=()
 for n in $(printf '%s\n' "${needs[@]}" | sort -u); do
   case "$n" in
     hyper-vmm)
@@ -100,12 +100,14 @@ for n in $(printf '%s\n' "${needs[@]}" | sort -u); do
           log "WARNING: hyper-vmm did not build ($run/build-hyper-vmm.log); tests that need it will fail"
         fi
       fi ;;
-    *) die "a test needs '$n', which run.sh does not know how to build" ;;
+    *) grep -q "^@$n[[:space:]]" "$here/payload.list" \
+         || die "a test needs '$n': neither a binary run.sh builds nor a @$n group in payload.list"
+       with+=(--with "$n") ;;
   esac
 done
 plan=$run/plan
 for id in "${ids[@]}"; do echo "$id ${SCRIPT[$id]} ${TIMEOUT[$id]} $(header "${SCRIPT[$id]}" expect)"; done > "$plan"
-"$here/build-disk.sh" --out "$run/data.ext4" --plan "$plan" --guest-kernel "$gkernel" --guest-initrd "$ginitrd" \
+"$here/build-disk.sh" --out "$run/data.ext4" --plan "$plan" --guest-kernel "$gkernel" --guest-initrd "$ginitrd" "${with[@]}" \
   $(for b in "${bins[@]}"; do printf -- '--bin %s ' "$b"; done)
 rm -f "$run/results.img"; truncate -s 256M "$run/results.img"
 build_s=$(elapsed "$t_build")
