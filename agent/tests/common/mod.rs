@@ -12,14 +12,22 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// Says that a test could not run, past libtest's output capture.
+pub fn skip(msg: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("skipped: {msg}\n").as_bytes());
+}
+
 /// Prints the reason and returns true when the host cannot run these tests.
 pub fn skip_unless_root(test: &str) -> bool {
     if !is_root() {
-        println!("skipped: {test}: needs root (namespaces, mounts, cgroups)");
+        skip(&format!("{test}: needs root (namespaces, mounts, cgroups)"));
         return true;
     }
     if !Path::new("/bin/busybox").exists() {
-        println!("skipped: {test}: /bin/busybox (busybox-static) is not installed");
+        skip(&format!(
+            "{test}: /bin/busybox (busybox-static) is not installed"
+        ));
         return true;
     }
     false
@@ -123,9 +131,11 @@ impl Harness {
             .unwrap_or_else(|| PathBuf::from("/nonexistent"))
             .join(format!("hyper-test-{}-{name}", std::process::id()));
         let socket = tmp.path().join("agent.sock");
-        let bin = env!("CARGO_BIN_EXE_hyper-agent");
+        // HYPER_AGENT_BIN runs the suite against another build (e.g. the static one).
+        let bin = std::env::var("HYPER_AGENT_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_hyper-agent").into());
         let mut argv: Vec<String> = wrapper.iter().map(|s| s.to_string()).collect();
-        argv.push(bin.into());
+        argv.push(bin);
         let (prog, args) = argv.split_first().unwrap();
         let mut child = Command::new(prog)
             .args(args)
@@ -137,7 +147,10 @@ impl Harness {
             .arg(&cgroup_root)
             .arg("--allow-root")
             .arg(&images)
-            .env("HYPER_AGENT_LOG", "debug")
+            .env(
+                "HYPER_AGENT_LOG",
+                std::env::var("HYPER_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
