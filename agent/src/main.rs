@@ -14,6 +14,7 @@ mod process;
 mod reaper;
 mod rpc;
 mod sandbox;
+mod seccomp;
 mod storage;
 
 use anyhow::{Context, Result};

@@ -450,8 +450,9 @@ impl Sandbox {
             .console_size()
             .map(|b| (b.height() as u16, b.width() as u16));
         let (streams, child) = Streams::new(cfg.tty, req.stdin, winsize)?;
+        let seccomp = cfg.process.seccomp.clone();
         let spawned = crate::process::spawn(cfg, child).await?;
-        let c = Container::new(id.clone(), cgroup, spawned, streams, storages);
+        let c = Container::new(id.clone(), cgroup, spawned, streams, storages, seccomp);
         undo.commit();
         if c.cgroup.is_some() {
             self.watch_oom(Arc::downgrade(&c));

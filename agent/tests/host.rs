@@ -875,3 +875,59 @@ async fn cgroup_limits_update_and_oom_event() {
     assert_eq!(h.wait("m", "").await.status, 137);
     h.remove("m").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seccomp_profile_is_enforced() {
+    if skip_unless_root("seccomp_profile_is_enforced") {
+        return;
+    }
+    let h = Harness::start("seccomp").await;
+    for nnp in [true, false] {
+        let id = format!("s{nnp}");
+        let mut s = spec(&["sleep", "1000"]);
+        s["process"]["noNewPrivileges"] = nnp.into();
+        s["linux"]["seccomp"] = serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [
+                {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
+                {"names": ["not_a_syscall_at_all"], "action": "SCMP_ACT_KILL"}
+            ]
+        });
+        h.create(&id, s, false).await.unwrap();
+        h.start_container(&id).await.unwrap();
+        let pid = h.pids(&id).await[0].pid;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        assert!(
+            status.contains("Seccomp:\t2"),
+            "init not filtered (nnp={nnp})"
+        );
+        // Exec'd processes get the container's filter too.
+        h.exec(
+            &id,
+            "probe",
+            process(&[
+                "sh",
+                "-c",
+                "mkdir /tmp/d 2>&1 || echo denied; echo ok > /tmp/f && cat /tmp/f",
+            ]),
+            false,
+        )
+        .await
+        .unwrap();
+        let out = h.read_all(&id, "probe", false).await;
+        assert!(
+            out.contains("Operation not permitted") && out.contains("denied\nok\n"),
+            "{out}"
+        );
+        h.remove(&id).await.unwrap();
+    }
+    let mut s = spec(&["true"]);
+    s["linux"]["seccomp"] = serde_json::json!({"defaultAction": "SCMP_ACT_NOTIFY"});
+    let e = h.create("bad", s, false).await.unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::INVALID_ARGUMENT);
+    assert!(
+        message(&e).contains("linux.seccomp.defaultAction"),
+        "{}",
+        message(&e)
+    );
+}

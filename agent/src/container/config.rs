@@ -117,6 +117,8 @@ pub struct ProcessConfig {
     pub no_new_privileges: bool,
     /// (RLIMIT_* number, soft, hard).
     pub rlimits: Vec<(u32, u64, u64)>,
+    /// Compiled seccomp filters, installed last (see `seccomp`).
+    pub seccomp: Vec<crate::seccomp::Program>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]

@@ -468,6 +468,10 @@ fn exec(p: &ProcessConfig) -> Result<std::convert::Infallible> {
     }
     let prog = find_program(&p.args[0], &env)
         .with_context(|| format!("exec {:?}: not found in PATH", p.args[0]))?;
+    // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: do it while we have it.
+    if !p.seccomp.is_empty() && !p.no_new_privileges {
+        crate::seccomp::install(&p.seccomp).context("seccomp")?;
+    }
     if let Some(c) = &p.caps {
         apply_caps_before_setuid(c)?;
         nix::sys::prctl::set_keepcaps(true).context("keepcaps")?;
@@ -495,6 +499,10 @@ fn exec(p: &ProcessConfig) -> Result<std::convert::Infallible> {
     let prog_c = CString::new(prog.as_os_str().as_encoded_bytes()).context("NUL in path")?;
     let args = p.args.iter().map(|a| cstr(a)).collect::<Result<Vec<_>>>()?;
     let envs = env.iter().map(|e| cstr(e)).collect::<Result<Vec<_>>>()?;
+    if !p.seccomp.is_empty() && p.no_new_privileges {
+        // As late as possible: the filter then only has to allow execve.
+        crate::seccomp::install(&p.seccomp).context("seccomp")?;
+    }
     let err = nix::unistd::execve(&prog_c, &args, &envs).unwrap_err();
     bail!("exec {}: {err}", prog.display())
 }

@@ -35,6 +35,8 @@ pub struct Container {
     execs: Execs,
     /// Storages mounted for this container alone, unmounted on removal.
     pub storages: Vec<PathBuf>,
+    /// The container's seccomp filters, also applied to exec'd processes.
+    seccomp: Vec<crate::seccomp::Program>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -65,6 +67,7 @@ impl Container {
         spawned: crate::process::Spawned,
         streams: Streams,
         storages: Vec<PathBuf>,
+        seccomp: Vec<crate::seccomp::Program>,
     ) -> Arc<Self> {
         let execs: Execs = Arc::default();
         let execs2 = execs.clone();
@@ -95,6 +98,7 @@ impl Container {
             starter: tokio::sync::Mutex::new(Some(spawned.starter)),
             execs,
             storages,
+            seccomp,
         });
         let weak = Arc::downgrade(&c);
         let init_exit = c.init.exit.clone();
@@ -183,7 +187,8 @@ impl Container {
             )));
         }
         let p: oci_spec::runtime::Process = spec::parse_json(&req.process_json, "process_json")?;
-        let pc = spec::process_config("process_json", &p)?;
+        let mut pc = spec::process_config("process_json", &p)?;
+        pc.seccomp = self.seccomp.clone();
         let tty = p.terminal().unwrap_or(false);
         let winsize = p
             .console_size()

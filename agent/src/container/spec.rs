@@ -210,6 +210,10 @@ pub fn container_config(spec: &Spec, inp: &Inputs) -> Result<InitConfig, SpecErr
         readonly_paths: linux.readonly_paths().clone().unwrap_or_default(),
     };
     let tty = process.terminal().unwrap_or(false);
+    let mut pc = process_config("process", process)?;
+    if let Some(s) = linux.seccomp() {
+        pc.seccomp = crate::seccomp::compile(s).map_err(|e| invalid(e.field, e.reason))?;
+    }
     Ok(InitConfig {
         kind: Kind::Container,
         join,
@@ -220,7 +224,7 @@ pub fn container_config(spec: &Spec, inp: &Inputs) -> Result<InitConfig, SpecErr
         domainname,
         sysctl,
         oom_score_adj: process.oom_score_adj(),
-        process: process_config("process", process)?,
+        process: pc,
         tty,
     })
 }
@@ -450,6 +454,7 @@ pub fn process_config(field: &str, p: &Process) -> Result<ProcessConfig, SpecErr
         caps,
         no_new_privileges: p.no_new_privileges().unwrap_or(false),
         rlimits,
+        seccomp: Vec::new(),
     })
 }
 
