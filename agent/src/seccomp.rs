@@ -134,7 +134,7 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Vec<Program>, SeccompError> {
                 serde_json::json!({"index": a.index(), "type": "qword", "op": op, "val": val}),
             );
         }
-        let cond = (!cond.is_empty()).then(|| serde_json::Value::Array(cond));
+        let cond = (!cond.is_empty()).then_some(serde_json::Value::Array(cond));
         for name in sc.names() {
             if !known(name) {
                 tracing::debug!(syscall = %name, "seccomp: unknown syscall skipped");
