@@ -96,6 +96,7 @@ fn to_config(cli: Cli) -> anyhow::Result<VmConfig> {
 
 fn run(start: Instant) -> anyhow::Result<i32> {
     let cfg = to_config(Cli::parse())?;
+    hyper_vmm::vmm::install_termination_handlers().context("cannot install signal handlers")?;
     let mut vmm = hyper_vmm::builder::build(&cfg, start).context("cannot build the VM")?;
     vmm.start().context("cannot start the vCPUs")?;
     let why = vmm.run();

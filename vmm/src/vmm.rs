@@ -27,6 +27,7 @@ use crate::vstate::vm::Vm;
 
 const SUB_EXIT: u32 = 0;
 const SUB_RESET: u32 = 1;
+const SUB_SIGNAL: u32 = 3;
 /// How long pause waits for every vCPU to park.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -76,6 +77,11 @@ impl Vmm {
             SUB_RESET,
         )
         .map_err(BuildError::EventLoop)?;
+
+        if let Some(fd) = termination_fd() {
+            own.add(fd, EventSet::IN, SUB_SIGNAL)
+                .map_err(BuildError::EventLoop)?;
+        }
 
         let mut devices = DeviceManager::new();
         devices.add_legacy(
@@ -183,6 +189,15 @@ impl Vmm {
                 let _ = self.reset_evt.read();
                 self.control.request_exit(VmExit::Reset);
             }
+            SUB_SIGNAL => {
+                if let Some(fd) = termination_fd() {
+                    let mut b = [0u8; 8];
+                    // SAFETY: reading 8 bytes from our eventfd into a local buffer.
+                    let _ = unsafe { libc::read(fd, b.as_mut_ptr() as *mut libc::c_void, 8) };
+                }
+                tracing::info!("termination signal: stopping the VM");
+                self.control.request_exit(VmExit::Stopped);
+            }
             LISTENER_SUB => {
                 let ctl = self.event_loop.own_ctl();
                 if let Some(api) = self.api.as_mut() {
@@ -259,4 +274,37 @@ impl Drop for Vmm {
     fn drop(&mut self) {
         self.stop_vcpus();
     }
+}
+
+/// The eventfd SIGTERM/SIGINT/SIGHUP write to, once handlers are installed (-1 before).
+static TERM_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+fn termination_fd() -> Option<i32> {
+    let fd = TERM_FD.load(std::sync::atomic::Ordering::SeqCst);
+    (fd >= 0).then_some(fd)
+}
+
+extern "C" fn on_termination(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let fd = TERM_FD.load(std::sync::atomic::Ordering::SeqCst);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: write(2) is async-signal-safe; the buffer is a local u64.
+        unsafe { libc::write(fd, &one as *const u64 as *const libc::c_void, 8) };
+    }
+}
+
+/// Makes SIGTERM, SIGINT and SIGHUP stop the VM cleanly (sockets removed, exit status 0)
+/// instead of killing the process. Call once, before building the VM.
+pub fn install_termination_handlers() -> std::io::Result<()> {
+    // SAFETY: a fresh eventfd; the result is checked.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    TERM_FD.store(fd, std::sync::atomic::Ordering::SeqCst);
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        vmm_sys_util::signal::register_signal_handler(sig, on_termination)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+    }
+    Ok(())
 }

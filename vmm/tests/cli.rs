@@ -181,3 +181,32 @@ fn tiny_elf_kernel_boots_in_long_mode_and_resets() {
     assert_eq!(console, "OKc");
     assert!(!uds.exists(), "the vsock socket is removed on exit");
 }
+
+#[test]
+fn sigterm_stops_cleanly_and_removes_sockets() {
+    if !kvm_usable() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let k = dir.path().join("vmlinux");
+    std::fs::write(&k, tiny_elf(&[0xeb, 0xfe])).unwrap(); // jmp $
+    let api = dir.path().join("api.sock");
+    let uds = dir.path().join("v.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hyper-vmm"))
+        .args(["--kernel", k.to_str().unwrap(), "--serial", "none"])
+        .args(["--api-socket", api.to_str().unwrap()])
+        .args(["--vsock-uds", uds.to_str().unwrap(), "--vsock-cid", "3"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while !(api.exists() && uds.exists()) {
+        assert!(t.elapsed().as_secs() < 10, "sockets never appeared");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(!api.exists() && !uds.exists(), "sockets removed");
+}
