@@ -69,6 +69,92 @@ const MOUNTS: &[Mount] = &[
     },
 ];
 
+/// Set in the environment of the agent re-executed by `leave_initramfs`.
+const SWITCHED: &str = "HYPER_AGENT_SWITCHED_ROOT";
+
+/// The initramfs is the `rootfs` mount, which `pivot_root` cannot leave, and containers
+/// need `pivot_root`. As `switch_root` does: copy the image into a tmpfs, free the
+/// initramfs, move the tmpfs over `/`, chroot into it and re-exec `/init`. Returns only
+/// when there is nothing to do or it failed before the point of no return.
+pub fn leave_initramfs() -> Result<()> {
+    use nix::sys::statfs::{FsType, TMPFS_MAGIC, statfs};
+    // The magic is a u32; fs_type_t is signed on some libcs.
+    #[allow(clippy::unnecessary_cast)]
+    const RAMFS_MAGIC: FsType = FsType(0x8584_58f6_u32 as _);
+    if std::env::var_os(SWITCHED).is_some() {
+        return Ok(());
+    }
+    let t = statfs("/").context("statfs /")?.filesystem_type();
+    if t != RAMFS_MAGIC && t != TMPFS_MAGIC {
+        return Ok(());
+    }
+    let new = std::path::Path::new("/.hyper-root");
+    fs::create_dir_all(new).context("mkdir new root")?;
+    mount(
+        Some("tmpfs"),
+        new,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )
+    .context("mount tmpfs root")?;
+    if let Err(e) = copy_tree(std::path::Path::new("/"), new) {
+        let _ = nix::mount::umount2(new, nix::mount::MntFlags::MNT_DETACH);
+        return Err(e).context("copy initramfs");
+    }
+    // Point of no return: free the initramfs (its files are copied), then switch.
+    if let Ok(rd) = fs::read_dir("/") {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p != new && !matches!(p.to_str(), Some("/proc" | "/sys" | "/dev")) {
+                let _ = if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    fs::remove_dir_all(&p)
+                } else {
+                    fs::remove_file(&p)
+                };
+            }
+        }
+    }
+    std::env::set_current_dir(new).context("chdir new root")?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).context("move root")?;
+    nix::unistd::chroot(".").context("chroot")?;
+    std::env::set_current_dir("/").context("chdir /")?;
+    // SAFETY: PID 1 at start-up, single-threaded: nothing reads the environment concurrently.
+    unsafe { std::env::set_var(SWITCHED, "1") };
+    let args: Vec<std::ffi::CString> = std::env::args()
+        .map(|a| std::ffi::CString::new(a).unwrap_or_default())
+        .collect();
+    let err = nix::unistd::execv(c"/init", &args).unwrap_err();
+    anyhow::bail!("re-exec /init in the new root: {err}")
+}
+
+/// Copies files, directories and symlinks (with modes) from `from` into `to`, skipping
+/// `to` itself and the pseudo file systems.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for e in fs::read_dir(from).with_context(|| format!("read {}", from.display()))? {
+        let e = e?;
+        let src = e.path();
+        if src == to || matches!(src.to_str(), Some("/proc" | "/sys" | "/dev")) {
+            continue;
+        }
+        let dst = to.join(e.file_name());
+        let meta = fs::symlink_metadata(&src)?;
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(&src)?, &dst)?;
+        } else if ft.is_dir() {
+            fs::create_dir_all(&dst)?;
+            copy_tree(&src, &dst)?;
+            fs::set_permissions(&dst, fs::Permissions::from_mode(meta.permissions().mode()))?;
+        } else if ft.is_file() {
+            fs::copy(&src, &dst).with_context(|| format!("copy {}", src.display()))?;
+        }
+        // Device nodes and fifos in an initramfs are recreated by devtmpfs.
+    }
+    Ok(())
+}
+
 /// Mounts what every guest needs and enables all cgroup controllers for children.
 pub fn setup_guest() -> Result<()> {
     for m in MOUNTS {

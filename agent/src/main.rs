@@ -54,6 +54,10 @@ fn run(is_init: bool) -> Result<()> {
         None => anyhow::bail!("not PID 1: give --address unix:///path/to/socket"),
     };
     if is_init {
+        if let Err(e) = init::leave_initramfs() {
+            // Containers still work (chroot instead of pivot_root); say why.
+            eprintln!("hyper-agent: staying on the initramfs: {e:#}");
+        }
         init::setup_guest().context("guest setup as PID 1")?;
     }
     tracing_subscriber::fmt()

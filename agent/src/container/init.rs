@@ -243,9 +243,21 @@ fn setup_rootfs(r: &RootfsConfig) -> Result<()> {
     }
     // pivot_root(".", "."): the old root ends up on top of the new one; detach it.
     chdir(root).context("chdir rootfs")?;
-    pivot_root(".", ".").context("pivot_root")?;
-    mount(none, ".", none, MsFlags::MS_SLAVE | MsFlags::MS_REC, none).context("old root rslave")?;
-    umount2(".", MntFlags::MNT_DETACH).context("detach old root")?;
+    match pivot_root(".", ".") {
+        Ok(()) => {
+            mount(none, ".", none, MsFlags::MS_SLAVE | MsFlags::MS_REC, none)
+                .context("old root rslave")?;
+            umount2(".", MntFlags::MNT_DETACH).context("detach old root")?;
+        }
+        // The agent's root is the initramfs itself (it could not leave it at boot):
+        // pivot_root refuses rootfs, so move the rootfs over / and chroot, like runc's
+        // --no-pivot. Weaker (chroot), hence the agent normally leaves the initramfs.
+        Err(nix::errno::Errno::EINVAL) => {
+            mount(Some("."), "/", none, MsFlags::MS_MOVE, none).context("move rootfs to /")?;
+            nix::unistd::chroot(".").context("chroot")?;
+        }
+        Err(e) => return Err(e).context("pivot_root"),
+    }
     chdir("/")?;
     for p in &r.masked_paths {
         mask_path(Path::new(p)).with_context(|| format!("mask {p}"))?;
