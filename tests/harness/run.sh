@@ -10,7 +10,8 @@
 #   --repeat N  run each selected test N times in the same test-host boot (as TEST, TEST@2, ...)
 # Environment:
 #   GUEST_KERNEL, GUEST_INITRD  use these instead of building (guest-kernel-config/...)
-#   HYPER_VMM                   use this hyper-vmm instead of `cargo build -p hyper-vmm`
+#   HYPER_VMM, HYPERCTL, CONTAINERD_SHIM_HYPER_V1
+#                               use this binary instead of building it with cargo
 #   TH_MEM (MiB, 2048), TH_SMP (1; >1 adds -accel tcg,thread=multi)
 #   TH_APPEND                   extra test-host kernel command line
 #   TIMEOUT_SCALE (1)           multiplies every test's timeout (a slower CI machine)
@@ -86,24 +87,27 @@ tsc_bin=$HYPER_CACHE/testhost/tsc-khz-$(hash_inputs "$here/tsc-khz.c")
 [ -x "$tsc_bin" ] || { mkdir -p "$(dirname "$tsc_bin")"; gcc -O2 -o "$tsc_bin.tmp" "$here/tsc-khz.c" && mv "$tsc_bin.tmp" "$tsc_bin"; }
 gkernel=${GUEST_KERNEL:-$(bash "$HYPER_ROOT/guest-kernel-config/build.sh")}
 ginitrd=${GUEST_INITRD:-$(bash "$HYPER_ROOT/guest-kernel-config/image/build.sh")}
+# Our binaries a test may need, and the cargo package each comes from. A prebuilt one can
+# be given as an environment variable named like the binary (HYPER_VMM, HYPERCTL,
+# CONTAINERD_SHIM_HYPER_V1).
+declare -A CARGO_PKG=([hyper-vmm]=hyper-vmm [hyperctl]=hyper-shim [containerd-shim-hyper-v1]=hyper-shim)
 bins=() with=()
 for n in $(printf '%s\n' "${needs[@]}" | sort -u); do
-  case "$n" in
-    hyper-vmm)
-      if [ -n "${HYPER_VMM:-}" ]; then bins+=("hyper-vmm=$HYPER_VMM")
-      else
-        log "building hyper-vmm (cargo build --release -p hyper-vmm)"
-        if (cd "$HYPER_ROOT" && nice cargo build -q --release -p hyper-vmm) > "$run/build-hyper-vmm.log" 2>&1; then
-          bins+=("hyper-vmm=$HYPER_ROOT/target/release/hyper-vmm")
-        else
-          tail -20 "$run/build-hyper-vmm.log" >&2
-          log "WARNING: hyper-vmm did not build ($run/build-hyper-vmm.log); tests that need it will fail"
-        fi
-      fi ;;
-    *) grep -q "^@$n[[:space:]]" "$here/payload.list" \
-         || die "a test needs '$n': neither a binary run.sh builds nor a @$n group in payload.list"
-       with+=(--with "$n") ;;
-  esac
+  if [ -n "${CARGO_PKG[$n]:-}" ]; then
+    var=$(echo "$n" | tr 'a-z-' 'A-Z_')
+    if [ -n "${!var:-}" ]; then bins+=("$n=${!var}"); continue; fi
+    log "building $n (cargo build --release -p ${CARGO_PKG[$n]} --bin $n)"
+    if (cd "$HYPER_ROOT" && nice cargo build -q --release -p "${CARGO_PKG[$n]}" --bin "$n") > "$run/build-$n.log" 2>&1; then
+      bins+=("$n=$HYPER_ROOT/target/release/$n")
+    else
+      tail -20 "$run/build-$n.log" >&2
+      log "WARNING: $n did not build ($run/build-$n.log); tests that need it will fail"
+    fi
+  elif grep -q "^@$n[[:space:]]" "$here/payload.list"; then
+    with+=(--with "$n")
+  else
+    die "a test needs '$n': neither one of our binaries (${!CARGO_PKG[*]}) nor a @$n group in payload.list"
+  fi
 done
 plan=$run/plan
 for id in "${ids[@]}"; do echo "$id ${SCRIPT[$id]} ${TIMEOUT[$id]} $(header "${SCRIPT[$id]}" expect)"; done > "$plan"
