@@ -3,6 +3,7 @@
 # `hyperctl agent health` answers SERVING and `version` reports the guest kernel.
 # timeout: 240
 # needs: hyper-vmm hyperctl
+# shellcheck source=lib.sh
 . "$TH_LIB"
 need_bin hyper-vmm hyperctl
 vm_start_hyper g1 --vsock 3

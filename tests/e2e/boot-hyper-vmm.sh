@@ -3,6 +3,7 @@
 # ready on the console.
 # timeout: 240
 # needs: hyper-vmm
+# shellcheck source=lib.sh
 . "$TH_LIB"
 need_bin hyper-vmm
 vm_start_hyper g1 --vsock 3

@@ -2,6 +2,7 @@
 # QEMU (microvm, -accel kvm) boots our guest kernel and image inside the test host, and the
 # agent reports ready on the console. The reference point for boot-hyper-vmm.
 # timeout: 240
+# shellcheck source=lib.sh
 . "$TH_LIB"
 vm_start_qemu g1 --vsock 3
 expect_console g1 "$READY_MARKER" 90

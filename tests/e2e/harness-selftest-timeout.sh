@@ -4,6 +4,7 @@
 # says "expect: timeout", so being stopped is this test's pass; ending by itself fails it.
 # timeout: 12
 # expect: timeout
+# shellcheck source=lib.sh
 . "$TH_LIB"
 trap - EXIT            # no cleanup of our own: the runner's watchdog must do it all
 vm_start_qemu hung --initrd "$BROKEN_INITRD"

@@ -4,6 +4,7 @@
 # attached, and must leave no VMM behind. Runs such a broken test as a child and checks its
 # failure; the expected failure is this test's pass.
 # timeout: 180
+# shellcheck source=lib.sh
 . "$TH_LIB"
 sub=$TH_ART/broken-test
 mkdir -p "$sub"

@@ -8,7 +8,7 @@
 # host), TH_TIMEOUT. Inner VMs are started with vm_start_qemu / vm_start_hyper; their
 # consoles go to $TH_ART/<vm>.console; every VM still running when the test exits is
 # killed by PID (the EXIT trap), and the runner fails any test that leaves processes.
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034  # variables here are for the tests that source it
 set -euo pipefail
 TH_TEST=${TH_TEST:-$(basename "$0" .sh)}
 TH_ART=${TH_ART:-/tmp/art/$TH_TEST}

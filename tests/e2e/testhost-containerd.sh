@@ -3,6 +3,7 @@
 # starts, and `ctr run --rootfs` runs a busybox container. The base for the shim's tests.
 # timeout: 240
 # needs: containerd
+# shellcheck source=lib.sh
 . "$TH_LIB"
 need_bin containerd ctr runc containerd-shim-runc-v2
 d=/tmp/ctd

@@ -103,7 +103,7 @@ for n in $(printf '%s\n' "${needs[@]}" | sort -u); do
       tail -20 "$run/build-$n.log" >&2
       log "WARNING: $n did not build ($run/build-$n.log); tests that need it will fail"
     fi
-  elif grep -q "^@$n[[:space:]]" "$here/payload.list"; then
+  elif grep -q "^@${n}[[:space:]]" "$here/payload.list"; then
     with+=(--with "$n")
   else
     die "a test needs '$n': neither one of our binaries (${!CARGO_PKG[*]}) nor a @$n group in payload.list"
@@ -111,8 +111,10 @@ for n in $(printf '%s\n' "${needs[@]}" | sort -u); do
 done
 plan=$run/plan
 for id in "${ids[@]}"; do echo "$id ${SCRIPT[$id]} ${TIMEOUT[$id]} $(header "${SCRIPT[$id]}" expect)"; done > "$plan"
-"$here/build-disk.sh" --out "$run/data.ext4" --plan "$plan" --guest-kernel "$gkernel" --guest-initrd "$ginitrd" "${with[@]}" \
-  $(for b in "${bins[@]}"; do printf -- '--bin %s ' "$b"; done)
+binargs=()
+for b in "${bins[@]}"; do binargs+=(--bin "$b"); done
+"$here/build-disk.sh" --out "$run/data.ext4" --plan "$plan" --guest-kernel "$gkernel" --guest-initrd "$ginitrd" \
+  "${with[@]}" "${binargs[@]}"
 rm -f "$run/results.img"; truncate -s 256M "$run/results.img"
 build_s=$(elapsed "$t_build")
 
