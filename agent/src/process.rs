@@ -193,6 +193,10 @@ impl Streams {
                     if written > 0 {
                         break;
                     }
+                    // The reader is gone (the process exited or closed its stdin).
+                    if e.raw_os_error() == Some(libc::EPIPE) {
+                        return Err(ProcessError::StdinClosed);
+                    }
                     return Err(ProcessError::Io("write stdin", e));
                 }
                 Err(_would_block) if written > 0 => break,

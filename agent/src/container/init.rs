@@ -422,6 +422,15 @@ fn readonly_path(p: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The home directory of `uid` in the (container's) /etc/passwd.
+fn home_of(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 6 && f[2].parse() == Ok(uid)).then(|| f[5].to_string())
+    })
+}
+
 fn find_program(name: &str, env: &[String]) -> Option<PathBuf> {
     if name.contains('/') {
         return Some(PathBuf::from(name));
@@ -476,7 +485,11 @@ fn apply_caps_after_setuid(c: &CapsConfig) -> Result<()> {
 fn exec(p: &ProcessConfig) -> Result<std::convert::Infallible> {
     let mut env = p.env.clone();
     if !env.iter().any(|e| e.starts_with("HOME=")) {
-        env.push("HOME=/".into());
+        // As runc: the user's home from the container's /etc/passwd, else "/".
+        env.push(format!(
+            "HOME={}",
+            home_of(p.uid).unwrap_or_else(|| "/".into())
+        ));
     }
     let prog = find_program(&p.args[0], &env)
         .with_context(|| format!("exec {:?}: not found in PATH", p.args[0]))?;
