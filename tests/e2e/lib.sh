@@ -162,6 +162,14 @@ vm_stop() {
   wait "$pid" 2>/dev/null || true
 }
 
+# th_warm_memory MIB: writes MIB of fresh memory in the test host and frees it. Before a
+# boot, this removed the 0.6-0.9 s stall that every VM after the first in one test-host
+# boot showed in ../shared/testing.md (cause unproven). For benchmarks.
+th_warm_memory() { dd if=/dev/zero of=/dev/null bs="${1}M" count=1 2>/dev/null; }
+
+# vm_peak_rss_kb VM: the VMM's peak RSS so far (VmHWM), in kB.
+vm_peak_rss_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/${VM_PID[$1]}/status" 2>/dev/null || echo 0; }
+
 _th_cleanup() {
   local vm
   for vm in "${VMS[@]}"; do vm_running "$vm" && vm_stop "$vm"; done

@@ -4,7 +4,7 @@
 # busybox, the entries of payload.list, our binaries, the guest kernel and image, the
 # harness runner, the tests and the plan (which tests to run, with their timeouts).
 #
-# usage: build-disk.sh --out FILE --plan FILE --guest-kernel PATH --guest-initrd PATH
+# usage: build-disk.sh --out FILE --plan FILE [--env FILE] --guest-kernel PATH --guest-initrd PATH
 #                      [--bin NAME=PATH]...     (our binaries, into /usr/local/bin/NAME)
 #                      [--with GROUP]...        (payload.list lines marked @GROUP)
 set -euo pipefail
@@ -13,11 +13,12 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/../../scripts/common.sh"
 HYPER_SHARED=${HYPER_SHARED:-$(cd "$HYPER_ROOT/.." && pwd)/shared}
 
-out="" plan="" gkernel="" ginitrd="" bins=() groups=" "
+out="" plan="" envfile="" gkernel="" ginitrd="" bins=() groups=" "
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) out=$2; shift 2 ;;
     --plan) plan=$2; shift 2 ;;
+    --env) envfile=$2; shift 2 ;;
     --guest-kernel) gkernel=$2; shift 2 ;;
     --guest-initrd) ginitrd=$2; shift 2 ;;
     --bin) bins+=("$2"); shift 2 ;;
@@ -110,6 +111,7 @@ mkdir -p "$stage$h/e2e"
 install -m 0755 "$here/runner" "$stage$h/runner"
 cp "$HYPER_ROOT"/tests/e2e/*.sh "$stage$h/e2e/"
 cp "$plan" "$stage$h/plan"
+if [ -n "$envfile" ]; then cp "$envfile" "$stage$h/env"; else : > "$stage$h/env"; fi
 
 mb=$(du -sm "$stage" | cut -f1)
 size=$(( mb + mb / 4 + 32 ))

@@ -8,6 +8,7 @@
 #   --list   list the tests with their timeouts and exit
 #   --keep   keep the data and results disk images of the run
 #   --repeat N  run each selected test N times in the same test-host boot (as TEST, TEST@2, ...)
+#   --env K=V   set K=V in the tests' environment (e.g. --env BENCH_N=20 bench-boot)
 # Environment:
 #   GUEST_KERNEL, GUEST_INITRD  use these instead of building (guest-kernel-config/...)
 #   HYPER_VMM, HYPERCTL, CONTAINERD_SHIM_HYPER_V1
@@ -26,11 +27,12 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/../../scripts/common.sh"
 e2e=$HYPER_ROOT/tests/e2e
 
-all=0 list=0 keep=0 repeat=1 tests=()
+all=0 list=0 keep=0 repeat=1 tests=() envs=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --all) all=1 ;; --list) list=1 ;; --keep) keep=1 ;;
     --repeat) repeat=$2; shift ;;
+    --env) [[ "$2" =~ ^[A-Za-z_][A-Za-z0-9_]*=[^\']*$ ]] || die "--env wants K=V (no single quotes)"; envs+=("$2"); shift ;;
     -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) tests+=("${1%.sh}") ;;
@@ -110,10 +112,11 @@ for n in $(printf '%s\n' "${needs[@]}" | sort -u); do
   fi
 done
 plan=$run/plan
+for kv in "${envs[@]}"; do printf "export %s='%s'\n" "${kv%%=*}" "${kv#*=}"; done > "$run/env"
 for id in "${ids[@]}"; do echo "$id ${SCRIPT[$id]} ${TIMEOUT[$id]} $(header "${SCRIPT[$id]}" expect)"; done > "$plan"
 binargs=()
 for b in "${bins[@]}"; do binargs+=(--bin "$b"); done
-"$here/build-disk.sh" --out "$run/data.ext4" --plan "$plan" --guest-kernel "$gkernel" --guest-initrd "$ginitrd" \
+"$here/build-disk.sh" --out "$run/data.ext4" --plan "$plan" --env "$run/env" --guest-kernel "$gkernel" --guest-initrd "$ginitrd" \
   "${with[@]}" "${binargs[@]}"
 rm -f "$run/results.img"; truncate -s 256M "$run/results.img"
 build_s=$(elapsed "$t_build")
