@@ -61,6 +61,9 @@ pub struct MmioTransport {
     interrupt: Arc<Interrupt>,
     queues: Vec<Queue>,
     queue_evts: Vec<EventFd>,
+    /// The driver wrote a size or ring address the queue cannot take (virtio-queue keeps
+    /// the old value); activation refuses such a queue.
+    bad_config: Vec<bool>,
     queue_sel: u32,
     device_features_sel: u32,
     driver_features_sel: u32,
@@ -95,6 +98,7 @@ impl MmioTransport {
             mem,
             interrupt: Interrupt::new(irq),
             queues,
+            bad_config: vec![false; queue_evts.len()],
             queue_evts,
             queue_sel: 0,
             device_features_sel: 0,
@@ -160,6 +164,7 @@ impl MmioTransport {
             q.reset();
             q.set_size(max);
         }
+        self.bad_config.fill(false);
         self.activated = false;
         self.broken = false;
         self.status = 0;
@@ -189,7 +194,10 @@ impl MmioTransport {
             // Refuse a driver that does not speak virtio 1.0.
             if self.driver_features & VIRTIO_F_VERSION_1 == 0 {
                 tracing::warn!("{}: driver did not accept VERSION_1", self.device.name());
-                self.status = value & !STATUS_FEATURES_OK;
+                self.status = value & !(STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+                if value & STATUS_DRIVER_OK != 0 {
+                    self.fail("DRIVER_OK without FEATURES_OK".into());
+                }
                 return;
             }
             self.device.ack_features(self.driver_features);
@@ -206,7 +214,7 @@ impl MmioTransport {
             return;
         }
         for (i, q) in self.queues.iter().enumerate() {
-            if q.ready() && !q.is_valid(&self.mem) {
+            if q.ready() && (self.bad_config[i] || !q.is_valid(&self.mem)) {
                 self.fail(format!("queue {i} is not valid"));
                 return;
             }
@@ -307,11 +315,18 @@ impl MmioTransport {
                     .get(self.queue_sel as usize)
                     .copied()
                     .unwrap_or(0);
-                // Zero, too big or not a power of two: the queue stays invalid and
-                // activation refuses it.
-                match u16::try_from(v) {
-                    Ok(n) if n <= max => self.update_queue(|q| q.set_size(n)),
-                    _ => self.update_queue(|q| q.set_size(0)),
+                // Zero, too big or not a power of two: remembered, and activation
+                // refuses the queue if it is made ready.
+                let valid =
+                    u16::try_from(v).is_ok_and(|n| n != 0 && n <= max && n.is_power_of_two());
+                if self.queue_config_allowed() {
+                    let sel = self.queue_sel as usize;
+                    if let Some(bad) = self.bad_config.get_mut(sel) {
+                        *bad = !valid;
+                    }
+                    if valid {
+                        self.update_queue(|q| q.set_size(v as u16));
+                    }
                 }
             }
             REG_QUEUE_READY => self.update_ready(v == 1),
@@ -323,17 +338,40 @@ impl MmioTransport {
             }
             REG_INTERRUPT_ACK => self.interrupt.ack(v),
             REG_STATUS => self.set_status(v),
-            REG_QUEUE_DESC_LOW => self.update_queue(|q| q.set_desc_table_address(Some(v), None)),
+            REG_QUEUE_DESC_LOW => {
+                if self.check_aligned(v, 16) {
+                    self.update_queue(|q| q.set_desc_table_address(Some(v), None))
+                }
+            }
             REG_QUEUE_DESC_HIGH => self.update_queue(|q| q.set_desc_table_address(None, Some(v))),
-            REG_QUEUE_AVAIL_LOW => self.update_queue(|q| q.set_avail_ring_address(Some(v), None)),
+            REG_QUEUE_AVAIL_LOW => {
+                if self.check_aligned(v, 2) {
+                    self.update_queue(|q| q.set_avail_ring_address(Some(v), None))
+                }
+            }
             REG_QUEUE_AVAIL_HIGH => self.update_queue(|q| q.set_avail_ring_address(None, Some(v))),
-            REG_QUEUE_USED_LOW => self.update_queue(|q| q.set_used_ring_address(Some(v), None)),
+            REG_QUEUE_USED_LOW => {
+                if self.check_aligned(v, 4) {
+                    self.update_queue(|q| q.set_used_ring_address(Some(v), None))
+                }
+            }
             REG_QUEUE_USED_HIGH => self.update_queue(|q| q.set_used_ring_address(None, Some(v))),
             _ => tracing::debug!(
                 "{}: write of {v:#x} to register {offset:#x} ignored",
                 self.device.name()
             ),
         }
+    }
+
+    /// Records a misaligned ring address against the selected queue.
+    fn check_aligned(&mut self, low: u32, align: u32) -> bool {
+        let ok = low % align == 0;
+        if !ok && self.queue_config_allowed() {
+            if let Some(bad) = self.bad_config.get_mut(self.queue_sel as usize) {
+                *bad = true;
+            }
+        }
+        ok
     }
 
     fn update_ready(&mut self, ready: bool) {
@@ -402,5 +440,230 @@ impl EventHandler for MmioTransport {
         if let Err(e) = result {
             self.fail(e.to_string());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::INT_CONFIG;
+    use crate::devices::virtio::device::{ActivateError, DeviceError};
+    use crate::devices::virtio::test_utils::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Log {
+        activations: usize,
+        notifies: Vec<usize>,
+        resets: usize,
+        acked: u64,
+        fail_notify: bool,
+    }
+
+    struct Dummy(Arc<Mutex<Log>>);
+    impl VirtioDevice for Dummy {
+        fn device_type(&self) -> u32 {
+            42
+        }
+        fn name(&self) -> &str {
+            "dummy"
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16, 8]
+        }
+        fn features(&self) -> u64 {
+            VIRTIO_F_VERSION_1 | 0b101
+        }
+        fn ack_features(&mut self, f: u64) {
+            self.0.lock().unwrap().acked = f;
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            crate::devices::virtio::device::read_config_bytes(&[1, 2, 3, 4], offset, data);
+        }
+        fn activate(&mut self, _: ActivateContext, _: &EventCtl) -> Result<(), ActivateError> {
+            self.0.lock().unwrap().activations += 1;
+            Ok(())
+        }
+        fn queue_notify(&mut self, i: usize, _: &EventCtl) -> Result<(), DeviceError> {
+            let mut l = self.0.lock().unwrap();
+            l.notifies.push(i);
+            if l.fail_notify {
+                return Err(DeviceError::Other("boom".into()));
+            }
+            Ok(())
+        }
+        fn reset(&mut self, _: &EventCtl) {
+            self.0.lock().unwrap().resets += 1;
+        }
+    }
+
+    fn transport() -> (MmioTransport, Arc<Mutex<Log>>) {
+        let log = Arc::new(Mutex::new(Log::default()));
+        let t = MmioTransport::new(
+            Box::new(Dummy(log.clone())),
+            test_memory(),
+            test_irq(),
+            test_ctl(),
+        )
+        .unwrap();
+        (t, log)
+    }
+
+    fn rd(t: &mut MmioTransport, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn wr(t: &mut MmioTransport, off: u64, v: u32) {
+        t.write(off, &v.to_le_bytes());
+    }
+
+    /// Configures queue `q` with rings in guest memory.
+    fn setup_queue(t: &mut MmioTransport, q: u32, size: u32, base: u64) {
+        wr(t, REG_QUEUE_SEL, q);
+        wr(t, REG_QUEUE_NUM, size);
+        wr(t, REG_QUEUE_DESC_LOW, base as u32);
+        wr(t, REG_QUEUE_DESC_HIGH, (base >> 32) as u32);
+        wr(t, REG_QUEUE_AVAIL_LOW, (base + 0x1000) as u32);
+        wr(t, REG_QUEUE_AVAIL_HIGH, 0);
+        wr(t, REG_QUEUE_USED_LOW, (base + 0x2000) as u32);
+        wr(t, REG_QUEUE_USED_HIGH, 0);
+        wr(t, REG_QUEUE_READY, 1);
+    }
+
+    fn negotiate(t: &mut MmioTransport) {
+        wr(t, REG_STATUS, STATUS_ACKNOWLEDGE);
+        wr(t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        wr(t, REG_DRIVER_FEATURES_SEL, 0);
+        wr(t, REG_DRIVER_FEATURES, u32::MAX);
+        wr(t, REG_DRIVER_FEATURES_SEL, 1);
+        wr(t, REG_DRIVER_FEATURES, 1);
+        wr(
+            t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
+    }
+
+    const ALL_OK: u32 = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK;
+
+    #[test]
+    fn identity_registers_and_features() {
+        let (mut t, _) = transport();
+        assert_eq!(rd(&mut t, REG_MAGIC), MMIO_MAGIC);
+        assert_eq!(rd(&mut t, REG_VERSION), 2);
+        assert_eq!(rd(&mut t, REG_DEVICE_ID), 42);
+        assert_eq!(rd(&mut t, REG_DEVICE_FEATURES), 0b101);
+        wr(&mut t, REG_DEVICE_FEATURES_SEL, 1);
+        assert_eq!(rd(&mut t, REG_DEVICE_FEATURES), 1);
+        wr(&mut t, REG_DEVICE_FEATURES_SEL, 7);
+        assert_eq!(rd(&mut t, REG_DEVICE_FEATURES), 0);
+        wr(&mut t, REG_QUEUE_SEL, 1);
+        assert_eq!(rd(&mut t, REG_QUEUE_NUM_MAX), 8);
+        wr(&mut t, REG_QUEUE_SEL, 9);
+        assert_eq!(rd(&mut t, REG_QUEUE_NUM_MAX), 0);
+        let mut b = [0u8; 2];
+        t.read(REG_CONFIG + 1, &mut b);
+        assert_eq!(b, [2, 3]);
+        // Wrong sizes or alignment read as zero and do not panic.
+        let mut b = [0xffu8; 2];
+        t.read(REG_MAGIC, &mut b);
+        assert_eq!(b, [0, 0]);
+        let mut b = [0xffu8; 4];
+        t.read(REG_MAGIC + 1, &mut b);
+        assert_eq!(b, [0; 4]);
+        t.write(REG_STATUS, &[1]);
+        assert_eq!(rd(&mut t, REG_STATUS), 0);
+    }
+
+    #[test]
+    fn negotiation_activation_and_reset() {
+        let (mut t, log) = transport();
+        negotiate(&mut t);
+        // Only offered bits are accepted.
+        assert_eq!(log.lock().unwrap().acked, VIRTIO_F_VERSION_1 | 0b101);
+        setup_queue(&mut t, 0, 16, 0x10_0000);
+        wr(&mut t, REG_STATUS, ALL_OK);
+        assert_eq!(log.lock().unwrap().activations, 1);
+        assert_eq!(rd(&mut t, REG_STATUS), ALL_OK);
+        // After DRIVER_OK the queue configuration is frozen.
+        wr(&mut t, REG_QUEUE_SEL, 0);
+        wr(&mut t, REG_QUEUE_READY, 0);
+        assert_eq!(rd(&mut t, REG_QUEUE_READY), 1);
+        // A trapped notify reaches the device through the event loop path.
+        wr(&mut t, REG_QUEUE_NOTIFY, 0);
+        wr(&mut t, REG_QUEUE_NOTIFY, 55);
+        t.handle_event(0, EventSet::IN, &test_ctl());
+        assert_eq!(log.lock().unwrap().notifies, vec![0]);
+        // Clearing bits is refused; writing 0 resets.
+        wr(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE);
+        assert_eq!(rd(&mut t, REG_STATUS), ALL_OK);
+        wr(&mut t, REG_STATUS, 0);
+        assert_eq!(rd(&mut t, REG_STATUS), 0);
+        assert_eq!(log.lock().unwrap().resets, 1);
+        assert_eq!(rd(&mut t, REG_QUEUE_READY), 0);
+        // Works again after the reset.
+        negotiate(&mut t);
+        setup_queue(&mut t, 0, 16, 0x10_0000);
+        wr(&mut t, REG_STATUS, ALL_OK);
+        assert_eq!(log.lock().unwrap().activations, 2);
+    }
+
+    #[test]
+    fn driver_without_version_1_is_refused() {
+        let (mut t, log) = transport();
+        wr(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        wr(&mut t, REG_DRIVER_FEATURES, 0b101);
+        wr(
+            &mut t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
+        assert_eq!(rd(&mut t, REG_STATUS) & STATUS_FEATURES_OK, 0);
+        wr(&mut t, REG_STATUS, ALL_OK);
+        assert_eq!(log.lock().unwrap().activations, 0);
+        assert_ne!(rd(&mut t, REG_STATUS) & STATUS_NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn bad_queues_mark_the_device_broken() {
+        for (size, base) in [
+            (3u32, 0x10_0000u64),   // not a power of two
+            (64, 0x10_0000),        // above the maximum
+            (16, 0xffff_0000_0000), // rings outside guest memory
+            (16, 0x10_0001),        // misaligned descriptor table
+        ] {
+            let (mut t, log) = transport();
+            negotiate(&mut t);
+            setup_queue(&mut t, 0, size, base);
+            wr(&mut t, REG_STATUS, ALL_OK);
+            assert_eq!(
+                log.lock().unwrap().activations,
+                0,
+                "size {size} base {base:#x}"
+            );
+            assert_ne!(rd(&mut t, REG_STATUS) & STATUS_NEEDS_RESET, 0);
+            assert_ne!(rd(&mut t, REG_INTERRUPT_STATUS) & INT_CONFIG, 0);
+            wr(&mut t, REG_INTERRUPT_ACK, INT_CONFIG);
+            assert_eq!(rd(&mut t, REG_INTERRUPT_STATUS), 0);
+        }
+    }
+
+    #[test]
+    fn a_failing_device_goes_quiet_until_reset() {
+        let (mut t, log) = transport();
+        negotiate(&mut t);
+        setup_queue(&mut t, 0, 16, 0x10_0000);
+        wr(&mut t, REG_STATUS, ALL_OK);
+        log.lock().unwrap().fail_notify = true;
+        wr(&mut t, REG_QUEUE_NOTIFY, 0);
+        t.handle_event(0, EventSet::IN, &test_ctl());
+        assert_ne!(rd(&mut t, REG_STATUS) & STATUS_NEEDS_RESET, 0);
+        wr(&mut t, REG_QUEUE_NOTIFY, 0);
+        t.handle_event(0, EventSet::IN, &test_ctl());
+        assert_eq!(log.lock().unwrap().notifies.len(), 1);
+        // Unknown sub-tokens are ignored.
+        t.handle_event(7, EventSet::IN, &test_ctl());
     }
 }
