@@ -365,11 +365,12 @@ impl MmioTransport {
 
     /// Records a misaligned ring address against the selected queue.
     fn check_aligned(&mut self, low: u32, align: u32) -> bool {
-        let ok = low % align == 0;
-        if !ok && self.queue_config_allowed() {
-            if let Some(bad) = self.bad_config.get_mut(self.queue_sel as usize) {
-                *bad = true;
-            }
+        let ok = low.is_multiple_of(align);
+        if !ok
+            && self.queue_config_allowed()
+            && let Some(bad) = self.bad_config.get_mut(self.queue_sel as usize)
+        {
+            *bad = true;
         }
         ok
     }
