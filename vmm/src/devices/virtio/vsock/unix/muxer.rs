@@ -192,6 +192,10 @@ impl Muxer {
             return;
         }
         let mut want = EventSet::empty();
+        if e.conn.state == ConnState::LocalInit {
+            // Nothing to read yet, but notice a client that hangs up.
+            want |= EventSet::HANG_UP;
+        }
         if e.conn.wants_read() {
             want |= EventSet::IN;
         }
@@ -319,7 +323,7 @@ impl Muxer {
             return;
         }
         let path = format!("{}_{}", self.uds_path.display(), hdr.dst_port);
-        match UnixStream::connect(&path).and_then(|s| s.set_nonblocking(true).map(|_| s)) {
+        match connect_nonblocking(&path) {
             Ok(stream) => {
                 let conn = Connection::new_peer(stream, self.guest_cid, hdr);
                 self.insert(conn, ctl);
@@ -371,7 +375,12 @@ impl Muxer {
                 tracing::debug!("vsock: {key:?}: {err}");
                 e.conn.mark_rst();
             }
-            if events.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::ERROR) {
+            if e.conn.state == ConnState::LocalInit {
+                // The client gave up before the guest answered.
+                if events.intersects(EventSet::HANG_UP | EventSet::ERROR) {
+                    e.conn.mark_rst();
+                }
+            } else if events.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::ERROR) {
                 e.conn.host_readable();
             }
             self.refresh(key, ctl);
@@ -467,6 +476,45 @@ fn parse_connect(line: &[u8]) -> Option<u32> {
         return None;
     }
     port.parse().ok()
+}
+
+/// Connects without blocking the event loop: a listener whose backlog is full refuses
+/// (EAGAIN) instead of making us wait.
+fn connect_nonblocking(path: &str) -> io::Result<UnixStream> {
+    use std::os::fd::FromRawFd;
+    let bytes = path.as_bytes();
+    // SAFETY: sockaddr_un is plain data; zeroed is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "socket path too long",
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: creating a socket; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh socket we own from here on.
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: addr is a valid sockaddr_un and len its size.
+    let r = unsafe { libc::connect(fd, &addr as *const _ as *const libc::sockaddr, len) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stream)
 }
 
 /// Writes a short control line to a nonblocking stream, retrying briefly if it is full.

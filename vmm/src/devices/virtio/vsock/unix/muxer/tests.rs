@@ -352,3 +352,59 @@ fn hostile_packets() {
     assert_eq!(rig.recv().unwrap().0.op, OP_RST);
     assert!(is_closed(&mut c));
 }
+
+#[test]
+fn guest_connect_to_a_full_listener_does_not_block() {
+    let rig = Rig::new();
+    let path = format!("{}_6000", rig.uds.display());
+    let _listener = listen_with_backlog(&path, 1);
+    // Fill the backlog with clients nobody accepts.
+    let mut fillers = Vec::new();
+    for _ in 0..64 {
+        match super::connect_nonblocking(&path) {
+            Ok(s) => fillers.push(s),
+            Err(_) => break,
+        }
+    }
+    let t = std::time::Instant::now();
+    rig.send(from_guest(OP_REQUEST, 3, 6000, 4096, 0), &[]);
+    assert!(t.elapsed() < Duration::from_secs(1));
+    assert_eq!(rig.recv().unwrap().0.op, OP_RST);
+}
+
+#[test]
+fn client_hanging_up_before_the_guest_answers_is_cleaned_up() {
+    let rig = Rig::new();
+    let c = rig.client(b"CONNECT 1024\n");
+    let (req, _) = rig.recv().unwrap();
+    assert_eq!(req.op, OP_REQUEST);
+    drop(c);
+    let (rst, _) = rig.recv().unwrap();
+    assert_eq!((rst.op, rst.src_port), (OP_RST, req.src_port));
+    assert_eq!(rig.mux.lock().unwrap().connection_count(), 0);
+    // A late RESPONSE from the guest is answered with RST, not a crash.
+    rig.send(from_guest(OP_RESPONSE, 1024, req.src_port, 4096, 0), &[]);
+    assert_eq!(rig.recv().unwrap().0.op, OP_RST);
+}
+
+/// A listener with a tiny backlog (std always asks for the maximum).
+fn listen_with_backlog(path: &str, backlog: i32) -> UnixListener {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket/bind/listen calls on a fresh fd; results are checked.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let mut addr: libc::sockaddr_un = std::mem::zeroed();
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (d, s) in addr.sun_path.iter_mut().zip(path.as_bytes()) {
+            *d = *s as libc::c_char;
+        }
+        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        assert_eq!(
+            libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len),
+            0
+        );
+        assert_eq!(libc::listen(fd, backlog), 0);
+        UnixListener::from_raw_fd(fd)
+    }
+}
