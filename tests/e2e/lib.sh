@@ -162,6 +162,52 @@ vm_stop() {
   wait "$pid" 2>/dev/null || true
 }
 
+# ---- containerd (tests that say "# needs: containerd")
+CTD=/tmp/ctd
+CTD_PID=""
+# ctd_start: containerd 1.6 with everything under $CTD (CRI off), and a busybox rootfs in
+# $CTD/rootfs for `ctr run --rootfs`. Waits until it answers (60 s).
+ctd_start() {
+  mkdir -p $CTD/root $CTD/state $CTD/rootfs/{bin,proc,dev,sys,etc,tmp}
+  cat > $CTD/config.toml <<EOT
+version = 2
+root = "$CTD/root"
+state = "$CTD/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.btrfs"]
+[grpc]
+  address = "$CTD/containerd.sock"
+[ttrpc]
+  address = "$CTD/containerd.sock.ttrpc"
+[debug]
+  level = "${CTD_LOG_LEVEL:-info}"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$CTD/opt"
+EOT
+  cp /usr/bin/busybox $CTD/rootfs/bin/busybox
+  ln -sf busybox $CTD/rootfs/bin/sh
+  local t0; t0=$(now_ms)
+  containerd --config $CTD/config.toml > "$TH_ART/containerd.log" 2>&1 < /dev/null &
+  CTD_PID=$!
+  until ctr version > /dev/null 2>&1; do
+    kill -0 "$CTD_PID" 2>/dev/null || { tail -20 "$TH_ART/containerd.log"; fail "containerd exited"; }
+    (( $(now_ms) - t0 < 60000 )) || { tail -20 "$TH_ART/containerd.log"; fail "containerd did not answer within 60 s"; }
+    th_sleep 0.2
+  done
+  log "containerd (pid $CTD_PID) answers after $(( $(now_ms) - t0 )) ms; log: $TH_ART/containerd.log"
+}
+ctr() { command ctr --address $CTD/containerd.sock "$@"; }
+# ctd_stop: TERM, then KILL after 10 s; by PID. (Shims outlive containerd by design: a
+# test that starts containers removes them first, e.g. with `ctr run --rm`.)
+ctd_stop() {
+  [ -n "$CTD_PID" ] || return 0
+  kill -TERM "$CTD_PID" 2>/dev/null || true
+  local i
+  for ((i = 0; i < 100; i++)); do kill -0 "$CTD_PID" 2>/dev/null || break; th_sleep 0.1; done
+  kill -KILL "$CTD_PID" 2>/dev/null || true
+  wait "$CTD_PID" 2>/dev/null || true
+  CTD_PID=""
+}
+
 # th_warm_memory MIB: writes MIB of fresh memory in the test host and frees it. Before a
 # boot, this removed the 0.6-0.9 s stall that every VM after the first in one test-host
 # boot showed in ../shared/testing.md (cause unproven). For benchmarks.
@@ -173,6 +219,7 @@ vm_peak_rss_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/${VM_PID[$1]}/status" 2>/
 _th_cleanup() {
   local vm
   for vm in "${VMS[@]}"; do vm_running "$vm" && vm_stop "$vm"; done
+  ctd_stop
   rm -rf "$TH_VSOCK_DIR"
   return 0
 }

@@ -1,0 +1,49 @@
+#!/bin/bash
+# containerd runs a container through our shim: `ctr run --runtime io.containerd.hyper.v1`
+# boots a VM with hyper-vmm, the agent runs the command, its output reaches ctr, and
+# everything is torn down (--rm). Not in the default suite until the shim gets there.
+# timeout: 300
+# needs: containerd hyper-vmm containerd-shim-hyper-v1
+# shellcheck source=lib.sh
+. "$TH_LIB"
+need_bin containerd ctr hyper-vmm containerd-shim-hyper-v1
+mkdir -p /tmp/hyper
+cat > $CTD-hyper.toml <<EOT
+[hypervisor]
+path = "/usr/local/bin/hyper-vmm"
+kernel = "$GUEST_KERNEL"
+image = "$GUEST_INITRD"
+debug_console = true
+[runtime]
+log_level = "debug"
+state_dir = "/tmp/hyper"
+EOT
+CTD_LOG_LEVEL=debug ctd_start
+t1=$(now_ms)
+rc=0
+out=$(ctr run --rm --runtime io.containerd.hyper.v1 --runtime-config-path $CTD-hyper.toml \
+        --env PATH=/bin --rootfs $CTD/rootfs hyper1 /bin/sh -c 'echo hello-from-hyper; uname -r' 2>&1) || rc=$?
+took=$(( $(now_ms) - t1 ))
+echo "$out"
+# Keep what the shim left for the artefacts (consoles, logs), whatever happened.
+find /tmp/hyper -maxdepth 3 \( -name '*.log' -o -name '*console*' \) -exec cp {} "$TH_ART/" \; 2>/dev/null || true
+if [ $rc -ne 0 ]; then
+  grep -iE 'hyper|shim' "$TH_ART/containerd.log" | tail -30
+  fail "ctr run with the hyper runtime failed (rc $rc) after $took ms"
+fi
+grep -q hello-from-hyper <<<"$out" || fail "the container's greeting did not reach ctr"
+grep -q -- '-hyper' <<<"$out" || fail "uname -r is not the guest kernel's (did it run in the VM?)"
+# With --rm the task is deleted, so the shim (and its VMM) must exit on their own.
+shim_pids() {
+  local p
+  for p in /proc/[0-9]*; do
+    { tr '\0' ' ' < "$p/cmdline"; } 2>/dev/null | grep -qE '^(/usr/local/bin/)?(containerd-shim-hyper-v1|hyper-vmm) ' && echo "${p#/proc/}"
+  done
+  return 0
+}
+t2=$(now_ms)
+while [ -n "$(shim_pids)" ] && (( $(now_ms) - t2 < 15000 )); do th_sleep 0.2; done
+left=$(shim_pids)
+[ -z "$left" ] || fail "shim/VMM still running 15 s after 'ctr run --rm' returned: $(for p in $left; do tr '\0' ' ' < /proc/$p/cmdline; echo; done)"
+log "shim and VMM gone $(( $(now_ms) - t2 )) ms after ctr returned"
+log "PASS-INFO shim-ctr-run: ctr run --runtime io.containerd.hyper.v1 took $took ms"
