@@ -5,6 +5,7 @@
 # usage: tests/harness/run.sh [--all] [--list] [--keep] [--repeat N] [TEST...]
 #   TEST     names of tests/e2e/<TEST>.sh (default: the ones in tests/e2e/default.list)
 #   --all    every test in tests/e2e/, including those not expected to pass yet
+#            (not the bench-* benchmarks: name those)
 #   --list   list the tests with their timeouts and exit
 #   --keep   keep the data and results disk images of the run
 #   --repeat N  run each selected test N times in the same test-host boot (as TEST, TEST@2, ...)
@@ -33,7 +34,7 @@ while [ $# -gt 0 ]; do
     --all) all=1 ;; --list) list=1 ;; --keep) keep=1 ;;
     --repeat) repeat=$2; shift ;;
     --env) [[ "$2" =~ ^[A-Za-z_][A-Za-z0-9_]*=[^\']*$ ]] || die "--env wants K=V (no single quotes)"; envs+=("$2"); shift ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^[^#]/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) tests+=("${1%.sh}") ;;
   esac
@@ -46,12 +47,12 @@ all_tests() { for f in "$e2e"/*.sh; do [ "$(basename "$f")" = lib.sh ] || basena
 if [ $list = 1 ]; then
   for t in $(all_tests); do
     d=" "; grep -qx "$t" "$e2e/default.list" && d="*"
-    printf '%s %-20s timeout %4ss  %s\n' "$d" "$t" "$(header "$t" timeout)" "$(sed -n '2s/^# //p' "$e2e/$t.sh")"
+    printf '%s %-26s timeout %4ss  %s\n' "$d" "$t" "$(header "$t" timeout)" "$(sed -n '2s/^# //p' "$e2e/$t.sh")"
   done
   echo "(* = in the default suite)"; exit 0
 fi
 if [ ${#tests[@]} -eq 0 ]; then
-  if [ $all = 1 ]; then mapfile -t tests < <(all_tests)
+  if [ $all = 1 ]; then mapfile -t tests < <(all_tests | grep -v '^bench-')
   else mapfile -t tests < <(grep -v '^#' "$e2e/default.list" | grep .); fi
 fi
 for t in "${tests[@]}"; do [ -f "$e2e/$t.sh" ] && [ "$t" != lib ] || die "no test tests/e2e/$t.sh (see --list)"; done
