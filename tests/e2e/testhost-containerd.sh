@@ -1,6 +1,7 @@
 #!/bin/bash
-# The test host can run containerd 1.6 + runc (cgroup2, overlay on tmpfs): containerd
-# starts, and `ctr run --rootfs` runs a busybox container. The base for the shim's tests.
+# The test host can run containerd 1.6 + runc: containerd starts, and `ctr run --rootfs`
+# runs a busybox container (cgroup2; no image, so no snapshotter yet). The base for the
+# shim's tests.
 # timeout: 240
 # needs: containerd
 # shellcheck source=lib.sh
