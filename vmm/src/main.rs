@@ -109,8 +109,11 @@ fn run(start: Instant) -> anyhow::Result<i32> {
 
 fn main() -> ExitCode {
     let start = Instant::now();
+    // SAFETY: isatty only inspects fd 2.
+    let tty = unsafe { libc::isatty(2) } == 1;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(tty)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HYPER_VMM_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

@@ -256,8 +256,18 @@ impl Vmm {
             return;
         }
         if self.stop_deadline.is_none() {
-            if let Some(i8042) = &self.devices.i8042 {
-                lock(i8042).send_ctrl_alt_del();
+            let delivered = self.devices.i8042.as_ref().is_some_and(|i8042| {
+                let mut dev = lock(i8042);
+                // Without a keyboard driver the guest cannot see the keys: do not wait.
+                dev.driver_seen() && {
+                    dev.send_ctrl_alt_del();
+                    true
+                }
+            });
+            if !delivered {
+                tracing::info!("guest has no i8042 driver: stopping without waiting");
+                self.control.request_exit(VmExit::Stopped);
+                return;
             }
             self.stop_deadline = Some(Instant::now() + self.stop_timeout);
         }

@@ -84,6 +84,20 @@ impl Asm {
         self.0.extend_from_slice(&[0xeb, 0xfe]); // jmp $
         self
     }
+    /// Does what Linux's i8042 driver does first: writes the controller config byte.
+    fn init_i8042(&mut self) -> &mut Self {
+        // mov al,0x60; out 0x64,al; mov al,0x01; out 0x60,al
+        self.0
+            .extend_from_slice(&[0xb0, 0x60, 0xe6, 0x64, 0xb0, 0x01, 0xe6, 0x60]);
+        self
+    }
+    /// Waits for a byte from the keyboard controller (status bit 0), then reads it.
+    fn wait_key(&mut self) -> &mut Self {
+        // poll: in al,0x64; test al,1; jz poll; in al,0x60
+        self.0
+            .extend_from_slice(&[0xe4, 0x64, 0xa8, 0x01, 0x74, 0xfa, 0xe4, 0x60]);
+        self
+    }
     fn ud2(&mut self) -> &mut Self {
         self.0.extend_from_slice(&[0x0f, 0x0b]);
         self
@@ -225,10 +239,18 @@ fn pause_resume_and_stop_with_timeout() {
     }
     let console = Console::default();
     let mut asm = Asm::default();
-    asm.serial(b's').spin();
+    asm.init_i8042().serial(b's').spin();
     let mut vmm = guest_vm(&asm.0, &console);
     vmm.stop_timeout = Duration::from_millis(300);
     vmm.start().unwrap();
+    let t = Instant::now();
+    while !console.text().contains('s') {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "guest never got ready"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     use hyper_vmm::api::Request;
     assert_eq!(vmm.handle_request(Request::Pause)["ok"], true);
     assert_eq!(vmm.handle_request(Request::Ping)["state"], "paused");
@@ -289,4 +311,52 @@ fn control_socket_end_to_end() {
     assert_eq!(replies[5]["ok"], false);
     assert_eq!(replies[6]["ok"], false);
     assert_eq!(replies[7]["ok"], true);
+}
+
+#[test]
+fn stop_types_ctrl_alt_del_and_a_listening_guest_resets() {
+    if !kvm_usable() {
+        return;
+    }
+    let console = Console::default();
+    let mut asm = Asm::default();
+    // The guest prints 'r', waits for a key, prints 'k' and resets.
+    asm.init_i8042()
+        .serial(b'r')
+        .wait_key()
+        .serial(b'k')
+        .reset()
+        .spin();
+    let mut vmm = guest_vm(&asm.0, &console);
+    vmm.stop_timeout = Duration::from_secs(20);
+    vmm.start().unwrap();
+    let t = Instant::now();
+    while !console.text().contains('r') {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "guest never got ready"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    vmm.request_stop();
+    assert_eq!(vmm.run(), VmExit::Reset);
+    assert_eq!(console.text(), "rk");
+    assert!(t.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn stop_without_a_keyboard_driver_is_immediate() {
+    if !kvm_usable() {
+        return;
+    }
+    let console = Console::default();
+    let mut asm = Asm::default();
+    asm.spin();
+    let mut vmm = guest_vm(&asm.0, &console);
+    vmm.stop_timeout = Duration::from_secs(30);
+    vmm.start().unwrap();
+    let t = Instant::now();
+    vmm.request_stop();
+    assert_eq!(vmm.run(), VmExit::Stopped);
+    assert!(t.elapsed() < Duration::from_secs(5));
 }

@@ -69,6 +69,8 @@ pub struct I8042 {
     /// A controller command waiting for its data byte.
     pending: Option<u8>,
     buf: VecDeque<u8>,
+    /// The guest's driver configured the controller; only then can it see key presses.
+    driver_seen: bool,
 }
 
 impl I8042 {
@@ -81,7 +83,13 @@ impl I8042 {
             outp: 0x01,
             pending: None,
             buf: VecDeque::with_capacity(BUF_CAPACITY),
+            driver_seen: false,
         }
+    }
+
+    /// Whether a guest driver has configured the controller (so Ctrl-Alt-Del can work).
+    pub fn driver_seen(&self) -> bool {
+        self.driver_seen
     }
 
     /// Types Ctrl-Alt-Del: Linux turns it into SIGINT for init (or a reboot).
@@ -143,7 +151,10 @@ impl I8042 {
     fn data(&mut self, value: u8) {
         self.status &= !SB_LAST_WAS_COMMAND;
         match self.pending.take() {
-            Some(CMD_WRITE_CTR) => self.control = value,
+            Some(CMD_WRITE_CTR) => {
+                self.control = value;
+                self.driver_seen = true;
+            }
             Some(CMD_WRITE_OUTP) => {
                 self.outp = value;
                 // Bit 0 low pulls the CPU reset line.
@@ -214,6 +225,17 @@ mod tests {
         let mut b = [0u8; 1];
         d.read(off, &mut b);
         b[0]
+    }
+
+    #[test]
+    fn driver_is_seen_once_it_writes_the_config_byte() {
+        let (mut d, _r) = dev();
+        assert!(!d.driver_seen());
+        d.write(COMMAND_OFFSET, &[CMD_READ_CTR]);
+        assert!(!d.driver_seen());
+        d.write(COMMAND_OFFSET, &[CMD_WRITE_CTR]);
+        d.write(DATA_OFFSET, &[CB_KBD_INT]);
+        assert!(d.driver_seen());
     }
 
     #[test]
