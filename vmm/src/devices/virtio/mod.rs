@@ -10,6 +10,8 @@ pub mod rng;
 pub mod vsock;
 
 #[cfg(test)]
+mod random_tests;
+#[cfg(test)]
 pub mod test_utils;
 
 pub use device::{ActivateError, DeviceError, Interrupt, VirtioDevice};
