@@ -196,6 +196,14 @@ EOT
   log "containerd (pid $CTD_PID) answers after $(( $(now_ms) - t0 )) ms; log: $TH_ART/containerd.log"
 }
 ctr() { command ctr --address $CTD/containerd.sock "$@"; }
+# The busybox image on the data disk, for `ctr images import` (payload group @containerd).
+BUSYBOX_OCI=/usr/share/hyper-tests/busybox-oci.tar
+BUSYBOX_REF=docker.io/library/busybox:1.35
+# ctd_import_busybox: imports it as $BUSYBOX_REF (containerd unpacks it with overlayfs).
+ctd_import_busybox() {
+  ctr images import --base-name docker.io/library/busybox "$BUSYBOX_OCI" > /dev/null \
+    || fail "ctr images import $BUSYBOX_OCI failed"
+}
 # ctd_stop: TERM, then KILL after 10 s; by PID. (Shims outlive containerd by design: a
 # test that starts containers removes them first, e.g. with `ctr run --rm`.)
 ctd_stop() {

@@ -1,7 +1,8 @@
 #!/bin/bash
-# containerd runs a container through our shim: `ctr run --runtime io.containerd.hyper.v1`
-# boots a VM with hyper-vmm, the agent runs the command, its output reaches ctr, and
-# everything is torn down (--rm). Not in the default suite until the shim gets there.
+# containerd runs containers through our shim: `ctr run --runtime io.containerd.hyper.v1`
+# (a --rootfs dir, then an imported image) boots a VM with hyper-vmm, the agent runs the
+# command, its output reaches ctr, and everything is torn down (--rm) and exits. Not in the
+# default suite until the shim gets there.
 # timeout: 300
 # needs: containerd hyper-vmm containerd-shim-hyper-v1
 # shellcheck source=lib.sh
@@ -33,6 +34,18 @@ if [ $rc -ne 0 ]; then
 fi
 grep -q hello-from-hyper <<<"$out" || fail "the container's greeting did not reach ctr"
 grep -q -- '-hyper' <<<"$out" || fail "uname -r is not the guest kernel's (did it run in the VM?)"
+log "ctr run --rootfs with the hyper runtime took $took ms"
+# The real path: an image, whose rootfs containerd hands the shim as overlay mounts.
+ctd_import_busybox
+t1=$(now_ms); rc=0
+out=$(ctr run --rm --runtime io.containerd.hyper.v1 --runtime-config-path $CTD-hyper.toml \
+        "$BUSYBOX_REF" hyper2 sh -c 'echo hello-from-hyper-image; uname -r' 2>&1) || rc=$?
+took=$(( $(now_ms) - t1 ))
+echo "$out"
+[ $rc -eq 0 ] || { grep -iE 'hyper|shim' "$TH_ART/containerd.log" | tail -30; fail "ctr run $BUSYBOX_REF with the hyper runtime failed (rc $rc) after $took ms"; }
+grep -q hello-from-hyper-image <<<"$out" || fail "the image container's greeting did not reach ctr"
+grep -q -- '-hyper' <<<"$out" || fail "uname -r is not the guest kernel's (did it run in the VM?)"
+log "ctr run $BUSYBOX_REF with the hyper runtime took $took ms"
 # With --rm the task is deleted, so the shim (and its VMM) must exit on their own.
 shim_pids() {
   local p

@@ -1,7 +1,7 @@
 #!/bin/bash
 # The test host can run containerd 1.6 + runc: containerd starts, and `ctr run --rootfs`
-# runs a busybox container (cgroup2; no image, so no snapshotter yet). The base for the
-# shim's tests.
+# runs a busybox container (cgroup2), and an imported busybox image runs on containerd's
+# overlayfs snapshotter. The base for the shim's tests.
 # timeout: 240
 # needs: containerd
 # shellcheck source=lib.sh
@@ -13,4 +13,13 @@ out=$(ctr run --rm --env PATH=/bin --rootfs $CTD/rootfs smoke /bin/sh -c 'echo h
   || { echo "$out"; tail -20 "$TH_ART/containerd.log"; fail "ctr run failed"; }
 echo "$out"
 grep -q hello-from-runc <<<"$out" || fail "the container did not print its greeting"
-log "PASS-INFO testhost-containerd: ctr run (runc) took $(( $(now_ms) - t1 )) ms"
+log "ctr run --rootfs (runc) took $(( $(now_ms) - t1 )) ms"
+# An image: unpacked by the overlayfs snapshotter under /tmp (tmpfs in the test host).
+t1=$(now_ms)
+ctd_import_busybox
+out=$(ctr run --rm "$BUSYBOX_REF" smoke2 sh -c 'echo hello-from-image; grep " / " /proc/mounts' 2>&1) \
+  || { echo "$out"; tail -20 "$TH_ART/containerd.log"; fail "ctr run $BUSYBOX_REF failed"; }
+echo "$out"
+grep -q hello-from-image <<<"$out" || fail "the image's container did not print its greeting"
+grep -q '^overlay / overlay' <<<"$out" || fail "the container's root is not an overlay mount"
+log "PASS-INFO testhost-containerd: import + ctr run of $BUSYBOX_REF (overlayfs) took $(( $(now_ms) - t1 )) ms"

@@ -69,6 +69,11 @@ while read -ra f; do
     dir) [ -d "$src" ] || die "payload.list: $src is not a directory"
          mkdir -p "$stage$dest"; cp -a "$src/." "$stage$dest/"
          while IFS= read -r f; do is_elf "$f" && closure "$f"; done < <(find "$src" -type f -perm -u+x) ;;
+    build) [ -x "$src" ] || die "payload.list: $src is not an executable"
+           # SCRIPT OUT_DIR prints the path of what it built (cached by the script itself)
+           built=$("$src" "$HYPER_CACHE/payload/$(basename "$src" .sh)" | tail -1)
+           [ -f "$built" ] || die "payload.list: $src printed '$built', which is not a file"
+           put "$built" "$dest" ;;
     *) die "payload.list: unknown kind '$kind'" ;;
   esac
   n=$((n + 1))
