@@ -275,8 +275,16 @@ impl TaskService {
                     .and_then(|c| c.io.remove(&exec_id))
                     .unwrap_or_default()
             };
-            for h in io {
-                let _ = tokio::time::timeout(IO_DRAIN_TIMEOUT, h).await;
+            for mut h in io {
+                // A stream the guest never ends must not keep containerd's FIFO open:
+                // dropping the copier closes it, which is containerd's end of output.
+                if tokio::time::timeout(IO_DRAIN_TIMEOUT, &mut h)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(%cid, %exec_id, "output not drained in {IO_DRAIN_TIMEOUT:?}; closing it");
+                    h.abort();
+                }
             }
             let recorded = {
                 let mut inner = this.inner.lock().await;
