@@ -135,7 +135,9 @@ pub fn build(cfg: &VmConfig, start: Instant) -> Result<Vmm, BuildError> {
     let mem_size = cfg.memory_mib << 20;
     let serial_counters = Arc::new(DeviceCounters::default());
     let serial = SerialOutput::new(serial_output(&cfg.serial)?, serial_counters.clone());
+    tracing::debug!("config read: {} µs", start.elapsed().as_micros());
     let mut vmm = Vmm::new(mem_size, cfg.vcpus, serial, start)?;
+    tracing::debug!("KVM, memory and vCPUs: {} µs", start.elapsed().as_micros());
     vmm.stop_timeout = Duration::from_millis(cfg.stop_timeout_ms);
     vmm.metrics.insert_device("serial", serial_counters);
 
@@ -148,6 +150,7 @@ pub fn build(cfg: &VmConfig, start: Instant) -> Result<Vmm, BuildError> {
             }
         })?;
     let entry = loaded.kernel_load.0;
+    tracing::debug!("kernel loaded: {} µs", start.elapsed().as_micros());
     let kernel_end = loaded.kernel_end;
 
     // Initramfs: page-aligned at the top of low memory, above the kernel.
@@ -166,6 +169,7 @@ pub fn build(cfg: &VmConfig, start: Instant) -> Result<Vmm, BuildError> {
         None => None,
     };
 
+    tracing::debug!("initramfs loaded: {} µs", start.elapsed().as_micros());
     // Devices.
     let mem = vmm.mem.clone();
     if let Some(v) = &cfg.vsock {

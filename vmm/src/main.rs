@@ -99,6 +99,10 @@ fn run(start: Instant) -> anyhow::Result<i32> {
     hyper_vmm::vmm::install_termination_handlers().context("cannot install signal handlers")?;
     let mut vmm = hyper_vmm::builder::build(&cfg, start).context("cannot build the VM")?;
     vmm.start().context("cannot start the vCPUs")?;
+    tracing::debug!(
+        "vCPUs started {} µs after process start",
+        start.elapsed().as_micros()
+    );
     let why = vmm.run();
     match &why {
         hyper_vmm::vstate::vcpu::VmExit::Error(msg) => tracing::error!("VM failed: {msg}"),
