@@ -3,7 +3,8 @@
 # exits 0 to pass. Header lines read by tests/harness/run.sh:
 #   # timeout: SECONDS      per-test limit inside the test host (TCG-slow: be generous)
 #   # needs: BIN...         our binaries the test needs built and copied (e.g. hyper-vmm)
-#   # expect: timeout       harness self-tests only: passing means the watchdog stopped it
+#   # expect: timeout|leak  harness self-tests only: passing means the watchdog stopped it,
+#                           or the leak check caught what it left running
 # Environment from the runner: TH_TEST (name), TH_ART (artefact dir, brought back to the
 # host), TH_TIMEOUT. Inner VMs are started with vm_start_qemu / vm_start_hyper; their
 # consoles go to $TH_ART/<vm>.console; every VM still running when the test exits is
