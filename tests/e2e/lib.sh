@@ -166,15 +166,19 @@ vm_stop() {
 # ---- containerd (tests that say "# needs: containerd")
 CTD=/tmp/ctd
 CTD_PID=""
-# ctd_start: containerd 1.6 with everything under $CTD (CRI off), and a busybox rootfs in
-# $CTD/rootfs for `ctr run --rootfs`. Waits until it answers (60 s).
+# ctd_start: containerd 1.6 with everything under $CTD, and a busybox rootfs in
+# $CTD/rootfs for `ctr run --rootfs`. Waits until it answers (60 s). CRI is off unless
+# CTD_CRI=1 (needs the @cni group): then CNI is a host-only bridge (hyperlab0, 10.88/16)
+# and the runtime classes are runc and hyper (config $CTD-hyper.toml).
 ctd_start() {
   mkdir -p $CTD/root $CTD/state $CTD/rootfs/{bin,proc,dev,sys,etc,tmp}
+  local cri='"io.containerd.grpc.v1.cri", '
+  [ "${CTD_CRI:-0}" = 1 ] && cri=""
   cat > $CTD/config.toml <<EOT
 version = 2
 root = "$CTD/root"
 state = "$CTD/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.btrfs"]
+disabled_plugins = [${cri}"io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.btrfs"]
 [grpc]
   address = "$CTD/containerd.sock"
 [ttrpc]
@@ -184,6 +188,39 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
 [plugins."io.containerd.internal.v1.opt"]
   path = "$CTD/opt"
 EOT
+  if [ "${CTD_CRI:-0}" = 1 ]; then
+    mkdir -p $CTD/cni/net.d
+    cat > $CTD/cni/net.d/10-hyperlab.conflist <<EOT
+{"cniVersion":"1.0.0","name":"hyperlab","plugins":[
+ {"type":"bridge","bridge":"hyperlab0","isGateway":true,"isDefaultGateway":false,"ipMasq":false,"hairpinMode":true,
+  "ipam":{"type":"host-local","dataDir":"$CTD/cni/ipam","ranges":[[{"subnet":"10.88.0.0/16"}]]}},
+ {"type":"portmap","capabilities":{"portMappings":true}}]}
+EOT
+    cat >> $CTD/config.toml <<EOT
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "registry.k8s.io/pause:3.6"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  enable_selinux = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$CTD/cni/net.d"
+    max_conf_num = 1
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.hyper]
+      runtime_type = "io.containerd.hyper.v1"
+      pod_annotations = ["io.hyper.*"]
+      container_annotations = ["io.hyper.*"]
+      privileged_without_host_devices = true
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.hyper.options]
+        ConfigPath = "$CTD-hyper.toml"
+EOT
+    printf 'runtime-endpoint: unix://%s/containerd.sock\nimage-endpoint: unix://%s/containerd.sock\ntimeout: 60\n' $CTD $CTD > $CTD/crictl.yaml
+  fi
   cp /usr/bin/busybox $CTD/rootfs/bin/busybox
   ln -sf busybox $CTD/rootfs/bin/sh
   local t0; t0=$(now_ms)
@@ -197,6 +234,7 @@ EOT
   log "containerd (pid $CTD_PID) answers after $(( $(now_ms) - t0 )) ms; log: $TH_ART/containerd.log"
 }
 ctr() { command ctr --address $CTD/containerd.sock "$@"; }
+crictl() { command crictl --config $CTD/crictl.yaml "$@"; }
 # The busybox image on the data disk, for `ctr images import` (payload group @containerd).
 BUSYBOX_OCI=/usr/share/hyper-tests/busybox-oci.tar
 BUSYBOX_REF=docker.io/library/busybox:1.35
