@@ -20,6 +20,7 @@
 #   TH_BOOT_TIMEOUT (180)       seconds for the test host to come up
 #   HARNESS_OUT                 where runs go (default target/harness); the run's
 #                               artefacts are in $HARNESS_OUT/runs/<time>/, also ./latest
+#                               (the newest 20 runs are kept)
 # Output: per-test BEGIN/END lines, the tests' output, and a last line "N passed, M failed".
 # Exit status: 0 if every selected test passed, 1 otherwise (and on any timeout).
 set -euo pipefail
@@ -83,6 +84,10 @@ stamp=$(date +%Y%m%d-%H%M%S)-$$
 out=${HARNESS_OUT:-$HYPER_ROOT/target/harness}
 run=$out/runs/$stamp
 mkdir -p "$run"; ln -sfn "runs/$stamp" "$out/latest"
+# Keep the newest 20 runs; older ones go once they are an hour old (never a running one).
+ls -1d "$out"/runs/*/ 2>/dev/null | head -n -20 | while read -r old; do
+  if [ -n "$(find "$old" -maxdepth 0 -mmin +60)" ]; then rm -rf "$old"; fi
+done
 apt_need qemu-system-x86 gcc libc6-dev
 
 testhost=$("$here/build-testhost.sh")
