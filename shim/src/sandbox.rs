@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use hyper_agent_protocol::AGENT_VSOCK_PORT;
 use hyper_agent_protocol::agent::{
-    CreateSandboxRequest, DestroySandboxRequest, HealthRequest, health_response,
+    CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest, HealthRequest, Storage,
+    health_response,
 };
 use hyper_agent_protocol::agent_ttrpc::AgentServiceClient;
 
@@ -23,13 +24,50 @@ pub enum SandboxError {
     },
     #[error("VMM (pid {pid}) exited while the guest was booting{console}")]
     VmmDied { pid: u32, console: String },
-    #[error("agent {call}: {source}")]
+    #[error("agent {call}: {cause}")]
     Agent {
         call: &'static str,
-        source: ttrpc::Error,
+        cause: ttrpc::Error,
     },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Guest directory under which each container's storages are mounted.
+const GUEST_CONTAINERS_DIR: &str = "/run/hyper/containers";
+/// virtio-blk serial of the disk that carries the first container's rootfs.
+const ROOTFS_DISK_SERIAL: &str = "rootfs";
+
+/// The disk that hands a container's rootfs image to the guest.
+pub fn rootfs_disk(image: &Path) -> Disk {
+    Disk {
+        path: image.to_path_buf(),
+        read_only: false,
+        serial: ROOTFS_DISK_SERIAL.into(),
+    }
+}
+
+/// What the agent needs to create a container whose rootfs is on the `rootfs_disk`.
+pub fn create_container_request(
+    id: &str,
+    spec_json: Vec<u8>,
+    stdin: bool,
+) -> CreateContainerRequest {
+    let guest_rootfs = format!("{GUEST_CONTAINERS_DIR}/{id}/rootfs");
+    CreateContainerRequest {
+        container_id: id.to_string(),
+        oci_spec_json: spec_json,
+        storages: vec![Storage {
+            driver: "blk".into(),
+            source: ROOTFS_DISK_SERIAL.into(),
+            fstype: "ext4".into(),
+            mount_point: guest_rootfs.clone(),
+            ..Default::default()
+        }],
+        rootfs: guest_rootfs,
+        stdin,
+        ..Default::default()
+    }
 }
 
 pub struct Sandbox {
@@ -93,11 +131,11 @@ impl Sandbox {
             hostname: hostname.to_string(),
             ..Default::default()
         };
-        if let Err(source) = sandbox.agent.create_sandbox(sandbox.ctx(), &req).await {
+        if let Err(cause) = sandbox.agent.create_sandbox(sandbox.ctx(), &req).await {
             sandbox.shutdown().await;
             return Err(SandboxError::Agent {
                 call: "CreateSandbox",
-                source,
+                cause,
             });
         }
         Ok(sandbox)

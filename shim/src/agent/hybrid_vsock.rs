@@ -12,16 +12,16 @@ const MAX_ACK_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HybridVsockError {
-    #[error("connect to vsock socket {path}: {source}")]
+    #[error("connect to vsock socket {path}: {cause}")]
     Connect {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("handshake for guest port {port} on {path}: {source}")]
+    #[error("handshake for guest port {port} on {path}: {cause}")]
     Io {
         path: PathBuf,
         port: u32,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(
         "guest port {port} on {path}: VMM closed the connection (nothing listens on that port yet?)"
@@ -52,14 +52,14 @@ pub async fn connect(
         let mut stream =
             UnixStream::connect(uds)
                 .await
-                .map_err(|source| HybridVsockError::Connect {
+                .map_err(|cause| HybridVsockError::Connect {
                     path: path.clone(),
-                    source,
+                    cause,
                 })?;
-        let io_err = |source| HybridVsockError::Io {
+        let io_err = |cause| HybridVsockError::Io {
             path: path.clone(),
             port,
-            source,
+            cause,
         };
         stream
             .write_all(format!("CONNECT {port}\n").as_bytes())

@@ -153,9 +153,9 @@ impl Hypervisor for HyperVmm {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .map_err(|source| HypervisorError::Spawn {
+            .map_err(|cause| HypervisorError::Spawn {
                 binary: binary.clone(),
-                source,
+                cause,
             })?;
         tracing::info!(pid = child.id(), "started {}", binary.display());
         self.child = Some(child);

@@ -38,10 +38,10 @@ pub enum HypervisorError {
     BinaryNotFound(PathBuf),
     #[error("guest {what} {path:?} not found (set hypervisor.{what} in the config)")]
     MissingFile { what: &'static str, path: PathBuf },
-    #[error("start VMM {binary:?}: {source}")]
+    #[error("start VMM {binary:?}: {cause}")]
     Spawn {
         binary: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("VMM exited during boot with status {status}; last console lines:\n{console}")]
     DiedDuringBoot { status: String, console: String },

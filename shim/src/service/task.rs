@@ -27,14 +27,11 @@ use super::container::Container;
 use super::events::{Event, Events, timestamp};
 use super::{grouping, options, read_spec};
 use crate::config::Config;
-use crate::hypervisor::Disk;
 use crate::io::{self, OutStream};
 use crate::process::{self, Process, State, Stdio, VM_DIED_EXIT_STATUS};
 use crate::rootfs;
-use crate::sandbox::Sandbox;
+use crate::sandbox::{self, Sandbox};
 
-/// Guest directory under which each container's storages are mounted.
-const GUEST_CONTAINERS_DIR: &str = "/run/hyper/containers";
 /// How long an exit report waits for the last output bytes to reach the FIFOs.
 const IO_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -134,12 +131,7 @@ impl TaskService {
         rootfs::make_image(rootfs_dir, image)
             .await
             .map_err(invalid)?;
-        let disk = Disk {
-            path: image.to_path_buf(),
-            read_only: false,
-            serial: "rootfs".into(),
-        };
-        let sandbox = Sandbox::boot(config, group, hostname, vec![disk])
+        let sandbox = Sandbox::boot(config, group, hostname, vec![sandbox::rootfs_disk(image)])
             .await
             .map_err(other)?;
         let sandbox = Arc::new(sandbox);
@@ -394,21 +386,7 @@ impl TaskService {
             }
         };
 
-        let guest_rootfs = format!("{GUEST_CONTAINERS_DIR}/{}/rootfs", req.id);
-        let create = agent::CreateContainerRequest {
-            container_id: req.id.clone(),
-            oci_spec_json: spec_json,
-            storages: vec![agent::Storage {
-                driver: "blk".into(),
-                source: "rootfs".into(),
-                fstype: "ext4".into(),
-                mount_point: guest_rootfs.clone(),
-                ..Default::default()
-            }],
-            rootfs: guest_rootfs,
-            stdin: !req.stdin.is_empty(),
-            ..Default::default()
-        };
+        let create = sandbox::create_container_request(&req.id, spec_json, !req.stdin.is_empty());
         let ctx = ttrpc::context::with_timeout(config.create_container_timeout().as_nanos() as i64);
         if let Err(e) = sandbox.agent.create_container(ctx, &create).await {
             if let Ok(s) = Arc::try_unwrap(sandbox) {
