@@ -7,13 +7,15 @@
 # usage: build-disk.sh --out FILE --plan FILE [--env FILE] --guest-kernel PATH --guest-initrd PATH
 #                      [--bin NAME=PATH]...     (our binaries, into /usr/local/bin/NAME)
 #                      [--with GROUP]...        (payload.list lines marked @GROUP)
+#                      [--add SRC:DEST]...      (a host file or tree, to DEST)
+#                      [--test FILE]...         (a test script kept outside tests/e2e)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=../../scripts/common.sh
 source "$here/../../scripts/common.sh"
 HYPER_SHARED=${HYPER_SHARED:-$(cd "$HYPER_ROOT/.." && pwd)/shared}
 
-out="" plan="" envfile="" gkernel="" ginitrd="" bins=() groups=" "
+out="" plan="" envfile="" gkernel="" ginitrd="" bins=() groups=" " adds=() xtests=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) out=$2; shift 2 ;;
@@ -23,6 +25,8 @@ while [ $# -gt 0 ]; do
     --guest-initrd) ginitrd=$2; shift 2 ;;
     --bin) bins+=("$2"); shift 2 ;;
     --with) groups+="$2 "; shift 2 ;;
+    --add) adds+=("$2"); shift 2 ;;
+    --test) xtests+=("$2"); shift 2 ;;
     *) die "build-disk.sh: unknown argument '$1'" ;;
   esac
 done
@@ -85,6 +89,13 @@ for b in "${bins[@]}"; do
   put "$path" "/usr/local/bin/$name"; closure "$path"
 done
 
+for a in "${adds[@]}"; do
+  src=${a%%:*} dest=${a#*:}
+  if [ -d "$src" ]; then mkdir -p "$stage$dest"; cp -a "$src/." "$stage$dest/"
+  elif [ -f "$src" ]; then put "$src" "$dest"
+  else die "--add: $src not found"; fi
+done
+
 # busybox for everything else (after the payload, so real tools win).
 put /bin/busybox /usr/bin/busybox
 for a in $(/bin/busybox --list-full); do
@@ -115,6 +126,10 @@ h=/usr/lib/hyper-harness
 mkdir -p "$stage$h/e2e"
 install -m 0755 "$here/runner" "$stage$h/runner"
 cp "$HYPER_ROOT"/tests/e2e/*.sh "$stage$h/e2e/"
+for t in "${xtests[@]}"; do
+  [ -e "$stage$h/e2e/$(basename "$t")" ] && die "test $t has the name of a test in tests/e2e"
+  cp "$t" "$stage$h/e2e/"
+done
 cp "$plan" "$stage$h/plan"
 if [ -n "$envfile" ]; then cp "$envfile" "$stage$h/env"; else : > "$stage$h/env"; fi
 

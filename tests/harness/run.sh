@@ -3,13 +3,15 @@
 # KVM runs our guests for real. Boots the test host once for the whole run.
 #
 # usage: tests/harness/run.sh [--all] [--list] [--keep] [--repeat N] [TEST...]
-#   TEST     names of tests/e2e/<TEST>.sh (default: the ones in tests/e2e/default.list)
+#   TEST     names of tests/e2e/<TEST>.sh (default: the ones in tests/e2e/default.list),
+#            or paths to test scripts kept elsewhere (e.g. agent/tests/testhost/x.sh)
 #   --all    every test in tests/e2e/, including those not expected to pass yet
 #            (not the bench-* benchmarks: name those)
 #   --list   list the tests with their timeouts and exit
 #   --keep   keep the data and results disk images of the run
 #   --repeat N  run each selected test N times in the same test-host boot (as TEST, TEST@2, ...)
 #   --env K=V   set K=V in the tests' environment (e.g. --env BENCH_N=20 bench-boot)
+#   --add SRC:DEST  copy a file or directory of the host to DEST in the test host
 # Environment:
 #   GUEST_KERNEL, GUEST_INITRD  use these instead of building (guest-kernel-config/...)
 #   HYPER_VMM, HYPERCTL, CONTAINERD_SHIM_HYPER_V1
@@ -29,21 +31,26 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/../../scripts/common.sh"
 e2e=$HYPER_ROOT/tests/e2e
 
-all=0 list=0 keep=0 repeat=1 tests=() envs=()
+all=0 list=0 keep=0 repeat=1 tests=() envs=() adds=()
+declare -A EXTFILE=()     # tests given by path: name -> file
 while [ $# -gt 0 ]; do
   case "$1" in
     --all) all=1 ;; --list) list=1 ;; --keep) keep=1 ;;
     --repeat) repeat=$2; shift ;;
+    --add) [[ "$2" == ?*:/?* ]] || die "--add wants SRC:/DEST"; adds+=(--add "$2"); shift ;;
     --env) [[ "$2" =~ ^[A-Za-z_][A-Za-z0-9_]*=[^\']*$ ]] || die "--env wants K=V (no single quotes)"; envs+=("$2"); shift ;;
     -h|--help) sed -n '2,/^[^#]/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
+    */*) [ -f "$1" ] || die "no test script $1"
+         t=$(basename "$1" .sh); EXTFILE[$t]=$(cd "$(dirname "$1")" && pwd)/$(basename "$1"); tests+=("$t") ;;
     *) tests+=("${1%.sh}") ;;
   esac
   shift
 done
 
 elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.3f", b - a }'; }
-header() { sed -n "s/^# $2: *//p" "$e2e/$1.sh" | head -1; }
+test_file() { echo "${EXTFILE[$1]:-$e2e/$1.sh}"; }
+header() { sed -n "s/^# $2: *//p" "$(test_file "$1")" | head -1; }
 all_tests() { for f in "$e2e"/*.sh; do [ "$(basename "$f")" = lib.sh ] || basename "$f" .sh; done; }
 if [ $list = 1 ]; then
   for t in $(all_tests); do
@@ -56,7 +63,7 @@ if [ ${#tests[@]} -eq 0 ]; then
   if [ $all = 1 ]; then mapfile -t tests < <(all_tests | grep -v '^bench-')
   else mapfile -t tests < <(grep -v '^#' "$e2e/default.list" | grep .); fi
 fi
-for t in "${tests[@]}"; do [ -f "$e2e/$t.sh" ] && [ "$t" != lib ] || die "no test tests/e2e/$t.sh (see --list)"; done
+for t in "${tests[@]}"; do [ -f "$(test_file "$t")" ] && [ "$t" != lib ] || die "no test tests/e2e/$t.sh (see --list)"; done
 # Each run of a test has an id: its name, then NAME@2, NAME@3 ... for repeats.
 ids=()
 declare -A SCRIPT=()
@@ -120,10 +127,11 @@ done
 plan=$run/plan
 for kv in "${envs[@]}"; do printf "export %s='%s'\n" "${kv%%=*}" "${kv#*=}"; done > "$run/env"
 for id in "${ids[@]}"; do echo "$id ${SCRIPT[$id]} ${TIMEOUT[$id]} $(header "${SCRIPT[$id]}" expect)"; done > "$plan"
-binargs=()
+binargs=() xtests=()
 for b in "${bins[@]}"; do binargs+=(--bin "$b"); done
+for t in "${!EXTFILE[@]}"; do xtests+=(--test "${EXTFILE[$t]}"); done
 "$here/build-disk.sh" --out "$run/data.ext4" --plan "$plan" --env "$run/env" --guest-kernel "$gkernel" --guest-initrd "$ginitrd" \
-  "${with[@]}" "${binargs[@]}"
+  "${with[@]}" "${binargs[@]}" "${adds[@]}" "${xtests[@]}"
 rm -f "$run/results.img"; truncate -s 256M "$run/results.img"
 build_s=$(elapsed "$t_build")
 

@@ -1,0 +1,81 @@
+#!/bin/bash
+# The task lifecycle through our shim under containerd: exit codes propagate, `ctr task
+# exec` runs a second process in the VM, pause/resume and metrics answer, and killing the
+# VMM makes the task exit 255 with its mounts, VMM and shim gone.
+# timeout: 600
+# needs: containerd hyper-vmm containerd-shim-hyper-v1
+# shellcheck source=lib.sh
+. "$TH_LIB"
+need_bin containerd ctr hyper-vmm containerd-shim-hyper-v1 mke2fs
+mkdir -p /tmp/hyper
+cat > $CTD-hyper.toml <<EOT
+[hypervisor]
+path = "/usr/local/bin/hyper-vmm"
+kernel = "$GUEST_KERNEL"
+image = "$GUEST_INITRD"
+debug_console = true
+boot_timeout_ms = 120000
+[agent]
+request_timeout_ms = 60000
+create_container_timeout_ms = 120000
+[runtime]
+state_dir = "/tmp/hyper"
+EOT
+keep_logs() { find /tmp/hyper -maxdepth 2 -name '*.log' -exec sh -c 'cp "$1" "$2/$(basename "$(dirname "$1")")-$(basename "$1")"' _ {} "$TH_ART" \; 2>/dev/null || true; }
+trap 'keep_logs; _th_cleanup' EXIT
+ctd_start
+ctd_import_busybox
+hrun() { timeout 300 ctr run --runtime io.containerd.hyper.v1 --runtime-config-path $CTD-hyper.toml "$@"; }
+task_status() { ctr tasks ls 2>/dev/null | awk -v id="$1" '$1 == id { print $3 }'; }
+wait_status() { # wait_status ID STATUS SECONDS
+  local t0; t0=$(now_ms)
+  until [ "$(task_status "$1")" = "$2" ]; do
+    (( $(now_ms) - t0 < $3 * 1000 )) || fail "task $1 is '$(task_status "$1")', not $2, after $3 s"
+    th_sleep 0.2
+  done
+}
+
+rc=0; hrun --rm "$BUSYBOX_REF" exit7 sh -c 'exit 7' > /dev/null 2>&1 || rc=$?
+[ $rc -eq 7 ] || fail "exit status: 'sh -c \"exit 7\"' gave $rc through ctr"
+log "exit status 7 propagated"
+
+hrun -d "$BUSYBOX_REF" long sleep 100000 > /dev/null || fail "ctr run -d failed"
+wait_status long RUNNING 120
+out=$(timeout 300 ctr tasks exec --exec-id e1 long sh -c 'echo from-exec; cat /proc/1/cmdline | tr "\0" " "') \
+  || fail "ctr task exec failed: $out"
+grep -q from-exec <<<"$out" || fail "exec output missing: $out"
+grep -q 'sleep 100000' <<<"$out" || fail "exec did not run beside the container's init: $out"
+log "exec ran in the container: $(tr '\n' ' ' <<<"$out")"
+
+ctr tasks pause long || fail "ctr task pause failed"
+[ "$(task_status long)" = PAUSED ] || fail "task not PAUSED after pause: $(task_status long)"
+ctr tasks resume long || fail "ctr task resume failed"
+[ "$(task_status long)" = RUNNING ] || fail "task not RUNNING after resume: $(task_status long)"
+log "pause/resume"
+metrics=$(timeout 120 ctr tasks metrics long 2>&1) || fail "ctr task metrics failed: $metrics"
+grep -qi "memory" <<<"$metrics" || fail "metrics show no memory: $metrics"
+log "metrics: $(tr '\n' ' ' <<<"$metrics" | cut -c1-200)"
+
+ctr tasks kill -s SIGKILL long || fail "ctr task kill failed"
+wait_status long STOPPED 60
+ctr tasks rm long > /dev/null || fail "ctr task rm failed"
+ctr containers rm long || true
+log "kill + rm"
+
+# The VMM dies under a running task: the task exits 255 and nothing is left behind.
+hrun --rm "$BUSYBOX_REF" victim sleep 100000 > /dev/null 2>&1 &
+cpid=$!
+wait_status victim RUNNING 120
+vmm=$(pgrep -f -- 'hyper-vmm.*/tmp/hyper/victim/' | head -1)
+[ -n "$vmm" ] || fail "no hyper-vmm process for the running task"
+kill -9 "$vmm"
+rc=0; wait "$cpid" || rc=$?
+[ $rc -eq 255 ] || fail "after the VMM was killed 'ctr run' exited $rc, expected 255"
+t0=$(now_ms)
+while pgrep -f 'containerd-shim-hyper-v1|hyper-vmm' > /dev/null && (( $(now_ms) - t0 < 15000 )); do th_sleep 0.2; done
+left=$(pgrep -af 'containerd-shim-hyper-v1|hyper-vmm' || true)
+[ -z "$left" ] || fail "processes left after the VMM died: $left"
+mounts=$(grep -c " $CTD/state/\| /tmp/hyper" /proc/mounts || true)
+[ "$mounts" -eq 0 ] || fail "mounts left: $(grep " $CTD/state/\| /tmp/hyper" /proc/mounts)"
+[ -z "$(ls -A /tmp/hyper 2>/dev/null)" ] || fail "state left in /tmp/hyper: $(ls -A /tmp/hyper)"
+log "VMM killed: task exited 255, shim/VMM/mounts/state gone"
