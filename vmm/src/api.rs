@@ -19,6 +19,8 @@ use crate::event_loop::EventCtl;
 pub const MAX_REQUEST_LINE: usize = 4096;
 /// Sub-tokens: the listener, then connections from CONN_SUB_BASE.
 pub const LISTENER_SUB: u32 = 2;
+/// Longest a reply write may block the VMM's event loop.
+const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(200);
 pub const CONN_SUB_BASE: u32 = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,7 +136,8 @@ impl ApiServer {
         };
         let mut closed = false;
         let mut chunk = [0u8; 1024];
-        loop {
+        // Bounded per wakeup; the level-triggered loop calls again for the rest.
+        for _ in 0..64 {
             match conn.stream.read(&mut chunk) {
                 Ok(0) => {
                     closed = true;
@@ -169,12 +172,19 @@ impl ApiServer {
         reqs
     }
 
-    pub fn respond(&mut self, sub: u32, v: &Value) {
-        if let Some(conn) = self.conns.get_mut(&sub) {
-            // Replies are small; a client that does not read them loses them.
-            let _ = conn.stream.set_nonblocking(false);
-            let _ = conn.stream.write_all(format!("{v}\n").as_bytes());
-            let _ = conn.stream.set_nonblocking(true);
+    /// Sends one reply line; a client that does not take it is disconnected.
+    pub fn respond(&mut self, sub: u32, v: &Value, ctl: &EventCtl) {
+        let Some(conn) = self.conns.get_mut(&sub) else {
+            return;
+        };
+        // Replies are small. A client that does not read them cannot hold up the event
+        // loop for longer than the write timeout.
+        let _ = conn.stream.set_nonblocking(false);
+        let _ = conn.stream.set_write_timeout(Some(REPLY_TIMEOUT));
+        let sent = conn.stream.write_all(format!("{v}\n").as_bytes());
+        let _ = conn.stream.set_nonblocking(true);
+        if sent.is_err() {
+            self.close(sub, ctl);
         }
     }
 
@@ -194,6 +204,34 @@ impl Drop for ApiServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_that_never_reads_is_dropped_not_waited_for() {
+        use crate::event_loop::EventLoop;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        let el = EventLoop::new().unwrap();
+        let ctl = el.own_ctl();
+        let mut api = ApiServer::bind(&path, &ctl).unwrap();
+        let mut client = UnixStream::connect(&path).unwrap();
+        client.set_nonblocking(true).unwrap();
+        let flood = "metrics\n".repeat(20_000);
+        let _ = client.write(flood.as_bytes());
+        api.accept(&ctl);
+        let sub = *api.conns.keys().next().unwrap();
+        let big = json!({"pad": "x".repeat(4096)});
+        let t = std::time::Instant::now();
+        while api.conns.contains_key(&sub) {
+            for _ in api.read_requests(sub, &ctl) {
+                api.respond(sub, &big, &ctl);
+            }
+            let _ = client.write(flood.as_bytes());
+            assert!(
+                t.elapsed().as_secs() < 10,
+                "server stuck on a client that never reads"
+            );
+        }
+    }
 
     #[test]
     fn request_parsing() {

@@ -213,7 +213,7 @@ impl Vmm {
                 for req in reqs {
                     let reply = self.handle_request(req);
                     if let Some(api) = self.api.as_mut() {
-                        api.respond(s, &reply);
+                        api.respond(s, &reply, &ctl);
                     }
                 }
             }
