@@ -25,7 +25,9 @@ keep_logs() { find /tmp/hyper -maxdepth 2 -name '*.log' -exec sh -c 'cp "$1" "$2
 trap 'keep_logs; _th_cleanup' EXIT
 ctd_start
 ctd_import_busybox
-hrun() { timeout 300 ctr run --runtime io.containerd.hyper.v1 --runtime-config-path $CTD-hyper.toml "$@"; }
+# tctr SECONDS ARGS...: ctr with a time limit (timeout cannot run lib.sh's ctr function).
+tctr() { timeout "$1" "$(type -P ctr)" --address $CTD/containerd.sock "${@:2}"; }
+hrun() { tctr 300 run --runtime io.containerd.hyper.v1 --runtime-config-path $CTD-hyper.toml "$@"; }
 task_status() { ctr tasks ls 2>/dev/null | awk -v id="$1" '$1 == id { print $3 }'; }
 wait_status() { # wait_status ID STATUS SECONDS
   local t0; t0=$(now_ms)
@@ -41,7 +43,7 @@ log "exit status 7 propagated"
 
 hrun -d "$BUSYBOX_REF" long sleep 100000 > /dev/null || fail "ctr run -d failed"
 wait_status long RUNNING 120
-out=$(timeout 300 ctr tasks exec --exec-id e1 long sh -c 'echo from-exec; cat /proc/1/cmdline | tr "\0" " "') \
+out=$(tctr 300 tasks exec --exec-id e1 long sh -c 'echo from-exec; cat /proc/1/cmdline | tr "\0" " "') \
   || fail "ctr task exec failed: $out"
 grep -q from-exec <<<"$out" || fail "exec output missing: $out"
 grep -q 'sleep 100000' <<<"$out" || fail "exec did not run beside the container's init: $out"
@@ -52,7 +54,7 @@ ctr tasks pause long || fail "ctr task pause failed"
 ctr tasks resume long || fail "ctr task resume failed"
 [ "$(task_status long)" = RUNNING ] || fail "task not RUNNING after resume: $(task_status long)"
 log "pause/resume"
-metrics=$(timeout 120 ctr tasks metrics long 2>&1) || fail "ctr task metrics failed: $metrics"
+metrics=$(tctr 120 tasks metrics long 2>&1) || fail "ctr task metrics failed: $metrics"
 grep -qi "memory" <<<"$metrics" || fail "metrics show no memory: $metrics"
 log "metrics: $(tr '\n' ' ' <<<"$metrics" | cut -c1-200)"
 

@@ -12,4 +12,7 @@ async fn main() {
         return;
     }
     containerd_shim::asynchronous::run::<Service>(RUNTIME_ID, None).await;
+    // Exit now rather than when the runtime drops: dropping it would wait for blocking
+    // tasks, e.g. a stdin FIFO open whose writer never came, and keep the shim alive.
+    std::process::exit(0);
 }
