@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use linux_loader::loader::{Elf, KernelLoader};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::api::ApiServer;
 use crate::arch::x86_64::boot_params::{BootInfo, BootParamsError, write_zero_page};
@@ -50,8 +50,14 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot load kernel {path} (an uncompressed ELF vmlinux is required): {why}")]
-    KernelLoad { path: String, why: String },
+    #[error(
+        "cannot load kernel {path} into {memory_mib} MiB of guest memory (an uncompressed ELF vmlinux is required): {why}"
+    )]
+    KernelLoad {
+        path: String,
+        memory_mib: u64,
+        why: String,
+    },
     #[error("cannot read initramfs {path}: {source}")]
     Initrd {
         path: String,
@@ -146,6 +152,7 @@ pub fn build(cfg: &VmConfig, start: Instant) -> Result<Vmm, BuildError> {
         Elf::load(&vmm.mem, None, &mut kernel, Some(GuestAddress(HIMEM_START))).map_err(|e| {
             BuildError::KernelLoad {
                 path: path.clone(),
+                memory_mib: cfg.memory_mib,
                 why: e.to_string(),
             }
         })?;
@@ -232,7 +239,6 @@ pub fn build(cfg: &VmConfig, start: Instant) -> Result<Vmm, BuildError> {
         },
     )?;
     mptable::write(&vmm.mem, cfg.vcpus)?;
-    debug_assert!(vmm.mem.last_addr().0 >= HIMEM_START);
     if let Some(bsp) = vmm.vcpus.first() {
         bsp.setup_boot_entry(&vmm.mem, entry)?;
     }
