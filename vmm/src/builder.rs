@@ -183,7 +183,7 @@ pub fn build(cfg: &VmConfig, start: Instant) -> Result<Vmm, BuildError> {
         let dev = Vsock::new(v.cid, &v.uds, vmm.metrics.device("vsock")).map_err(|e| {
             BuildError::Device {
                 device: "vsock".into(),
-                why: e.to_string(),
+                why: format!("cannot bind {}: {e}", v.uds.display()),
             }
         })?;
         vmm.devices
