@@ -2,12 +2,14 @@
 //! CID.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::packet::{read_tx_packet, rx_capacity, write_rx_packet};
 use super::unix::Muxer;
@@ -23,6 +25,10 @@ const RXQ: usize = 0;
 const TXQ: usize = 1;
 const NUM_QUEUES: usize = 3;
 
+/// The device's own sub-token: a 1 s timer that expires stale handshakes.
+const TIMER_SUB: u32 = u32::MAX;
+const SWEEP_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+
 struct Active {
     mem: GuestMemoryMmap,
     queues: Vec<Queue>,
@@ -32,6 +38,7 @@ struct Active {
 pub struct Vsock {
     cid: u64,
     muxer: Muxer,
+    timer: TimerFd,
     active: Option<Active>,
     counters: Arc<DeviceCounters>,
 }
@@ -42,6 +49,7 @@ impl Vsock {
         Ok(Vsock {
             cid,
             muxer: Muxer::new(cid, uds, counters.clone())?,
+            timer: TimerFd::new().map_err(|e| io::Error::from_raw_os_error(e.errno()))?,
             active: None,
             counters,
         })
@@ -138,6 +146,11 @@ impl VirtioDevice for Vsock {
             });
         }
         self.muxer.activate(ctl).map_err(ActivateError::Register)?;
+        self.timer
+            .reset(SWEEP_PERIOD, Some(SWEEP_PERIOD))
+            .map_err(|e| ActivateError::Register(io::Error::from_raw_os_error(e.errno())))?;
+        ctl.add(self.timer.as_raw_fd(), EventSet::IN, TIMER_SUB)
+            .map_err(ActivateError::Register)?;
         self.active = Some(Active {
             mem: ctx.mem,
             queues: ctx.queues,
@@ -158,10 +171,17 @@ impl VirtioDevice for Vsock {
         events: EventSet,
         ctl: &EventCtl,
     ) -> Result<(), DeviceError> {
-        self.muxer.handle_event(sub, events, ctl);
+        if sub == TIMER_SUB {
+            let _ = self.timer.wait();
+            self.muxer.sweep(std::time::Instant::now(), ctl);
+        } else {
+            self.muxer.handle_event(sub, events, ctl);
+        }
         self.process_rx(ctl)
     }
     fn reset(&mut self, ctl: &EventCtl) {
+        ctl.remove(self.timer.as_raw_fd());
+        let _ = self.timer.clear();
         self.muxer.reset(ctl);
         self.active = None;
     }

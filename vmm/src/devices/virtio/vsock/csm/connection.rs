@@ -69,6 +69,8 @@ pub struct Connection {
     pub peer_shut_send: bool,
     /// Waiting for the guest's credit before reading more from the host.
     pub credit_blocked: bool,
+    /// When the connection was created (for the CONNECT timeout).
+    pub since: std::time::Instant,
 }
 
 impl Connection {
@@ -90,6 +92,7 @@ impl Connection {
             host_eof: false,
             peer_shut_send: false,
             credit_blocked: false,
+            since: std::time::Instant::now(),
         }
     }
 

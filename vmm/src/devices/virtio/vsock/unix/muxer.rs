@@ -14,6 +14,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::EventSet;
 
@@ -35,6 +36,13 @@ const MAX_QUEUED_RSTS: usize = 256;
 /// Host-side ports for host-initiated connections start here (as in Firecracker).
 const LOCAL_PORT_FIRST: u32 = 1 << 30;
 const LISTENER_SUB: u32 = DEVICE_SUB_BASE;
+/// Sub-tokens above this belong to the device (its timer), not to host streams.
+pub const LAST_STREAM_SUB: u32 = u32::MAX - 16;
+/// A host client must send its CONNECT line within this time...
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// ...and the guest must answer the REQUEST within this time, or the client is closed
+/// (and the guest told RST).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Key = (u32, u32); // (host port, guest port)
 
@@ -46,6 +54,7 @@ enum RxItem {
 struct Handshake {
     stream: UnixStream,
     buf: Vec<u8>,
+    since: Instant,
 }
 
 struct Entry {
@@ -126,6 +135,40 @@ impl Muxer {
         }
     }
 
+    /// Closes handshakes and host-initiated connections that waited too long. Called
+    /// periodically by the device.
+    pub fn sweep(&mut self, now: Instant, ctl: &EventCtl) {
+        let stale: Vec<u32> = self
+            .handshakes
+            .iter()
+            .filter(|(_, h)| now.duration_since(h.since) > HANDSHAKE_TIMEOUT)
+            .map(|(&sub, _)| sub)
+            .collect();
+        for sub in stale {
+            if let Some(h) = self.handshakes.remove(&sub) {
+                ctl.remove(h.stream.as_raw_fd());
+                tracing::debug!("vsock: host client sent no CONNECT line in time");
+                inc(&self.counters.errors);
+            }
+        }
+        let stale: Vec<Key> = self
+            .conns
+            .iter()
+            .filter(|(_, e)| {
+                e.conn.state == ConnState::LocalInit
+                    && now.duration_since(e.conn.since) > CONNECT_TIMEOUT
+            })
+            .map(|(&k, _)| k)
+            .collect();
+        for key in stale {
+            tracing::debug!("vsock: guest did not answer CONNECT {} in time", key.1);
+            if let Some(e) = self.conns.get_mut(&key) {
+                e.conn.mark_rst();
+            }
+            self.refresh(key, ctl);
+        }
+    }
+
     pub fn connection_count(&self) -> usize {
         self.conns.len()
     }
@@ -137,7 +180,7 @@ impl Muxer {
     fn alloc_sub(&mut self) -> u32 {
         loop {
             let s = self.next_sub;
-            self.next_sub = if self.next_sub == u32::MAX {
+            self.next_sub = if self.next_sub >= LAST_STREAM_SUB {
                 LISTENER_SUB + 1
             } else {
                 self.next_sub + 1
@@ -406,6 +449,7 @@ impl Muxer {
                     Handshake {
                         stream,
                         buf: Vec::new(),
+                        since: Instant::now(),
                     },
                 );
             }

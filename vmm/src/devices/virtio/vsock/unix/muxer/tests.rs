@@ -408,3 +408,27 @@ fn listen_with_backlog(path: &str, backlog: i32) -> UnixListener {
         UnixListener::from_raw_fd(fd)
     }
 }
+
+#[test]
+fn stale_handshakes_and_unanswered_connects_time_out() {
+    let rig = Rig::new();
+    let mut silent = rig.client(b"CONN");
+    let mut waiting = rig.client(b"CONNECT 1024\n");
+    let (req, _) = rig.recv().unwrap();
+    assert_eq!(req.op, OP_REQUEST);
+    // Nothing expires early.
+    rig.mux
+        .lock()
+        .unwrap()
+        .sweep(std::time::Instant::now(), &rig.ctl);
+    assert!(rig.recv().is_none());
+    assert_eq!(rig.mux.lock().unwrap().connection_count(), 1);
+    let later = std::time::Instant::now() + CONNECT_TIMEOUT + Duration::from_secs(1);
+    rig.mux.lock().unwrap().sweep(later, &rig.ctl);
+    rig.pump();
+    assert!(is_closed(&mut silent));
+    let (rst, _) = rig.recv().unwrap();
+    assert_eq!((rst.op, rst.src_port), (OP_RST, req.src_port));
+    assert!(is_closed(&mut waiting));
+    assert_eq!(rig.mux.lock().unwrap().connection_count(), 0);
+}
