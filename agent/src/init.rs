@@ -180,9 +180,13 @@ fn enable_cgroup_controllers() -> Result<()> {
     Ok(())
 }
 
-/// Last resort for PID 1: halt the VM instead of panicking the kernel.
+/// Ends the VM (Shutdown, or a fatal error as PID 1 instead of panicking the kernel).
+/// A microVM has no ACPI, so a power-off only halts the vCPUs and the VMM never notices;
+/// a reboot (keyboard-controller reset) is what makes hyper-vmm, Firecracker and
+/// `qemu -no-reboot` exit.
 pub fn power_off() -> ! {
     nix::unistd::sync();
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
     let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
     loop {
         std::thread::park();

@@ -44,10 +44,17 @@ struct Args {
     state_dir: Option<PathBuf>,
     cgroup_root: Option<PathBuf>,
     allow_roots: Vec<PathBuf>,
+    /// Unknown arguments, tolerated when `lenient`.
+    ignored: Vec<String>,
 }
 
 fn run(is_init: bool) -> Result<()> {
-    let args = parse_args(std::env::args().skip(1))?;
+    // As PID 1 the kernel hands over whatever follows "--" on its command line, and VMMs
+    // append their own entries there: ignore what is not ours.
+    let args = parse_args(std::env::args().skip(1), is_init)?;
+    for a in &args.ignored {
+        eprintln!("hyper-agent: ignoring argument {a:?}");
+    }
     let address = match args.address {
         Some(a) => a,
         None if is_init => format!("vsock://-1:{AGENT_VSOCK_PORT}"),
@@ -142,8 +149,9 @@ async fn serve(address: &str, opts: sandbox::Options) -> Result<()> {
 }
 
 /// `--address ADDR`, `--state-dir DIR`, `--cgroup-root DIR`, `--allow-root DIR` (repeatable);
-/// also as `--flag=value`. Anything else is an error naming the argument.
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args> {
+/// also as `--flag=value`. Anything else is an error naming the argument, or, when
+/// `lenient`, is returned in `ignored`.
+fn parse_args(mut args: impl Iterator<Item = String>, lenient: bool) -> Result<Args> {
     let mut out = Args::default();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -161,6 +169,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args> {
             "--state-dir" => out.state_dir = Some(value()?.into()),
             "--cgroup-root" => out.cgroup_root = Some(value()?.into()),
             "--allow-root" => out.allow_roots.push(value()?.into()),
+            _ if lenient => out.ignored.push(arg),
             _ => anyhow::bail!(
                 "unknown argument {arg:?} (usage: hyper-agent [--address ADDR] [--state-dir DIR] \
                  [--cgroup-root DIR] [--allow-root DIR]...)"
@@ -181,16 +190,38 @@ mod tests {
             .into_iter()
     }
 
+    fn parse_args_strict(a: impl Iterator<Item = String>) -> anyhow::Result<super::Args> {
+        parse_args(a, false)
+    }
+
+    #[test]
+    fn pid1_ignores_foreign_arguments() {
+        let a = parse_args(
+            args(&[
+                "--allow-root",
+                "/images",
+                "virtio_mmio.device=4K@0xd0001000:5",
+            ]),
+            true,
+        )
+        .unwrap();
+        assert_eq!(a.allow_roots, vec![std::path::PathBuf::from("/images")]);
+        assert_eq!(
+            a.ignored,
+            vec!["virtio_mmio.device=4K@0xd0001000:5".to_string()]
+        );
+    }
+
     #[test]
     fn argument_forms() {
-        assert_eq!(parse_args(args(&[])).unwrap().address, None);
+        assert_eq!(parse_args_strict(args(&[])).unwrap().address, None);
         assert_eq!(
-            parse_args(args(&["--address", "unix:///a"]))
+            parse_args_strict(args(&["--address", "unix:///a"]))
                 .unwrap()
                 .address,
             Some("unix:///a".into())
         );
-        let a = parse_args(args(&[
+        let a = parse_args_strict(args(&[
             "--address=unix:///b",
             "--state-dir",
             "/s",
@@ -207,8 +238,10 @@ mod tests {
             a.allow_roots,
             vec![std::path::PathBuf::from("/x"), "/y".into()]
         );
-        let err = parse_args(args(&["--bogus"])).unwrap_err().to_string();
+        let err = parse_args_strict(args(&["--bogus"]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--bogus"), "{err}");
-        assert!(parse_args(args(&["--address"])).is_err());
+        assert!(parse_args_strict(args(&["--address"])).is_err());
     }
 }

@@ -313,6 +313,7 @@ fn spawn_blocking(cfg: &InitConfig, child: ChildStdio) -> HelperResult {
         let pid = c.id() as i32;
         Ok::<_, ProcessError>((c, pid))
     })?;
+    tracing::debug!(kind = ?cfg.kind, "helper started");
     drop((cfg_r, st_w, start_r));
     drop(cmd);
     let mut cfg_w = File::from(cfg_w);
@@ -333,7 +334,9 @@ fn spawn_blocking(cfg: &InitConfig, child: ChildStdio) -> HelperResult {
         Err(e)
     };
     while pid.is_none() || !ready {
-        match read_status(&mut status) {
+        let st = read_status(&mut status);
+        tracing::debug!(?st, "helper status");
+        match st {
             Some(Status::Pid(p)) if pid.is_none() => {
                 exit = Some(Reaper::global().watch_fresh(p));
                 pid = Some(p);

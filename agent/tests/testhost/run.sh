@@ -24,9 +24,21 @@ while read -r exe; do
     hyper_agent-*) cp "$exe" "$work/bundle/unit" ;;
     host-*) cp "$exe" "$work/bundle/host" ;;
     hostile-*) cp "$exe" "$work/bundle/hostile" ;;
+    guest-*) cp "$exe" "$work/bundle/guest" ;;
   esac
 done < "$work/exes"
-for t in unit host hostile; do [ -x "$work/bundle/$t" ] || { echo "no $t test binary" >&2; exit 1; }; done
+for t in unit host hostile guest; do [ -x "$work/bundle/$t" ] || { echo "no $t test binary" >&2; exit 1; }; done
+# A guest image: the agent as /init plus a busybox rootfs under /images, which the agent is
+# told (kernel command line, after "--") to accept as a rootfs root.
+g=$work/guest
+mkdir -p "$g"/{dev,proc,sys,run,tmp,etc,sbin} "$g/images/busybox"/{bin,proc,sys,dev,tmp,etc,root}
+install -m 0755 "target/$target/release/hyper-agent" "$g/init"
+ln -s ../init "$g/sbin/init"
+printf 'root:x:0:0:root:/:/init\n' > "$g/etc/passwd"
+cp /bin/busybox "$g/images/busybox/bin/busybox"
+for a in $(/bin/busybox --list); do [ -e "$g/images/busybox/bin/$a" ] || ln -s busybox "$g/images/busybox/bin/$a"; done
+printf 'root:x:0:0:root:/root:/bin/sh\n' > "$g/images/busybox/etc/passwd"
+(cd "$g" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 | gzip -1) > "$work/bundle/guest-initrd.cpio.gz"
 (cd "$work/bundle" && ls | cpio --quiet -o -H newc | gzip -1) > "$work/bundle.cpio.gz"
 
 # A private harness root: the real harness and lib, plus this test.
@@ -36,8 +48,10 @@ cp -r tests/harness "$work/root/tests/"
 cp tests/e2e/lib.sh tests/e2e/default.list "$work/root/tests/e2e/"
 cat > "$work/root/tests/e2e/agent-host-tests.sh" <<'TEST'
 #!/bin/bash
-# hyper-agent's unit and host tests, inside the test host (cgroup v2 with controllers).
+# hyper-agent's unit and host tests inside the test host (cgroup v2 with controllers), then
+# the guest test against the agent as PID 1 of a QEMU guest.
 # timeout: 900
+# needs: hyper-vmm
 . "$TH_LIB"
 mkdir -p /tmp/bundle && cd /tmp/bundle && gzip -dc /guest/initramfs.cpio.gz | cpio -i 2>/dev/null
 for c in $(cat /sys/fs/cgroup/cgroup.controllers); do
@@ -51,11 +65,24 @@ for t in unit host hostile; do
   /tmp/bundle/$t --test-threads 1 > "$TH_ART/$t.log" 2>&1 || rc=1
   grep -aE "^test |test result|^skipped|panicked" "$TH_ART/$t.log" | sed 's/\x1b\[[0-9;]*m//g'
 done
-[ $rc = 0 ] || fail "agent tests failed (logs: results/agent-host-tests/*.log)"
-log "PASS-INFO agent unit + host tests in the test host"
+# The agent as a real guest's PID 1, driven over vsock.
+GUEST_INITRD=/tmp/bundle/guest-initrd.cpio.gz vm_start_hyper g1 --vsock 3 --memory-mib 512 \
+  --cmdline "$GUEST_CMDLINE HYPER_AGENT_LOG=debug -- --allow-root /images"
+expect_console g1 "$READY_MARKER" 120
+log "== guest (agent is PID 1 after $WAIT_MS ms)"
+HYPER_AGENT_GUEST=hvsock://$TH_VSOCK_DIR/g1.vsock:1024 HYPER_AGENT_GUEST_ROOTFS=/images/busybox \
+  timeout 300 /tmp/bundle/guest --test-threads 1 --nocapture > "$TH_ART/guest.log" 2>&1 || rc=1
+grep -aE "^test |test result|^skipped|panicked|^step" "$TH_ART/guest.log"
+[ $rc = 0 ] || fail "guest test failed (results/agent-host-tests/guest.log, g1.console)"
+vm_wait_exit g1 400
+log "the VM exited after Shutdown (rc $VM_RC)"
+[ $rc = 0 ] || fail "agent tests failed (logs: results/agent-host-tests/*.log, g1.console)"
+log "PASS-INFO agent unit + host tests in the test host, and containers in a real guest"
 TEST
 chmod +x "$work/root/tests/e2e/agent-host-tests.sh"
 kernel=${GUEST_KERNEL:-$(bash guest-kernel-config/build.sh)}
+# hyper-vmm runs the guest (its hybrid vsock is what the shim uses too).
+export HYPER_VMM=${HYPER_VMM:-$(nice cargo build -q --release -p hyper-vmm >&2 && echo "$root/target/release/hyper-vmm")}
 HYPER_ROOT="$work/root" HYPER_SHARED="$(cd "$root/.." && pwd)/shared" GUEST_KERNEL="$kernel" \
   GUEST_INITRD="$work/bundle.cpio.gz" HARNESS_OUT="${HARNESS_OUT:-$root/target/agent-testhost}" \
   "$work/root/tests/harness/run.sh" agent-host-tests
