@@ -23,11 +23,19 @@ state_dir = "/tmp/hyper"
 EOT
 keep_logs() { find /tmp/hyper -maxdepth 2 -name '*.log' -exec sh -c 'cp "$1" "$2/$(basename "$(dirname "$1")")-$(basename "$1")"' _ {} "$TH_ART" \; 2>/dev/null || true; }
 trap 'keep_logs; _th_cleanup' EXIT
-ctd_start
+CTD_LOG_LEVEL=debug ctd_start
 ctd_import_busybox
 # tctr SECONDS ARGS...: ctr with a time limit (timeout cannot run lib.sh's ctr function).
 tctr() { timeout "$1" "$(type -P ctr)" --address $CTD/containerd.sock "${@:2}"; }
 hrun() { tctr 300 run --runtime io.containerd.hyper.v1 --runtime-config-path $CTD-hyper.toml "$@"; }
+# pids_matching REGEX: processes whose command line matches (the test host has no pgrep).
+pids_matching() {
+  local p
+  for p in /proc/[0-9]*; do
+    { tr '\0' ' ' < "$p/cmdline"; } 2>/dev/null | grep -qE -- "$1" && echo "${p#/proc/}"
+  done
+  return 0
+}
 task_status() { ctr tasks ls 2>/dev/null | awk -v id="$1" '$1 == id { print $3 }'; }
 wait_status() { # wait_status ID STATUS SECONDS
   local t0; t0=$(now_ms)
@@ -68,15 +76,16 @@ log "kill + rm"
 hrun --rm "$BUSYBOX_REF" victim sleep 100000 > /dev/null 2>&1 &
 cpid=$!
 wait_status victim RUNNING 120
-vmm=$(pgrep -f -- 'hyper-vmm.*/tmp/hyper/victim/' | head -1)
+vmm=$(pids_matching '^(/usr/local/bin/)?hyper-vmm .*/tmp/hyper/victim/' | head -1)
 [ -n "$vmm" ] || fail "no hyper-vmm process for the running task"
 kill -9 "$vmm"
 rc=0; wait "$cpid" || rc=$?
 [ $rc -eq 255 ] || fail "after the VMM was killed 'ctr run' exited $rc, expected 255"
 t0=$(now_ms)
-while pgrep -f 'containerd-shim-hyper-v1|hyper-vmm' > /dev/null && (( $(now_ms) - t0 < 15000 )); do th_sleep 0.2; done
-left=$(pgrep -af 'containerd-shim-hyper-v1|hyper-vmm' || true)
-[ -z "$left" ] || fail "processes left after the VMM died: $left"
+shims='^(/usr/local/bin/)?(containerd-shim-hyper-v1|hyper-vmm) '
+while [ -n "$(pids_matching "$shims")" ] && (( $(now_ms) - t0 < 15000 )); do th_sleep 0.2; done
+left=$(pids_matching "$shims")
+[ -z "$left" ] || fail "processes left after the VMM died: $(for p in $left; do tr '\0' ' ' < /proc/$p/cmdline; echo; done)"
 mounts=$(grep -c " $CTD/state/\| /tmp/hyper" /proc/mounts || true)
 [ "$mounts" -eq 0 ] || fail "mounts left: $(grep " $CTD/state/\| /tmp/hyper" /proc/mounts)"
 [ -z "$(ls -A /tmp/hyper 2>/dev/null)" ] || fail "state left in /tmp/hyper: $(ls -A /tmp/hyper)"

@@ -166,7 +166,10 @@ impl TaskService {
         let mut exits = Vec::new();
         {
             let mut inner = self.inner.lock().await;
-            inner.sandbox = None;
+            // The VM is gone: only its host-side state is left to remove.
+            if let Some(sandbox) = inner.sandbox.take() {
+                let _ = std::fs::remove_dir_all(&sandbox.state_dir);
+            }
             for c in inner.containers.values_mut() {
                 for p in std::iter::once(&mut c.init).chain(c.execs.values_mut()) {
                     if p.set_exited(VM_DIED_EXIT_STATUS) {
