@@ -29,7 +29,7 @@ while read -r exe; do
 done < "$work/exes"
 for t in unit host hostile guest; do [ -x "$work/bundle/$t" ] || { echo "no $t test binary" >&2; exit 1; }; done
 # A guest image: the agent as /init plus a busybox rootfs under /images, which the agent is
-# told (kernel command line, after "--") to accept as a rootfs root.
+# told (kernel command line: unknown words go to init) to accept as a rootfs root.
 g=$work/guest
 mkdir -p "$g"/{dev,proc,sys,run,tmp,etc,sbin} "$g/images/busybox"/{bin,proc,sys,dev,tmp,etc,root}
 install -m 0755 "target/$target/release/hyper-agent" "$g/init"
@@ -67,7 +67,7 @@ for t in unit host hostile; do
 done
 # The agent as a real guest's PID 1, driven over vsock.
 GUEST_INITRD=/tmp/bundle/guest-initrd.cpio.gz vm_start_hyper g1 --vsock 3 --memory-mib 512 \
-  --cmdline "$GUEST_CMDLINE HYPER_AGENT_LOG=debug -- --allow-root /images"
+  --cmdline "$GUEST_CMDLINE HYPER_AGENT_LOG=debug --allow-root /images"
 expect_console g1 "$READY_MARKER" 120
 log "== guest (agent is PID 1 after $WAIT_MS ms)"
 HYPER_AGENT_GUEST=hvsock://$TH_VSOCK_DIR/g1.vsock:1024 HYPER_AGENT_GUEST_ROOTFS=/images/busybox \
