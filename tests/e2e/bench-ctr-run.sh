@@ -1,0 +1,70 @@
+#!/bin/bash
+# Benchmark: `ctr run --rm busybox true` through io.containerd.hyper.v1 against
+# io.containerd.runc.v2, alternated in one test-host boot: wall time from command to exit
+# (medians and their ratio), and the shim's and the VMM's peak RSS for a running pod.
+# Env: BENCH_N (runs per runtime, default 10). Not in the default suite.
+# timeout: 1800
+# needs: containerd hyper-vmm containerd-shim-hyper-v1
+# shellcheck source=lib.sh
+. "$TH_LIB"
+need_bin containerd ctr hyper-vmm containerd-shim-hyper-v1 runc
+n=${BENCH_N:-10}
+mkdir -p /tmp/hyper
+cat > $CTD-hyper.toml <<EOT
+[hypervisor]
+path = "/usr/local/bin/hyper-vmm"
+kernel = "$GUEST_KERNEL"
+image = "$GUEST_INITRD"
+boot_timeout_ms = 120000
+[runtime]
+state_dir = "/tmp/hyper"
+EOT
+stop_rss_pod() {
+  ctr tasks kill -s SIGKILL rss > /dev/null 2>&1 || true
+  local t0; t0=$(now_ms)
+  while ctr tasks ls 2>/dev/null | grep -q '^rss .*RUNNING' && (( $(now_ms) - t0 < 60000 )); do th_sleep 0.2; done
+  ctr tasks rm -f rss > /dev/null 2>&1 || true
+  ctr containers rm rss > /dev/null 2>&1 || true
+}
+trap 'stop_rss_pod; _th_cleanup' EXIT
+ctd_start
+ctd_import_busybox
+declare -A MS=()
+one() { # one RUNTIME ROUND
+  local rt=$1 id=b-$1-$2 t0 rc=0 extra=()
+  [ "$rt" = hyper ] && extra=(--runtime io.containerd.hyper.v1 --runtime-config-path $CTD-hyper.toml)
+  [ "$rt" = runc ] && extra=(--runtime io.containerd.runc.v2)
+  t0=$(now_ms)
+  ctr run --rm "${extra[@]}" "$BUSYBOX_REF" "$id" true > /dev/null 2>&1 || rc=$?
+  [ $rc -eq 0 ] || fail "ctr run ($rt) of true failed with $rc"
+  MS[$rt]+="$(( $(now_ms) - t0 )) "
+  echo "round $2 $rt: $(( $(now_ms) - t0 )) ms"
+}
+for ((i = 1; i <= n; i++)); do
+  if (( i % 2 )); then one hyper "$i"; one runc "$i"; else one runc "$i"; one hyper "$i"; fi
+done
+median() { tr ' ' '\n' | grep . | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2 ? a[(NR + 1) / 2] : int((a[NR / 2] + a[NR / 2 + 1]) / 2)) }'; }
+mh=$(median <<<"${MS[hyper]}"); mr=$(median <<<"${MS[runc]}")
+log "RESULT ctr run --rm busybox true, median of $n: hyper ${mh} ms, runc ${mr} ms, ratio hyper/runc $(awk -v a="$mh" -v b="$mr" 'BEGIN { printf "%.2f", a / b }')"
+
+# Memory of one running pod: the shim's and the VMM's peak RSS (VmHWM).
+ctr run -d --runtime io.containerd.hyper.v1 --runtime-config-path $CTD-hyper.toml "$BUSYBOX_REF" rss sleep 100000 > /dev/null \
+  || fail "ctr run -d failed"
+t0=$(now_ms)
+until [ "$(ctr tasks ls | awk '$1 == "rss" { print $3 }')" = RUNNING ]; do
+  (( $(now_ms) - t0 < 120000 )) || fail "pod for the RSS measurement did not start"
+  th_sleep 0.2
+done
+hwm() { # hwm REGEX: VmHWM (kB) of the first process whose command line matches
+  local p
+  for p in /proc/[0-9]*; do
+    if { tr '\0' ' ' < "$p/cmdline"; } 2>/dev/null | grep -qE "$1"; then
+      awk '/^VmHWM:/ { print $2 }' "$p/status"; return 0
+    fi
+  done
+  return 0
+}
+shim_kb=$(hwm '^(/usr/local/bin/)?containerd-shim-hyper-v1 .*-id rss')
+vmm_kb=$(hwm '^(/usr/local/bin/)?hyper-vmm .*/tmp/hyper/rss/')
+log "RESULT running pod: shim peak RSS ${shim_kb:-?} kB, hyper-vmm peak RSS ${vmm_kb:-?} kB (guest RAM 256 MiB, touched pages count)"
+stop_rss_pod
