@@ -163,7 +163,48 @@ pub fn setup_guest() -> Result<()> {
             .with_context(|| format!("mount {} on {}", m.fstype, m.target))?;
     }
     enable_cgroup_controllers()?;
+    // Ctrl-Alt-Del (the VMM's graceful stop, through its i8042) then reaches PID 1 as
+    // SIGINT instead of an immediate reboot, so containers get stopped first.
+    nix::sys::reboot::set_cad_enabled(false).context("disable immediate Ctrl-Alt-Del reboot")?;
     Ok(())
+}
+
+/// Guest-physical address of hyper-vmm's boot-timer register (`vmm/src/arch/x86_64/layout.rs`,
+/// Firecracker's convention): writing `BOOT_TIMER_MAGIC` there makes the VMM log the
+/// time from its start to this moment.
+const BOOT_TIMER_ADDR: i64 = 0xd000_0000;
+const BOOT_TIMER_MAGIC: u8 = 123;
+
+/// Tells the VMM the guest is ready. A VMM without the register (QEMU) ignores the write.
+pub fn signal_boot_done() {
+    use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
+    use std::num::NonZeroUsize;
+    let Ok(mem) = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/mem")
+    else {
+        return tracing::debug!("no /dev/mem: boot time not reported");
+    };
+    let len = NonZeroUsize::new(4096).expect("non-zero");
+    // SAFETY: a fresh shared mapping of one device page, written once and unmapped; no
+    // Rust object aliases it.
+    unsafe {
+        match mmap(
+            None,
+            len,
+            ProtFlags::PROT_WRITE,
+            MapFlags::MAP_SHARED,
+            &mem,
+            BOOT_TIMER_ADDR,
+        ) {
+            Ok(page) => {
+                std::ptr::write_volatile(page.as_ptr().cast::<u8>(), BOOT_TIMER_MAGIC);
+                let _ = munmap(page, len.get());
+            }
+            Err(e) => tracing::debug!("map the boot timer: {e}"),
+        }
+    }
 }
 
 fn enable_cgroup_controllers() -> Result<()> {

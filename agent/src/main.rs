@@ -115,6 +115,9 @@ async fn serve(address: &str, opts: sandbox::Options) -> Result<()> {
     server.start().await.context("start ttrpc server")?;
     // The harness and the shim's console reader wait for this exact line.
     println!("{READY_MARKER} address={address}");
+    if is_init {
+        init::signal_boot_done();
+    }
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     loop {
@@ -134,7 +137,11 @@ async fn serve(address: &str, opts: sandbox::Options) -> Result<()> {
                     break;
                 }
             }
-            _ = sigint.recv(), if !is_init => break,
+            _ = sigint.recv() => {
+                // As PID 1 this is the VMM's Ctrl-Alt-Del: a graceful stop of the VM.
+                tracing::info!("SIGINT: stopping");
+                break;
+            }
         }
     }
     sandbox.teardown().await;

@@ -41,6 +41,16 @@ enum Command {
     List,
     /// Print a sandbox's guest console (needs hypervisor.debug_console = true).
     Console { sandbox: String },
+    /// Send a control request to a running hyper-vmm: ping, pause, resume, stop, metrics.
+    Vmm {
+        /// The VMM's control socket (`--api-socket`).
+        #[arg(long, conflicts_with = "sandbox")]
+        api_socket: Option<PathBuf>,
+        /// A sandbox id from `hyperctl list` (its control socket is in the state dir).
+        #[arg(long)]
+        sandbox: Option<String>,
+        command: String,
+    },
     /// Talk to the agent inside a running VM.
     Agent {
         /// The VMM's hybrid vsock unix socket.
@@ -95,6 +105,20 @@ async fn real_main() -> Result<()> {
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("{} (is hypervisor.debug_console on?)", path.display()))?;
             print!("{text}");
+            Ok(())
+        }
+        Command::Vmm {
+            api_socket,
+            sandbox,
+            command,
+        } => {
+            let socket = match (api_socket, sandbox) {
+                (Some(p), _) => p,
+                (None, Some(s)) => config.runtime.state_dir.join(s).join("vmm.sock"),
+                (None, None) => bail!("give --api-socket PATH or --sandbox ID"),
+            };
+            let answer = hyper_shim::hypervisor::hyper_vmm::control(&socket, &command).await?;
+            print!("{answer}");
             Ok(())
         }
         Command::Agent {

@@ -83,30 +83,35 @@ impl HyperVmm {
         args
     }
 
-    /// One request line on the API socket, one JSON answer line back.
-    async fn control(&self, request: &str) -> Result<String, HypervisorError> {
-        let path = self.api_socket();
-        let err = |message: String| HypervisorError::Control {
-            path: path.clone(),
-            message,
-        };
-        let mut stream = UnixStream::connect(&path)
-            .await
-            .map_err(|e| err(format!("connect: {e}")))?;
-        stream
-            .write_all(format!("{request}\n").as_bytes())
-            .await
-            .map_err(|e| err(format!("send {request}: {e}")))?;
-        let mut line = String::new();
-        BufReader::new(stream)
-            .read_line(&mut line)
-            .await
-            .map_err(|e| err(format!("read answer to {request}: {e}")))?;
-        if !line.replace(' ', "").contains("\"ok\":true") {
-            return Err(err(format!("{request} failed: {}", line.trim())));
-        }
-        Ok(line)
+    async fn control(&self, command: &str) -> Result<String, HypervisorError> {
+        control(&self.api_socket(), command).await
     }
+}
+
+/// Sends `command` (ping, pause, resume, stop, metrics) to a hyper-vmm control socket and
+/// returns its JSON answer line; an answer without `"ok":true` is an error.
+pub async fn control(socket: &Path, command: &str) -> Result<String, HypervisorError> {
+    let err = |message: String| HypervisorError::Control {
+        path: socket.to_path_buf(),
+        message,
+    };
+    let request = format!("{{\"cmd\":\"{command}\"}}\n");
+    let mut stream = UnixStream::connect(socket)
+        .await
+        .map_err(|e| err(format!("connect: {e}")))?;
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| err(format!("send {command}: {e}")))?;
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .await
+        .map_err(|e| err(format!("read answer to {command}: {e}")))?;
+    if !line.replace(' ', "").contains("\"ok\":true") {
+        return Err(err(format!("{command} failed: {}", line.trim())));
+    }
+    Ok(line)
 }
 
 fn check_file(what: &'static str, path: &Path) -> Result<(), HypervisorError> {
@@ -167,7 +172,7 @@ impl Hypervisor for HyperVmm {
             return Ok(());
         };
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        if self.control("{\"cmd\":\"stop\"}").await.is_ok() {
+        if self.control("stop").await.is_ok() {
             let deadline = tokio::time::Instant::now() + grace;
             while tokio::time::Instant::now() < deadline && process_alive(pid.as_raw() as u32) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -180,11 +185,11 @@ impl Hypervisor for HyperVmm {
     }
 
     async fn pause(&self) -> Result<(), HypervisorError> {
-        self.control("{\"cmd\":\"pause\"}").await.map(|_| ())
+        self.control("pause").await.map(|_| ())
     }
 
     async fn resume(&self) -> Result<(), HypervisorError> {
-        self.control("{\"cmd\":\"resume\"}").await.map(|_| ())
+        self.control("resume").await.map(|_| ())
     }
 
     fn vsock_uds(&self) -> PathBuf {
@@ -262,6 +267,36 @@ mod tests {
             err.contains("kernel") && err.contains("/k/vmlinux"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn control_sends_one_json_line_and_checks_the_answer() {
+        use tokio::net::UnixListener;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            for answer in [
+                "{\"ok\":true,\"state\":\"running\"}\n",
+                "{\"ok\":false,\"error\":\"no\"}\n",
+            ] {
+                let (s, _) = listener.accept().await.unwrap();
+                let mut r = BufReader::new(s);
+                let mut line = String::new();
+                r.read_line(&mut line).await.unwrap();
+                assert_eq!(line, "{\"cmd\":\"ping\"}\n");
+                r.into_inner().write_all(answer.as_bytes()).await.unwrap();
+            }
+        });
+        let ok = control(&path, "ping").await.unwrap();
+        assert!(ok.contains("running"), "{ok}");
+        let err = control(&path, "ping").await.unwrap_err().to_string();
+        assert!(err.contains("ping failed") && err.contains("no"), "{err}");
+        let err = control(&dir.path().join("gone.sock"), "stop")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("gone.sock"), "{err}");
     }
 
     #[test]
