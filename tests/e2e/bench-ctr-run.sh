@@ -9,16 +9,7 @@
 . "$TH_LIB"
 need_bin containerd ctr hyper-vmm containerd-shim-hyper-v1 runc
 n=${BENCH_N:-10}
-mkdir -p /tmp/hyper
-cat > $CTD-hyper.toml <<EOT
-[hypervisor]
-path = "/usr/local/bin/hyper-vmm"
-kernel = "$GUEST_KERNEL"
-image = "$GUEST_INITRD"
-boot_timeout_ms = 120000
-[runtime]
-state_dir = "/tmp/hyper"
-EOT
+HYPER_DEBUG_CONSOLE=false hyper_config
 stop_rss_pod() {
   ctr tasks kill -s SIGKILL rss > /dev/null 2>&1 || true
   local t0; t0=$(now_ms)

@@ -235,6 +235,26 @@ EOT
 }
 ctr() { command ctr --address $CTD/containerd.sock "$@"; }
 crictl() { command crictl --config $CTD/crictl.yaml "$@"; }
+# hyper_config: the shim's config for the tests, in $CTD-hyper.toml: the test host's guest
+# kernel and image, timeouts scaled for TCG, the guest console kept in
+# /tmp/hyper/<pod>/console.log unless HYPER_DEBUG_CONSOLE=false (quiet boots, for benchmarks).
+hyper_config() {
+  mkdir -p /tmp/hyper
+  cat > $CTD-hyper.toml <<EOT
+[hypervisor]
+path = "/usr/local/bin/hyper-vmm"
+kernel = "$GUEST_KERNEL"
+image = "$GUEST_INITRD"
+debug_console = ${HYPER_DEBUG_CONSOLE:-true}
+boot_timeout_ms = 120000
+[agent]
+request_timeout_ms = 60000
+create_container_timeout_ms = 120000
+[runtime]
+log_level = "debug"
+state_dir = "/tmp/hyper"
+EOT
+}
 # The busybox image on the data disk, for `ctr images import` (payload group @containerd).
 BUSYBOX_OCI=/usr/share/hyper-tests/busybox-oci.tar
 BUSYBOX_REF=docker.io/library/busybox:1.35

@@ -7,20 +7,7 @@
 # shellcheck source=lib.sh
 . "$TH_LIB"
 need_bin containerd ctr hyper-vmm containerd-shim-hyper-v1 mke2fs
-mkdir -p /tmp/hyper
-cat > $CTD-hyper.toml <<EOT
-[hypervisor]
-path = "/usr/local/bin/hyper-vmm"
-kernel = "$GUEST_KERNEL"
-image = "$GUEST_INITRD"
-debug_console = true
-boot_timeout_ms = 120000
-[agent]
-request_timeout_ms = 60000
-create_container_timeout_ms = 120000
-[runtime]
-state_dir = "/tmp/hyper"
-EOT
+hyper_config
 keep_logs() { find /tmp/hyper -maxdepth 2 -name '*.log' -exec sh -c 'cp "$1" "$2/$(basename "$(dirname "$1")")-$(basename "$1")"' _ {} "$TH_ART" \; 2>/dev/null || true; }
 trap 'keep_logs; _th_cleanup' EXIT
 CTD_LOG_LEVEL=debug ctd_start

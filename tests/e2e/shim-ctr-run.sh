@@ -8,17 +8,7 @@
 # shellcheck source=lib.sh
 . "$TH_LIB"
 need_bin containerd ctr hyper-vmm containerd-shim-hyper-v1
-mkdir -p /tmp/hyper
-cat > $CTD-hyper.toml <<EOT
-[hypervisor]
-path = "/usr/local/bin/hyper-vmm"
-kernel = "$GUEST_KERNEL"
-image = "$GUEST_INITRD"
-debug_console = true
-[runtime]
-log_level = "debug"
-state_dir = "/tmp/hyper"
-EOT
+hyper_config
 CTD_LOG_LEVEL=debug ctd_start
 t1=$(now_ms)
 rc=0
