@@ -11,6 +11,7 @@ need_bin hyper-vmm qemu-system-x86_64
 n=${BENCH_N:-10} warm=${BENCH_WARM_MIB:-600}
 log "bench: $n boots per VMM, alternated (hyper-vmm first in odd rounds, QEMU first in even ones); warm ${warm} MiB before each"
 declare -A READY=() RSS=()
+OWN=""
 boot() {                                   # boot KIND ROUND
   local kind=$1 vm=$1-$2
   [ "$warm" -gt 0 ] && th_warm_memory "$warm"
@@ -18,6 +19,8 @@ boot() {                                   # boot KIND ROUND
   else vm_start_qemu "$vm" --vsock 3 --memory-mib 256 > /dev/null; fi
   expect_console "$vm" "$READY_MARKER" 120
   READY[$kind]+="$WAIT_MS "; RSS[$kind]+="$(vm_peak_rss_kb "$vm") "
+  # hyper-vmm's guest RAM is a memfd (RssShmem): what is left is the VMM's own memory.
+  [ "$kind" = hyper ] && OWN+="$(awk '/^RssAnon:|^RssFile:/ { s += $2 } END { print s }' "/proc/${VM_PID[$vm]}/status") "
   vm_stop "$vm"
   echo "round $2 $kind: ready ${WAIT_MS} ms"
 }
@@ -28,3 +31,4 @@ stats() { tr ' ' '\n' | grep . | sort -n | awk '{ a[NR] = $1 } END { printf "med
 for k in hyper qemu; do
   log "RESULT $k: spawn -> ready ms: $(stats <<<"${READY[$k]}"); peak RSS kB: $(stats <<<"${RSS[$k]}")"
 done
+log "RESULT hyper-vmm's own memory after boot (RssAnon+RssFile, guest RAM excluded) kB: $(stats <<<"$OWN")"
