@@ -96,10 +96,11 @@ vm_start_qemu() {
 # vm_start_hyper VM [--kernel P] [--initrd P] [--cmdline S] [--vcpus N] [--memory-mib M] [--vsock CID] [--api-socket P]
 vm_start_hyper() {
   local vm=$1; shift
-  local args=(--kernel "$GUEST_KERNEL" --initrd "$GUEST_INITRD" --serial "$TH_ART/$vm.console")
+  local kernel=$GUEST_KERNEL initrd=$GUEST_INITRD args=(--serial "$TH_ART/$vm.console")
   while [ $# -gt 0 ]; do
     case "$1" in
-      --kernel|--initrd|--cmdline|--vcpus|--memory-mib|--api-socket) args+=("$1" "$2") ;;
+      --kernel) kernel=$2 ;; --initrd) initrd=$2 ;;
+      --cmdline|--vcpus|--memory-mib|--api-socket) args+=("$1" "$2") ;;
       --vsock) args+=(--vsock-uds "$TH_VSOCK_DIR/$vm.vsock" --vsock-cid "$2") ;;
       *) fail "vm_start_hyper: unknown option $1" ;;
     esac
@@ -108,7 +109,7 @@ vm_start_hyper() {
   need_bin hyper-vmm
   : > "$TH_ART/$vm.console"
   local t0; t0=$(now_ms)
-  hyper-vmm "${args[@]}" > "$TH_ART/$vm.vmm.log" 2>&1 < /dev/null &
+  hyper-vmm --kernel "$kernel" --initrd "$initrd" "${args[@]}" > "$TH_ART/$vm.vmm.log" 2>&1 < /dev/null &
   _vm_register "$vm" $! "$t0" hyper-vmm
 }
 

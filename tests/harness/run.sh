@@ -118,6 +118,9 @@ for n in $(printf '%s\n' "${needs[@]}" | sort -u); do
       tail -20 "$run/build-$n.log" >&2
       log "WARNING: $n did not build ($run/build-$n.log); tests that need it will fail"
     fi
+  elif [ "$n" = distro-bzimage ]; then
+    # A compressed distribution kernel for the bzImage boot path: the test host's own.
+    adds+=(--add "$testhost/vmlinuz:/guest/distro-bzImage")
   elif grep -q "^@${n}[[:space:]]" "$here/payload.list"; then
     with+=(--with "$n")
   else

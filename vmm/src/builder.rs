@@ -6,13 +6,13 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use linux_loader::loader::{Elf, KernelLoader};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::api::ApiServer;
 use crate::arch::x86_64::boot_params::{BootInfo, BootParamsError, write_zero_page};
 use crate::arch::x86_64::e820::e820_map;
-use crate::arch::x86_64::layout::{CMDLINE_ADDR, CMDLINE_MAX_SIZE, HIMEM_START, MMIO_GAP_START};
+use crate::arch::x86_64::kernel;
+use crate::arch::x86_64::layout::{CMDLINE_ADDR, CMDLINE_MAX_SIZE, MMIO_GAP_START};
 use crate::arch::x86_64::mptable::{self, MptableError};
 use crate::config::{ConfigError, SerialOutputConfig, VmConfig};
 use crate::device_manager::DeviceManagerError;
@@ -148,17 +148,14 @@ pub fn build(cfg: &VmConfig, start: Instant) -> Result<Vmm, BuildError> {
     vmm.metrics.insert_device("serial", serial_counters);
 
     // Kernel.
-    let loaded =
-        Elf::load(&vmm.mem, None, &mut kernel, Some(GuestAddress(HIMEM_START))).map_err(|e| {
-            BuildError::KernelLoad {
-                path: path.clone(),
-                memory_mib: cfg.memory_mib,
-                why: e.to_string(),
-            }
-        })?;
-    let entry = loaded.kernel_load.0;
+    let loaded = kernel::load(&vmm.mem, &mut kernel).map_err(|why| BuildError::KernelLoad {
+        path: path.clone(),
+        memory_mib: cfg.memory_mib,
+        why,
+    })?;
+    let entry = loaded.entry;
     tracing::debug!("kernel loaded: {} µs", start.elapsed().as_micros());
-    let kernel_end = loaded.kernel_end;
+    let kernel_end = loaded.end;
 
     // Initramfs: page-aligned at the top of low memory, above the kernel.
     let initrd_info = match initrd {
@@ -236,6 +233,7 @@ pub fn build(cfg: &VmConfig, start: Instant) -> Result<Vmm, BuildError> {
             cmdline_size: bytes.len(),
             initrd: initrd_info,
             e820: &map,
+            setup_header: loaded.setup_header,
         },
     )?;
     mptable::write(&vmm.mem, cfg.vcpus)?;

@@ -1,6 +1,6 @@
 //! The Linux zero page (`struct boot_params`) for the 64-bit boot protocol.
 
-use linux_loader::loader::bootparam::boot_params;
+use linux_loader::loader::bootparam::{boot_params, setup_header};
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::e820::E820Entry;
@@ -36,11 +36,16 @@ pub struct BootInfo<'a> {
     /// (guest address, size) of the initramfs, if any.
     pub initrd: Option<(u64, u64)>,
     pub e820: &'a [E820Entry],
+    /// A bzImage's own setup header (an ELF vmlinux has none).
+    pub setup_header: Option<setup_header>,
 }
 
 /// Writes the zero page at `ZERO_PAGE_ADDR`.
 pub fn write_zero_page(mem: &GuestMemoryMmap, info: &BootInfo) -> Result<(), BootParamsError> {
     let mut params = boot_params::default();
+    if let Some(hdr) = info.setup_header {
+        params.hdr = hdr;
+    }
     params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
     params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
     params.hdr.header = KERNEL_HDR_MAGIC;
@@ -80,6 +85,7 @@ mod tests {
             cmdline_size: 10,
             initrd: Some((0x80_0000, 0x1000)),
             e820: &map,
+            setup_header: None,
         };
         write_zero_page(&mem, &info).unwrap();
         let zp: ZeroPage = mem.read_obj(GuestAddress(ZERO_PAGE_ADDR)).unwrap();
@@ -99,7 +105,34 @@ mod tests {
             cmdline_size: 1,
             initrd: None,
             e820: &[],
+            setup_header: None,
         };
         assert!(write_zero_page(&mem, &info).is_err());
+    }
+
+    #[test]
+    fn a_bzimage_header_is_kept_and_loader_fields_set() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+        let hdr = setup_header {
+            setup_sects: 27,
+            init_size: 0x123_4000,
+            version: 0x020f,
+            ..Default::default()
+        };
+        let info = BootInfo {
+            cmdline_addr: 0x20000,
+            cmdline_size: 5,
+            initrd: None,
+            e820: &[],
+            setup_header: Some(hdr),
+        };
+        write_zero_page(&mem, &info).unwrap();
+        let p: ZeroPage = mem.read_obj(GuestAddress(ZERO_PAGE_ADDR)).unwrap();
+        let p = p.0;
+        assert_eq!(p.hdr.setup_sects, 27);
+        assert_eq!({ p.hdr.init_size }, 0x123_4000);
+        assert_eq!({ p.hdr.version }, 0x020f);
+        assert_eq!(p.hdr.type_of_loader, KERNEL_LOADER_OTHER);
+        assert_eq!({ p.hdr.cmd_line_ptr }, 0x20000);
     }
 }

@@ -5,6 +5,7 @@ pub mod boot_params;
 pub mod cpuid;
 pub mod e820;
 pub mod gdt;
+pub mod kernel;
 pub mod layout;
 pub mod mptable;
 pub mod msrs;
