@@ -79,6 +79,22 @@ pub struct ActivateContext {
     pub interrupt: Arc<Interrupt>,
 }
 
+impl ActivateContext {
+    /// For single-queue devices: the memory, the queue and the interrupt, or the error
+    /// that says no queue came.
+    pub fn into_single_queue(
+        self,
+    ) -> Result<(GuestMemoryMmap, Queue, Arc<Interrupt>), ActivateError> {
+        let got = self.queues.len();
+        let queue = self
+            .queues
+            .into_iter()
+            .next()
+            .ok_or(ActivateError::QueueCount { expected: 1, got })?;
+        Ok((self.mem, queue, self.interrupt))
+    }
+}
+
 /// Sub-tokens below this are the transport's queue eventfds; devices use the rest.
 pub const DEVICE_SUB_BASE: u32 = 0x100;
 

@@ -185,16 +185,11 @@ impl VirtioDevice for Block {
         read_config_bytes(&self.config, offset, data);
     }
     fn activate(&mut self, ctx: ActivateContext, _ctl: &EventCtl) -> Result<(), ActivateError> {
-        let got = ctx.queues.len();
-        let queue = ctx
-            .queues
-            .into_iter()
-            .next()
-            .ok_or(ActivateError::QueueCount { expected: 1, got })?;
+        let (mem, queue, interrupt) = ctx.into_single_queue()?;
         self.active = Some(Active {
-            mem: ctx.mem,
+            mem,
             queue,
-            interrupt: ctx.interrupt,
+            interrupt,
         });
         Ok(())
     }

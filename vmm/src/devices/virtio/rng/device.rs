@@ -113,16 +113,11 @@ impl VirtioDevice for Rng {
         data.fill(0);
     }
     fn activate(&mut self, ctx: ActivateContext, _ctl: &EventCtl) -> Result<(), ActivateError> {
-        let got = ctx.queues.len();
-        let queue = ctx
-            .queues
-            .into_iter()
-            .next()
-            .ok_or(ActivateError::QueueCount { expected: 1, got })?;
+        let (mem, queue, interrupt) = ctx.into_single_queue()?;
         self.active = Some(Active {
-            mem: ctx.mem,
+            mem,
             queue,
-            interrupt: ctx.interrupt,
+            interrupt,
         });
         Ok(())
     }
