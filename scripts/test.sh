@@ -99,9 +99,24 @@ if [ -n "$kernel" ] && [ -f "$image" ]; then
   fi
 fi
 
-# Layer 4: the nested test host.
+# Layer 4: the nested test host. Under TCG the whole test host very rarely goes silent
+# (an emulator-level hang: its own kernel and watchdog stop; seen once in about a dozen
+# suites). The harness reports that as "stopped responding"; then the suite runs once more
+# in a fresh test-host boot, loudly, and only the second run counts. Any other failure
+# counts as it is.
+test_host_suite() {
+  bash tests/harness/run.sh "$@" > "$logs/test-host-try1.log" 2>&1
+  local rc=$?
+  cat "$logs/test-host-try1.log"
+  if [ $rc -ne 0 ] && grep -q 'the test host stopped responding' "$logs/test-host-try1.log"; then
+    log "WARNING: the test host hung (log: $logs/test-host-try1.log); running the suite again once"
+    bash tests/harness/run.sh "$@"
+  else
+    return $rc
+  fi
+}
 if [ -x tests/harness/run.sh ]; then
-  suite test-host bash tests/harness/run.sh
+  suite test-host test_host_suite
 else
   log "skipped: tests/harness/run.sh not present, no full-stack tests ran"
 fi
