@@ -122,6 +122,23 @@ impl Sandbox {
         }
     }
 
+    /// Mounts `list` and registers their unmount with `undo`, for a failure later on.
+    fn mount_storages(&self, list: &[agent::Storage], undo: &mut Undo) -> Result<Vec<PathBuf>> {
+        let storages = storage::mount_all(
+            "storages",
+            list,
+            &self.opts.state_dir,
+            &self.allowed_roots(&[]),
+        )
+        .map_err(|e| match e {
+            storage::StorageError::Invalid { .. } | storage::StorageError::Path(_) => invalid(e),
+            e => internal(e),
+        })?;
+        let s = storages.clone();
+        undo.push(move || s.iter().rev().for_each(|m| storage::unmount(m)));
+        Ok(storages)
+    }
+
     fn allowed_roots(&self, extra: &[PathBuf]) -> Vec<PathBuf> {
         let mut r = vec![self.opts.state_dir.clone()];
         r.extend(self.opts.allow_roots.iter().cloned());
@@ -208,20 +225,7 @@ impl Sandbox {
             undo.push(move || mount::umount_recursive(&s));
         }
 
-        let storages = storage::mount_all(
-            "storages",
-            &req.storages,
-            &self.opts.state_dir,
-            &self.allowed_roots(&[]),
-        )
-        .map_err(|e| match e {
-            storage::StorageError::Invalid { .. } | storage::StorageError::Path(_) => invalid(e),
-            e => internal(e),
-        })?;
-        {
-            let s = storages.clone();
-            undo.push(move || s.iter().rev().for_each(|m| storage::unmount(m)));
-        }
+        let storages = self.mount_storages(&req.storages, &mut undo)?;
 
         // The holder: PID 1 of the pod's shared namespaces.
         let mut new = vec![Ns::Ipc, Ns::Uts];
@@ -384,20 +388,7 @@ impl Sandbox {
             .map(|p| p.ctx.clone())
             .unwrap_or_default();
         let mut undo = Undo::default();
-        let storages = storage::mount_all(
-            "storages",
-            &req.storages,
-            &self.opts.state_dir,
-            &self.allowed_roots(&[]),
-        )
-        .map_err(|e| match e {
-            storage::StorageError::Invalid { .. } | storage::StorageError::Path(_) => invalid(e),
-            e => internal(e),
-        })?;
-        {
-            let s = storages.clone();
-            undo.push(move || s.iter().rev().for_each(|m| storage::unmount(m)));
-        }
+        let storages = self.mount_storages(&req.storages, &mut undo)?;
         let allowed = self.allowed_roots(&storages);
         let (field, rootfs) = if !req.rootfs.is_empty() {
             ("rootfs", PathBuf::from(&req.rootfs))
