@@ -18,6 +18,7 @@ use crate::config::{ConfigError, SerialOutputConfig, VmConfig};
 use crate::device_manager::DeviceManagerError;
 use crate::devices::legacy::SerialOutput;
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::net::Net;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
@@ -201,6 +202,15 @@ pub fn build(cfg: &VmConfig, start: Instant) -> Result<Vmm, BuildError> {
         let name = format!("net{i}");
         let dev =
             Net::new(&name, n, vmm.metrics.device(&name)).map_err(|e| device_err(&name, e))?;
+        vmm.devices
+            .add_virtio(&vmm.vm, &mem, &mut vmm.event_loop, Box::new(dev))?;
+    }
+    for (i, f) in cfg.fs.iter().enumerate() {
+        let name = format!("fs{i}");
+        let dev = Fs::new(&name, f, vmm.metrics.device(&name)).map_err(|e| BuildError::Device {
+            device: name.clone(),
+            why: e.to_string(),
+        })?;
         vmm.devices
             .add_virtio(&vmm.vm, &mem, &mut vmm.event_loop, Box::new(dev))?;
     }

@@ -91,6 +91,51 @@ pub struct NetConfig {
     pub mac: Option<String>,
 }
 
+/// How long the guest may cache what it learnt of the share (virtiofsd's cache modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FsCacheMode {
+    /// Nothing cached: every access asks the host (for shares the host changes often).
+    None,
+    /// Attributes and entries for a second, page cache dropped on open.
+    #[default]
+    Auto,
+    /// Everything cached for long (for shares only this guest changes).
+    Always,
+}
+
+impl std::str::FromStr for FsCacheMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" | "never" => Ok(FsCacheMode::None),
+            "auto" => Ok(FsCacheMode::Auto),
+            "always" => Ok(FsCacheMode::Always),
+            _ => Err(format!("cache mode {s:?} is not none, auto or always")),
+        }
+    }
+}
+
+/// A host directory shared into the guest with virtio-fs (`mount -t virtiofs TAG`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// The name the guest mounts (at most 36 bytes, the virtio-fs limit).
+    pub tag: String,
+    pub shared_dir: PathBuf,
+    #[serde(default)]
+    pub cache: FsCacheMode,
+    /// Let the guest page cache hold dirty data (safe only for shares nobody else writes).
+    #[serde(default)]
+    pub writeback: bool,
+    /// Pass extended attributes through.
+    #[serde(default = "default_true")]
+    pub xattr: bool,
+}
+
+/// Longest virtio-fs tag (virtio 1.2, 5.11.4).
+pub const FS_TAG_MAX: usize = 36;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
@@ -113,6 +158,8 @@ pub struct VmConfig {
     #[serde(default)]
     pub net: Vec<NetConfig>,
     #[serde(default)]
+    pub fs: Vec<FsConfig>,
+    #[serde(default)]
     pub rng: bool,
     #[serde(default)]
     pub api_socket: Option<PathBuf>,
@@ -121,6 +168,9 @@ pub struct VmConfig {
     pub stop_timeout_ms: u64,
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_vcpus() -> u8 {
     DEFAULT_VCPUS
 }
@@ -143,6 +193,7 @@ impl VmConfig {
             vsock: None,
             block: Vec::new(),
             net: Vec::new(),
+            fs: Vec::new(),
             rng: false,
             api_socket: None,
             stop_timeout_ms: DEFAULT_STOP_TIMEOUT_MS,
@@ -198,6 +249,28 @@ impl VmConfig {
                     value: mac.clone(),
                     why,
                 })?;
+            }
+        }
+        let mut tags = std::collections::HashSet::new();
+        for f in &self.fs {
+            let bad = |why: String| ConfigError::BadOption {
+                what: "fs",
+                value: f.tag.clone(),
+                why,
+            };
+            if f.tag.is_empty() || f.tag.len() > FS_TAG_MAX || f.tag.contains('\0') {
+                return Err(bad(format!(
+                    "the tag must be 1 to {FS_TAG_MAX} bytes without NUL"
+                )));
+            }
+            if !tags.insert(f.tag.as_str()) {
+                return Err(bad("two shares have this tag".into()));
+            }
+            if !f.shared_dir.is_absolute() {
+                return Err(bad(format!(
+                    "shared_dir {} is not an absolute path",
+                    f.shared_dir.display()
+                )));
             }
         }
         Ok(())
@@ -285,6 +358,34 @@ pub fn parse_net(s: &str) -> Result<NetConfig, ConfigError> {
     Ok(n)
 }
 
+/// `tag=T,path=DIR[,cache=none|auto|always][,writeback=B][,xattr=B]`
+pub fn parse_fs(s: &str) -> Result<FsConfig, ConfigError> {
+    let bad = |why: String| ConfigError::BadOption {
+        what: "fs",
+        value: s.to_string(),
+        why,
+    };
+    let (mut tag, mut dir) = (None, None);
+    let (mut cache, mut writeback, mut xattr) = (FsCacheMode::default(), false, true);
+    for (k, v) in key_values("fs", s)? {
+        match k.as_str() {
+            "tag" => tag = Some(v),
+            "path" | "shared_dir" => dir = Some(PathBuf::from(v)),
+            "cache" => cache = v.parse().map_err(bad)?,
+            "writeback" => writeback = parse_bool("fs", s, &v)?,
+            "xattr" => xattr = parse_bool("fs", s, &v)?,
+            other => return Err(bad(format!("unknown key {other:?}"))),
+        }
+    }
+    Ok(FsConfig {
+        tag: tag.ok_or_else(|| bad("tag= is required".into()))?,
+        shared_dir: dir.ok_or_else(|| bad("path= is required".into()))?,
+        cache,
+        writeback,
+        xattr,
+    })
+}
+
 pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     let parts: Vec<&str> = s.split(':').collect();
     if parts.len() != 6 {
@@ -316,6 +417,31 @@ mod tests {
         assert!(parse_mac("02:00:00:00:00").is_err());
         assert!(parse_mac("zz:00:00:00:00:00").is_err());
         assert_eq!(parse_net("fd=7").unwrap().fd, Some(7));
+    }
+
+    #[test]
+    fn fs_options() {
+        let f = parse_fs("tag=share,path=/srv/x,cache=none").unwrap();
+        assert_eq!(f.tag, "share");
+        assert_eq!(f.shared_dir, PathBuf::from("/srv/x"));
+        assert_eq!(f.cache, FsCacheMode::None);
+        assert!(!f.writeback && f.xattr);
+        assert_eq!(parse_fs("tag=a,path=/x").unwrap().cache, FsCacheMode::Auto);
+        let e = parse_fs("tag=a,path=/x,cache=sometimes").unwrap_err();
+        assert!(e.to_string().contains("sometimes"), "{e}");
+        assert!(parse_fs("path=/x").is_err());
+        assert!(parse_fs("tag=a").is_err());
+        assert!(parse_fs("tag=a,path=/x,dax=1").is_err());
+
+        let mut c = VmConfig::new("/k".into());
+        c.fs.push(parse_fs("tag=a,path=/x").unwrap());
+        assert!(c.validate().is_ok());
+        c.fs.push(parse_fs("tag=a,path=/y").unwrap());
+        assert!(c.validate().unwrap_err().to_string().contains("two shares"));
+        c.fs[1] = parse_fs(&format!("tag={},path=/y", "t".repeat(37))).unwrap();
+        assert!(c.validate().is_err());
+        c.fs[1] = parse_fs("tag=b,path=relative").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("absolute"));
     }
 
     #[test]

@@ -40,6 +40,10 @@ struct Cli {
     /// tap=NAME[,mac=MAC] or fd=N[,mac=MAC]; repeatable.
     #[arg(long)]
     net: Vec<String>,
+    /// tag=T,path=DIR[,cache=none|auto|always][,writeback=B][,xattr=B]: share DIR with
+    /// virtio-fs; repeatable.
+    #[arg(long)]
+    fs: Vec<String>,
     /// Add a virtio-rng device.
     #[arg(long)]
     rng: bool,
@@ -83,6 +87,9 @@ fn to_config(cli: Cli) -> anyhow::Result<VmConfig> {
     }
     for n in &cli.net {
         cfg.net.push(config::parse_net(n)?);
+    }
+    for f in &cli.fs {
+        cfg.fs.push(config::parse_fs(f)?);
     }
     if cli.rng {
         cfg.rng = true;

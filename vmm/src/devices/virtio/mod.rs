@@ -4,6 +4,7 @@
 
 pub mod block;
 pub mod device;
+pub mod fs;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod mmio;
@@ -23,6 +24,7 @@ pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
 pub const TYPE_VSOCK: u32 = 19;
+pub const TYPE_FS: u32 = 26;
 
 /// Feature bit every device offers: we speak only modern (1.0+) virtio.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;

@@ -1,0 +1,555 @@
+//! The device driven the way the guest's virtio-fs driver drives it: FUSE requests in
+//! guest memory, descriptor chains on the request queue, replies read back from the used
+//! ring. Covers serving a real directory, escapes from it, and hostile requests.
+
+use std::ffi::CString;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fuse_backend_rs::abi::fuse_abi::*;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory_017::ByteValued;
+
+use super::device::Fs;
+use crate::config::{FsCacheMode, FsConfig};
+use crate::devices::virtio::device::{ActivateContext, VirtioDevice};
+use crate::devices::virtio::test_utils::{
+    VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, test_ctl, test_irq,
+};
+use crate::devices::virtio::{Interrupt, TYPE_FS};
+use crate::metrics::DeviceCounters;
+
+const QSIZE: u16 = 64;
+const RING_BASE: [u64; 2] = [0x1_0000, 0x2_0000];
+const REQ_BUF: u64 = 1 << 20;
+const REPLY_BUF: u64 = 4 << 20;
+const REPLY_CAP: u32 = 2 << 20;
+
+struct Driver {
+    mem: GuestMemoryMmap,
+    fs: Fs,
+    counters: Arc<DeviceCounters>,
+    avail: [u16; 2],
+    unique: u64,
+}
+
+/// A reply: the FUSE error (0 or a negative errno) and the bytes after the header.
+#[derive(Debug)]
+struct Reply {
+    error: i32,
+    body: Vec<u8>,
+}
+
+fn avail_addr(q: usize) -> u64 {
+    RING_BASE[q] + 16 * u64::from(QSIZE)
+}
+fn used_addr(q: usize) -> u64 {
+    (avail_addr(q) + 6 + 2 * u64::from(QSIZE) + 3) & !3
+}
+
+impl Driver {
+    fn new(share: &Path, cache: FsCacheMode) -> Self {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 8 << 20)]).unwrap();
+        let counters = Arc::new(DeviceCounters::default());
+        let cfg = FsConfig {
+            tag: "share".into(),
+            shared_dir: share.to_path_buf(),
+            cache,
+            writeback: false,
+            xattr: true,
+        };
+        let mut fs = Fs::new("fs0", &cfg, counters.clone()).unwrap();
+        let queues = (0..2)
+            .map(|i| {
+                let mut q = Queue::new(1024).unwrap();
+                q.set_size(QSIZE);
+                q.set_desc_table_address(Some(RING_BASE[i] as u32), Some(0));
+                q.set_avail_ring_address(Some(avail_addr(i) as u32), Some(0));
+                q.set_used_ring_address(Some(used_addr(i) as u32), Some(0));
+                q.set_ready(true);
+                q
+            })
+            .collect();
+        let ctx = ActivateContext {
+            mem: mem.clone(),
+            queues,
+            interrupt: Interrupt::new(test_irq()),
+        };
+        fs.activate(ctx, &test_ctl()).unwrap();
+        let mut d = Driver {
+            mem,
+            fs,
+            counters,
+            avail: [0; 2],
+            unique: 0,
+        };
+        let init = InitIn {
+            major: KERNEL_VERSION,
+            minor: KERNEL_MINOR_VERSION,
+            max_readahead: 128 << 10,
+            flags: 0,
+        };
+        let r = d.call(Opcode::Init as u32, 0, init.as_slice());
+        assert_eq!(r.error, 0, "INIT failed");
+        d
+    }
+
+    /// Puts one chain of (addr, len, flags) on queue `q`, notifies, and waits for the
+    /// device to return it; returns the used length.
+    fn submit(&mut self, q: usize, descs: &[(u64, u32, u16)]) -> u32 {
+        for (i, &(addr, len, flags)) in descs.iter().enumerate() {
+            let at = GuestAddress(RING_BASE[q] + 16 * i as u64);
+            self.mem.write_obj(addr, at).unwrap();
+            self.mem.write_obj(len, GuestAddress(at.0 + 8)).unwrap();
+            self.mem.write_obj(flags, GuestAddress(at.0 + 12)).unwrap();
+            self.mem
+                .write_obj((i + 1) as u16, GuestAddress(at.0 + 14))
+                .unwrap();
+        }
+        let idx = self.avail[q];
+        let slot = avail_addr(q) + 4 + 2 * u64::from(idx % QSIZE);
+        self.mem.write_obj(0u16, GuestAddress(slot)).unwrap();
+        self.avail[q] = idx.wrapping_add(1);
+        self.mem
+            .write_obj(self.avail[q], GuestAddress(avail_addr(q) + 2))
+            .unwrap();
+        self.fs.queue_notify(q, &test_ctl()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let used: u16 = self.mem.read_obj(GuestAddress(used_addr(q) + 2)).unwrap();
+            if used == self.avail[q] {
+                break;
+            }
+            assert!(Instant::now() < deadline, "device did not answer in 10 s");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let elem = used_addr(q) + 4 + 8 * u64::from(idx % QSIZE);
+        self.mem.read_obj(GuestAddress(elem + 4)).unwrap()
+    }
+
+    /// Sends raw request bytes (header included) with a reply buffer of `cap` bytes.
+    fn raw(&mut self, request: &[u8], cap: u32) -> Option<Reply> {
+        self.mem
+            .write_slice(request, GuestAddress(REQ_BUF))
+            .unwrap();
+        let n = self.submit(
+            1,
+            &[
+                (REQ_BUF, request.len() as u32, VRING_DESC_F_NEXT),
+                (REPLY_BUF, cap, VRING_DESC_F_WRITE),
+            ],
+        );
+        self.read_reply(n)
+    }
+
+    fn read_reply(&self, used: u32) -> Option<Reply> {
+        if (used as usize) < std::mem::size_of::<OutHeader>() {
+            return None;
+        }
+        let mut bytes = vec![0u8; used as usize];
+        self.mem
+            .read_slice(&mut bytes, GuestAddress(REPLY_BUF))
+            .unwrap();
+        let error = i32::from_le_bytes(bytes[4..8].try_into().unwrap());
+        Some(Reply {
+            error,
+            body: bytes[16..].to_vec(),
+        })
+    }
+
+    fn request(&mut self, opcode: u32, nodeid: u64, payload: &[u8]) -> Vec<u8> {
+        self.unique += 1;
+        let h = InHeader {
+            len: (std::mem::size_of::<InHeader>() + payload.len()) as u32,
+            opcode,
+            unique: self.unique,
+            nodeid,
+            uid: 0,
+            gid: 0,
+            pid: 1,
+            padding: 0,
+        };
+        let mut req = h.as_slice().to_vec();
+        req.extend_from_slice(payload);
+        req
+    }
+
+    fn call(&mut self, opcode: u32, nodeid: u64, payload: &[u8]) -> Reply {
+        let req = self.request(opcode, nodeid, payload);
+        self.raw(&req, REPLY_CAP).expect("no reply")
+    }
+
+    fn entry(&mut self, opcode: Opcode, parent: u64, payload: &[u8]) -> Result<EntryOut, i32> {
+        let r = self.call(opcode as u32, parent, payload);
+        if r.error != 0 {
+            return Err(-r.error);
+        }
+        Ok(
+            EntryOut::from_slice(&r.body[..std::mem::size_of::<EntryOut>()])
+                .copied()
+                .unwrap(),
+        )
+    }
+
+    fn lookup(&mut self, parent: u64, name: &str) -> Result<EntryOut, i32> {
+        self.entry(Opcode::Lookup, parent, &cstr(name))
+    }
+
+    fn mkdir(&mut self, parent: u64, name: &str) -> Result<EntryOut, i32> {
+        let mut p = MkdirIn {
+            mode: 0o755,
+            umask: 0,
+        }
+        .as_slice()
+        .to_vec();
+        p.extend(cstr(name));
+        self.entry(Opcode::Mkdir, parent, &p)
+    }
+
+    fn symlink(&mut self, parent: u64, name: &str, target: &str) -> Result<EntryOut, i32> {
+        let mut p = cstr(name);
+        p.extend(cstr(target));
+        self.entry(Opcode::Symlink, parent, &p)
+    }
+
+    /// CREATE + WRITE + RELEASE of a whole file.
+    fn create_file(&mut self, parent: u64, name: &str, data: &[u8]) -> Result<u64, i32> {
+        let mut p = CreateIn {
+            flags: (libc::O_RDWR | libc::O_CREAT) as u32,
+            mode: 0o644,
+            umask: 0,
+            fuse_flags: 0,
+        }
+        .as_slice()
+        .to_vec();
+        p.extend(cstr(name));
+        let r = self.call(Opcode::Create as u32, parent, &p);
+        if r.error != 0 {
+            return Err(-r.error);
+        }
+        let e = EntryOut::from_slice(&r.body[..std::mem::size_of::<EntryOut>()])
+            .copied()
+            .unwrap();
+        let o = OpenOut::from_slice(&r.body[std::mem::size_of::<EntryOut>()..][..16])
+            .copied()
+            .unwrap();
+        let w = self.write(e.nodeid, o.fh, 0, data);
+        assert_eq!(w, Ok(data.len() as u32));
+        self.release(e.nodeid, o.fh);
+        Ok(e.nodeid)
+    }
+
+    fn open(&mut self, nodeid: u64, flags: i32) -> Result<u64, i32> {
+        let p = OpenIn {
+            flags: flags as u32,
+            fuse_flags: 0,
+        };
+        let r = self.call(Opcode::Open as u32, nodeid, p.as_slice());
+        if r.error != 0 {
+            return Err(-r.error);
+        }
+        Ok(OpenOut::from_slice(&r.body[..16]).unwrap().fh)
+    }
+
+    fn read(&mut self, nodeid: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, i32> {
+        let p = ReadIn {
+            fh,
+            offset,
+            size,
+            ..Default::default()
+        };
+        let r = self.call(Opcode::Read as u32, nodeid, p.as_slice());
+        if r.error != 0 {
+            return Err(-r.error);
+        }
+        Ok(r.body)
+    }
+
+    fn write(&mut self, nodeid: u64, fh: u64, offset: u64, data: &[u8]) -> Result<u32, i32> {
+        let mut p = WriteIn {
+            fh,
+            offset,
+            size: data.len() as u32,
+            ..Default::default()
+        }
+        .as_slice()
+        .to_vec();
+        p.extend_from_slice(data);
+        let r = self.call(Opcode::Write as u32, nodeid, &p);
+        if r.error != 0 {
+            return Err(-r.error);
+        }
+        Ok(WriteOut::from_slice(&r.body[..8]).unwrap().size)
+    }
+
+    fn release(&mut self, nodeid: u64, fh: u64) {
+        let p = ReleaseIn {
+            fh,
+            ..Default::default()
+        };
+        assert_eq!(
+            self.call(Opcode::Release as u32, nodeid, p.as_slice())
+                .error,
+            0
+        );
+    }
+
+    fn read_file(&mut self, nodeid: u64) -> Result<Vec<u8>, i32> {
+        let fh = self.open(nodeid, libc::O_RDONLY)?;
+        let data = self.read(nodeid, fh, 0, 1 << 20);
+        self.release(nodeid, fh);
+        data
+    }
+}
+
+fn cstr(s: &str) -> Vec<u8> {
+    CString::new(s).unwrap().into_bytes_with_nul()
+}
+
+/// A share inside a scratch directory that also holds a file outside the share.
+fn scratch() -> (tempfile::TempDir, PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let share = d.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    std::fs::write(d.path().join("secret"), "outside").unwrap();
+    std::fs::write(share.join("hello"), "hello from the host\n").unwrap();
+    (d, share)
+}
+
+#[test]
+fn config_space_names_the_tag_and_one_request_queue() {
+    let (_d, share) = scratch();
+    let cfg = FsConfig {
+        tag: "myshare".into(),
+        shared_dir: share,
+        cache: FsCacheMode::Auto,
+        writeback: false,
+        xattr: true,
+    };
+    let fs = Fs::new("fs0", &cfg, Arc::default()).unwrap();
+    assert_eq!(fs.device_type(), TYPE_FS);
+    assert_eq!(fs.queue_max_sizes().len(), 2);
+    let mut cs = [0u8; 40];
+    fs.read_config(0, &mut cs);
+    assert_eq!(&cs[..7], b"myshare");
+    assert!(cs[7..36].iter().all(|&b| b == 0));
+    assert_eq!(u32::from_le_bytes(cs[36..40].try_into().unwrap()), 1);
+}
+
+#[test]
+fn serves_the_share_both_ways() {
+    let (_d, share) = scratch();
+    let mut drv = Driver::new(&share, FsCacheMode::None);
+    let hello = drv.lookup(ROOT_ID, "hello").unwrap();
+    assert_eq!(hello.attr.size, 20);
+    assert_eq!(
+        drv.read_file(hello.nodeid).unwrap(),
+        b"hello from the host\n"
+    );
+
+    // The guest writes; the host sees it.
+    let dir = drv.mkdir(ROOT_ID, "made-by-guest").unwrap();
+    drv.create_file(dir.nodeid, "f", b"guest data").unwrap();
+    assert_eq!(
+        std::fs::read(share.join("made-by-guest/f")).unwrap(),
+        b"guest data"
+    );
+    // The host writes; the guest sees it (no caching in this mode).
+    std::fs::write(share.join("hello"), "changed on the host\n").unwrap();
+    assert_eq!(
+        drv.read_file(hello.nodeid).unwrap(),
+        b"changed on the host\n"
+    );
+    // Ownership and modes are the host's.
+    let meta = std::fs::metadata(share.join("made-by-guest")).unwrap();
+    assert_eq!(dir.attr.mode & 0o7777, meta.permissions().mode() & 0o7777);
+    assert_eq!(dir.attr.uid, meta.uid());
+    // A symlink made by the guest is a plain symlink on the host.
+    drv.symlink(ROOT_ID, "link", "hello").unwrap();
+    assert_eq!(
+        std::fs::read_link(share.join("link")).unwrap(),
+        Path::new("hello")
+    );
+    assert_eq!(
+        drv.lookup(ROOT_ID, "missing").unwrap_err(),
+        libc::ENOENT,
+        "a missing name"
+    );
+}
+
+#[test]
+fn the_guest_cannot_leave_the_share() {
+    let (d, share) = scratch();
+    std::os::unix::fs::symlink("/", share.join("abs")).unwrap();
+    std::os::unix::fs::symlink("..", share.join("up")).unwrap();
+    let mut drv = Driver::new(&share, FsCacheMode::None);
+
+    // ".." of the root is the root itself.
+    let root = drv.lookup(ROOT_ID, ".").unwrap();
+    let parent = drv.lookup(ROOT_ID, "..").unwrap();
+    assert_eq!(parent.attr.ino, root.attr.ino);
+    assert_eq!(
+        drv.lookup(parent.nodeid, "secret").unwrap_err(),
+        libc::ENOENT
+    );
+    // Names with a slash are not one component.
+    assert_eq!(drv.lookup(ROOT_ID, "../secret").unwrap_err(), libc::EINVAL);
+    assert_eq!(drv.lookup(ROOT_ID, "/etc").unwrap_err(), libc::EINVAL);
+    // Symlinks are never followed on the host.
+    let abs = drv.lookup(ROOT_ID, "abs").unwrap();
+    assert_eq!(abs.attr.mode & libc::S_IFMT, libc::S_IFLNK);
+    assert!(drv.lookup(abs.nodeid, "etc").is_err());
+    assert!(drv.open(abs.nodeid, libc::O_RDONLY).is_err());
+    let up = drv.lookup(ROOT_ID, "up").unwrap();
+    assert!(drv.lookup(up.nodeid, "secret").is_err());
+    assert!(drv.mkdir(up.nodeid, "x").is_err());
+
+    // Nothing can be made, moved or linked out of the share.
+    assert_eq!(drv.mkdir(ROOT_ID, "../escape").unwrap_err(), libc::EINVAL);
+    assert_eq!(drv.mkdir(ROOT_ID, "..").unwrap_err(), libc::EINVAL);
+    assert_eq!(
+        drv.create_file(ROOT_ID, "../escape", b"x").unwrap_err(),
+        libc::EINVAL
+    );
+    assert_eq!(
+        drv.symlink(ROOT_ID, "../escape", "/").unwrap_err(),
+        libc::EINVAL
+    );
+    let hello = drv.lookup(ROOT_ID, "hello").unwrap();
+    let mut rename = RenameIn { newdir: ROOT_ID }.as_slice().to_vec();
+    rename.extend(cstr("hello"));
+    rename.extend(cstr("../moved"));
+    assert_eq!(
+        drv.call(Opcode::Rename as u32, ROOT_ID, &rename).error,
+        -libc::EINVAL
+    );
+    let mut link = LinkIn {
+        oldnodeid: hello.nodeid,
+    }
+    .as_slice()
+    .to_vec();
+    link.extend(cstr("../linked"));
+    assert_eq!(
+        drv.call(Opcode::Link as u32, ROOT_ID, &link).error,
+        -libc::EINVAL
+    );
+    let entries: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        entries.len(),
+        2,
+        "nothing appeared beside the share: {entries:?}"
+    );
+    assert_eq!(std::fs::read(d.path().join("secret")).unwrap(), b"outside");
+    assert!(share.join("hello").exists());
+}
+
+#[test]
+fn hostile_requests_get_error_replies_and_the_device_keeps_serving() {
+    let (_d, share) = scratch();
+    let mut drv = Driver::new(&share, FsCacheMode::Auto);
+
+    // Unknown and unassigned opcodes.
+    for op in [7u32, 19, 50, 4096, u32::MAX] {
+        assert_eq!(
+            drv.call(op, ROOT_ID, &[]).error,
+            -libc::ENOSYS,
+            "opcode {op}"
+        );
+    }
+    // Unknown inodes and handles.
+    assert!(drv.lookup(0xdead_beef, "x").is_err());
+    assert!(drv.call(Opcode::Getattr as u32, 0, &[0; 16]).error < 0);
+    assert_eq!(
+        drv.read(ROOT_ID, 0x1234_5678, 0, 10).unwrap_err(),
+        libc::EBADF
+    );
+    // A name without its NUL, a body shorter than its struct, a length that lies.
+    let mut req = drv.request(Opcode::Lookup as u32, ROOT_ID, b"hello");
+    assert!(drv.raw(&req, REPLY_CAP).is_none_or(|r| r.error < 0));
+    let req2 = drv.request(Opcode::Mkdir as u32, ROOT_ID, &[1, 2]);
+    assert!(drv.raw(&req2, REPLY_CAP).is_none_or(|r| r.error < 0));
+    req[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(drv.raw(&req, REPLY_CAP).is_none_or(|r| r.error < 0));
+    req[0..4].copy_from_slice(&3u32.to_le_bytes());
+    assert!(drv.raw(&req, REPLY_CAP).is_none_or(|r| r.error < 0));
+    // A header cut short, and no reply room at all or too little.
+    assert!(drv.raw(&req[..10], REPLY_CAP).is_none());
+    let ok = drv.request(Opcode::Lookup as u32, ROOT_ID, &cstr("hello"));
+    assert!(drv.raw(&ok, 8).is_none());
+    let n = drv.submit(1, &[(REQ_BUF, ok.len() as u32, 0)]);
+    assert_eq!(n, 0);
+    // Buffers outside guest memory.
+    let n = drv.submit(
+        1,
+        &[
+            (0xffff_0000_0000, 64, VRING_DESC_F_NEXT),
+            (REPLY_BUF, 64, VRING_DESC_F_WRITE),
+        ],
+    );
+    assert_eq!(n, 0);
+    // A WRITE whose size field claims more than it carries.
+    let p = WriteIn {
+        fh: 1,
+        size: 1 << 20,
+        ..Default::default()
+    };
+    assert!(drv.call(Opcode::Write as u32, ROOT_ID, p.as_slice()).error < 0);
+    // Requests on the hiprio queue that need no reply.
+    let forget = drv.request(
+        Opcode::Forget as u32,
+        0xdead,
+        ForgetIn { nlookup: 5 }.as_slice(),
+    );
+    drv.mem.write_slice(&forget, GuestAddress(REQ_BUF)).unwrap();
+    assert_eq!(drv.submit(0, &[(REQ_BUF, forget.len() as u32, 0)]), 0);
+    assert!(
+        drv.counters
+            .errors
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 3
+    );
+
+    // Random requests: every opcode with random bodies and node ids.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..3000 {
+        let op = (next() % 52) as u32;
+        if op == Opcode::Init as u32 || op == Opcode::Destroy as u32 {
+            continue;
+        }
+        let nodeid = if next() % 2 == 0 { ROOT_ID } else { next() };
+        let len = (next() % 200) as usize;
+        let body: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        let req = drv.request(op, nodeid, &body);
+        let _ = drv.raw(&req, (next() % 512) as u32);
+    }
+    // Still serving.
+    let hello = drv.lookup(ROOT_ID, "hello").unwrap();
+    assert_eq!(
+        drv.read_file(hello.nodeid).unwrap(),
+        b"hello from the host\n"
+    );
+}
+
+#[test]
+fn reset_stops_the_worker_and_a_new_activation_serves_again() {
+    let (_d, share) = scratch();
+    let mut drv = Driver::new(&share, FsCacheMode::Auto);
+    drv.fs.reset(&test_ctl());
+    // Kicks after reset are ignored, not a crash.
+    drv.fs.queue_notify(1, &test_ctl()).unwrap();
+    let again = Driver::new(&share, FsCacheMode::Always);
+    drop(drv);
+    drop(again);
+}
