@@ -50,6 +50,40 @@ pub struct HypervisorConfig {
     pub debug_console: bool,
     /// How long the VM may take from VMM start to agent answering.
     pub boot_timeout_ms: u64,
+    /// How container rootfs and volumes reach the guest: "virtio-fs" (one share per pod;
+    /// later containers join the running VM) or "none" (an ext4 copy of the first
+    /// container's rootfs on a virtio-blk disk; one container per VM).
+    pub shared_fs: SharedFs,
+    /// virtio-fs cache mode: "none", "auto" or "always" (as virtiofsd's).
+    pub virtio_fs_cache: VirtioFsCache,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum SharedFs {
+    #[default]
+    #[serde(rename = "virtio-fs")]
+    VirtioFs,
+    #[serde(rename = "none")]
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum VirtioFsCache {
+    None,
+    #[default]
+    Auto,
+    Always,
+}
+
+impl VirtioFsCache {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VirtioFsCache::None => "none",
+            VirtioFsCache::Auto => "auto",
+            VirtioFsCache::Always => "always",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -81,6 +115,8 @@ impl Default for HypervisorConfig {
             kernel_params: String::new(),
             debug_console: false,
             boot_timeout_ms: 30_000,
+            shared_fs: SharedFs::default(),
+            virtio_fs_cache: VirtioFsCache::default(),
         }
     }
 }
@@ -212,6 +248,8 @@ mod tests {
             kernel_params = "agent.debug=1"
             debug_console = true
             boot_timeout_ms = 90000
+            shared_fs = "none"
+            virtio_fs_cache = "always"
             [agent]
             request_timeout_ms = 5000
             create_container_timeout_ms = 7000
@@ -224,6 +262,8 @@ mod tests {
         assert_eq!(c.hypervisor.vcpus, 2);
         assert_eq!(c.hypervisor.memory_mib, 512);
         assert!(c.hypervisor.debug_console);
+        assert_eq!(c.hypervisor.shared_fs, SharedFs::None);
+        assert_eq!(c.hypervisor.virtio_fs_cache, VirtioFsCache::Always);
         assert_eq!(c.boot_timeout(), Duration::from_secs(90));
         assert_eq!(c.request_timeout(), Duration::from_secs(5));
         assert_eq!(c.create_container_timeout(), Duration::from_secs(7));
@@ -231,6 +271,8 @@ mod tests {
         // Unset keys keep their defaults.
         let partial = parse("[hypervisor]\nvcpus = 4\n").unwrap();
         assert_eq!(partial.hypervisor.memory_mib, 256);
+        assert_eq!(partial.hypervisor.shared_fs, SharedFs::VirtioFs);
+        assert_eq!(partial.hypervisor.virtio_fs_cache, VirtioFsCache::Auto);
     }
 
     #[test]
@@ -255,6 +297,10 @@ mod tests {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(field), "{text}: {err}");
         }
+        let err = parse("[hypervisor]\nshared_fs = \"9p\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("9p"), "{err}");
         let err = parse("[hypervisor]\nvcpus = \"two\"\n")
             .unwrap_err()
             .to_string();

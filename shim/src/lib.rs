@@ -12,3 +12,4 @@ pub mod process;
 pub mod rootfs;
 pub mod sandbox;
 pub mod service;
+pub mod share;

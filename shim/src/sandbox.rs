@@ -9,8 +9,12 @@ use hyper_agent_protocol::agent::{
 };
 use hyper_agent_protocol::agent_ttrpc::AgentServiceClient;
 
-use crate::config::Config;
-use crate::hypervisor::{Disk, HyperVmm, Hypervisor, HypervisorError, VmSpec, process_alive};
+use crate::config::{Config, SharedFs};
+use crate::hypervisor::{
+    Disk, HyperVmm, Hypervisor, HypervisorError, SharedDir, VmSpec, process_alive,
+};
+use crate::rootfs;
+use crate::share::{SHARE_TAG, Share, ShareError, remove_tree};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -29,6 +33,14 @@ pub enum SandboxError {
         call: &'static str,
         cause: ttrpc::Error,
     },
+    #[error(transparent)]
+    Share(#[from] ShareError),
+    #[error(transparent)]
+    Rootfs(#[from] rootfs::RootfsError),
+    #[error(
+        "container {0}: this pod's VM holds one container only (hypervisor.shared_fs = \"none\"); use \"virtio-fs\""
+    )]
+    OneContainerPerVm(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -39,7 +51,7 @@ const GUEST_CONTAINERS_DIR: &str = "/run/hyper/containers";
 const ROOTFS_DISK_SERIAL: &str = "rootfs";
 
 /// The disk that hands a container's rootfs image to the guest.
-pub fn rootfs_disk(image: &Path) -> Disk {
+fn rootfs_disk(image: &Path) -> Disk {
     Disk {
         path: image.to_path_buf(),
         read_only: false,
@@ -48,11 +60,7 @@ pub fn rootfs_disk(image: &Path) -> Disk {
 }
 
 /// What the agent needs to create a container whose rootfs is on the `rootfs_disk`.
-pub fn create_container_request(
-    id: &str,
-    spec_json: Vec<u8>,
-    stdin: bool,
-) -> CreateContainerRequest {
+fn disk_container_request(id: &str, spec_json: Vec<u8>, stdin: bool) -> CreateContainerRequest {
     let guest_rootfs = format!("{GUEST_CONTAINERS_DIR}/{id}/rootfs");
     CreateContainerRequest {
         container_id: id.to_string(),
@@ -70,11 +78,20 @@ pub fn create_container_request(
     }
 }
 
+/// How the pod's containers reach the guest (config `hypervisor.shared_fs`).
+enum RootfsPath {
+    /// One virtio-fs share for the whole pod.
+    Shared(Share),
+    /// An ext4 copy of the first container's rootfs; `used` once that container exists.
+    Disk { used: std::sync::atomic::AtomicBool },
+}
+
 pub struct Sandbox {
     pub id: String,
     pub state_dir: PathBuf,
     pub agent: AgentServiceClient,
     hypervisor: Box<dyn Hypervisor>,
+    rootfs_path: RootfsPath,
     request_timeout: Duration,
 }
 
@@ -82,16 +99,61 @@ pub struct Sandbox {
 const CONSOLE_TAIL_LINES: usize = 30;
 
 impl Sandbox {
-    /// Boots the VM with `disks`, waits for the agent and creates the sandbox in the guest.
-    /// On any failure the VMM is stopped and nothing is left running.
+    /// Boots the VM for a pod whose first container's rootfs is `first_rootfs`, waits for
+    /// the agent and creates the sandbox in the guest. On any failure the VMM is stopped
+    /// and nothing is left running or mounted.
     pub async fn boot(
         config: &Config,
         id: &str,
         hostname: &str,
-        disks: Vec<Disk>,
+        first_rootfs: &Path,
     ) -> Result<Self, SandboxError> {
         let state_dir = config.runtime.state_dir.join(id);
         std::fs::create_dir_all(&state_dir)?;
+        match Self::boot_in(config, id, hostname, first_rootfs, &state_dir).await {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                remove_tree(&state_dir);
+                Err(e)
+            }
+        }
+    }
+
+    async fn boot_in(
+        config: &Config,
+        id: &str,
+        hostname: &str,
+        first_rootfs: &Path,
+        state_dir: &Path,
+    ) -> Result<Self, SandboxError> {
+        let state_dir = state_dir.to_path_buf();
+        let (rootfs_path, disks, shares, storages) = match config.hypervisor.shared_fs {
+            SharedFs::VirtioFs => {
+                let share = Share::create(&state_dir.join("share"))?;
+                let dir = SharedDir {
+                    tag: SHARE_TAG.into(),
+                    path: share.host_dir().to_path_buf(),
+                    cache: config.hypervisor.virtio_fs_cache.as_str().into(),
+                };
+                (
+                    RootfsPath::Shared(share),
+                    vec![],
+                    vec![dir],
+                    vec![Share::storage()],
+                )
+            }
+            SharedFs::None => {
+                let image = state_dir.join("rootfs.img");
+                rootfs::make_image(first_rootfs, &image).await?;
+                let used = std::sync::atomic::AtomicBool::new(false);
+                (
+                    RootfsPath::Disk { used },
+                    vec![rootfs_disk(&image)],
+                    vec![],
+                    vec![],
+                )
+            }
+        };
         let console_log = state_dir.join("console.log");
         let spec = VmSpec {
             kernel: config.hypervisor.kernel.clone(),
@@ -100,22 +162,19 @@ impl Sandbox {
             vcpus: config.hypervisor.vcpus,
             memory_mib: config.hypervisor.memory_mib,
             disks,
+            shares,
             console_log: config.hypervisor.debug_console.then(|| console_log.clone()),
         };
         let mut hypervisor: Box<dyn Hypervisor> = Box::new(HyperVmm::new(
             config.hypervisor.path.clone(),
             state_dir.clone(),
         ));
-        if let Err(e) = hypervisor.start(&spec).await {
-            let _ = std::fs::remove_dir_all(&state_dir);
-            return Err(e.into());
-        }
+        hypervisor.start(&spec).await?;
         let agent =
             match wait_for_agent(hypervisor.as_ref(), config.boot_timeout(), &state_dir).await {
                 Ok(agent) => agent,
                 Err(e) => {
                     let _ = hypervisor.stop(Duration::ZERO).await;
-                    let _ = std::fs::remove_dir_all(&state_dir);
                     return Err(e);
                 }
             };
@@ -124,11 +183,13 @@ impl Sandbox {
             state_dir,
             agent,
             hypervisor,
+            rootfs_path,
             request_timeout: config.request_timeout(),
         };
         let req = CreateSandboxRequest {
             sandbox_id: id.to_string(),
             hostname: hostname.to_string(),
+            storages,
             ..Default::default()
         };
         if let Err(cause) = sandbox.agent.create_sandbox(sandbox.ctx(), &req).await {
@@ -139,6 +200,47 @@ impl Sandbox {
             });
         }
         Ok(sandbox)
+    }
+
+    /// Makes container `id`'s rootfs and volumes visible to the guest and returns the
+    /// request that creates it there. Undo with `release_container`.
+    pub fn container_request(
+        &self,
+        id: &str,
+        rootfs: &Path,
+        spec_json: Vec<u8>,
+        stdin: bool,
+    ) -> Result<CreateContainerRequest, SandboxError> {
+        match &self.rootfs_path {
+            RootfsPath::Shared(share) => {
+                let shared = share.add_container(id, rootfs, &spec_json)?;
+                Ok(CreateContainerRequest {
+                    container_id: id.to_string(),
+                    oci_spec_json: shared.spec_json,
+                    rootfs: shared.guest_rootfs,
+                    stdin,
+                    ..Default::default()
+                })
+            }
+            RootfsPath::Disk { used } => {
+                if used.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    return Err(SandboxError::OneContainerPerVm(id.to_string()));
+                }
+                Ok(disk_container_request(id, spec_json, stdin))
+            }
+        }
+    }
+
+    /// Takes back what `container_request` exposed to the guest for `id`.
+    pub fn release_container(&self, id: &str) {
+        if let RootfsPath::Shared(share) = &self.rootfs_path {
+            share.remove_container(id);
+        }
+    }
+
+    /// True when more containers can join this VM.
+    pub fn takes_more_containers(&self) -> bool {
+        matches!(self.rootfs_path, RootfsPath::Shared(_))
     }
 
     /// A ttrpc context with the configured per-request timeout.
@@ -170,7 +272,7 @@ impl Sandbox {
         if let Err(e) = self.hypervisor.stop(Duration::from_secs(2)).await {
             tracing::warn!("stop VM: {e}");
         }
-        let _ = std::fs::remove_dir_all(&self.state_dir);
+        remove_tree(&self.state_dir);
     }
 }
 

@@ -12,8 +12,7 @@ use hyper_agent_protocol::agent_ttrpc::AgentServiceClient;
 use hyper_agent_protocol::{AGENT_VSOCK_PORT, agent};
 use hyper_shim::config::Config;
 use hyper_shim::hypervisor::process_alive;
-use hyper_shim::rootfs;
-use hyper_shim::sandbox::{self, Sandbox};
+use hyper_shim::sandbox::Sandbox;
 use tokio::io::AsyncWriteExt;
 use ttrpc::context;
 
@@ -207,31 +206,24 @@ async fn run_bundle(config: &Config, id: Option<String>, bundle: &Path) -> Resul
     } else {
         bundle.join(root)
     };
-    std::fs::create_dir_all(&config.runtime.state_dir)?;
-    let image = config
-        .runtime
-        .state_dir
-        .join(format!("{id}.hyperctl.rootfs.img"));
-    rootfs::make_image(&rootfs_dir, &image).await?;
     let hostname = spec.hostname().clone().unwrap_or_default();
-    let booted = Sandbox::boot(config, &id, &hostname, vec![sandbox::rootfs_disk(&image)]).await;
-    let sandbox = match booted {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = std::fs::remove_file(&image);
-            return Err(e.into());
-        }
-    };
-    let result = run_in(&sandbox, config, &id, spec_json).await;
+    let sandbox = Sandbox::boot(config, &id, &hostname, &rootfs_dir).await?;
+    let result = run_in(&sandbox, config, &id, &rootfs_dir, spec_json).await;
+    sandbox.release_container(&id);
     sandbox.shutdown().await;
-    let _ = std::fs::remove_file(&image);
     result
 }
 
-async fn run_in(sandbox: &Sandbox, config: &Config, id: &str, spec_json: Vec<u8>) -> Result<i32> {
+async fn run_in(
+    sandbox: &Sandbox,
+    config: &Config,
+    id: &str,
+    rootfs: &Path,
+    spec_json: Vec<u8>,
+) -> Result<i32> {
     let agent = &sandbox.agent;
     let create_ctx = context::with_timeout(config.create_container_timeout().as_nanos() as i64);
-    let create = sandbox::create_container_request(id, spec_json, false);
+    let create = sandbox.container_request(id, rootfs, spec_json, false)?;
     agent.create_container(create_ctx, &create).await?;
     let start = agent::StartContainerRequest {
         container_id: id.to_string(),

@@ -71,6 +71,15 @@ impl HyperVmm {
             .trim_end()
             .to_string(),
         );
+        for f in &spec.shares {
+            args.push("--fs".into());
+            args.push(format!(
+                "tag={},path={},cache={}",
+                f.tag,
+                f.path.display(),
+                f.cache
+            ));
+        }
         for d in &spec.disks {
             args.push("--block".into());
             args.push(format!(
@@ -218,6 +227,11 @@ mod tests {
                 read_only: false,
                 serial: "c1-rootfs".into(),
             }],
+            shares: vec![super::super::SharedDir {
+                tag: "hypershare".into(),
+                path: "/run/hyper/p1/share".into(),
+                cache: "auto".into(),
+            }],
             console_log: None,
         }
     }
@@ -235,6 +249,7 @@ mod tests {
             "--vsock-uds /run/hyper/p1/vsock.sock",
             "--api-socket /run/hyper/p1/vmm.sock",
             "--block path=/s/rootfs.img,ro=false,serial=c1-rootfs",
+            "--fs tag=hypershare,path=/run/hyper/p1/share,cache=auto",
             "--serial none",
         ] {
             assert!(joined.contains(want), "{want} missing from {joined}");

@@ -20,8 +20,18 @@ pub struct VmSpec {
     pub memory_mib: u32,
     /// Disks attached at boot; the agent finds each by its serial.
     pub disks: Vec<Disk>,
+    /// Host directories shared with virtio-fs; the agent mounts each by its tag.
+    pub shares: Vec<SharedDir>,
     /// Keep the guest's serial console in this file.
     pub console_log: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedDir {
+    pub tag: String,
+    pub path: PathBuf,
+    /// virtio-fs cache mode: none, auto or always.
+    pub cache: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -12,8 +12,6 @@ pub struct Container {
     pub bundle: PathBuf,
     /// Where containerd's rootfs mounts were mounted on the host (unmounted on delete).
     pub host_rootfs: Option<PathBuf>,
-    /// The ext4 copy handed to the guest (removed on delete).
-    pub image: Option<PathBuf>,
     pub init: Process,
     pub execs: HashMap<String, Process>,
     /// IO copy tasks per exec id ("" for init), awaited before an exit is reported.

@@ -109,7 +109,7 @@ fn kill_orphan_vmm(state_dir: &Path) {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
-    let _ = std::fs::remove_dir_all(state_dir);
+    crate::share::remove_tree(state_dir);
 }
 
 #[cfg(test)]

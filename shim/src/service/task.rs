@@ -30,7 +30,7 @@ use crate::config::Config;
 use crate::io::{self, OutStream};
 use crate::process::{self, Process, State, Stdio, VM_DIED_EXIT_STATUS};
 use crate::rootfs;
-use crate::sandbox::{self, Sandbox};
+use crate::sandbox::{Sandbox, SandboxError};
 
 /// How long an exit report waits for the last output bytes to reach the FIFOs.
 const IO_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -119,21 +119,20 @@ impl TaskService {
         Ok((sandbox.agent.clone(), sandbox.ctx()))
     }
 
-    /// Boots the VM for the pod's first container, with that container's rootfs as a disk.
+    /// Boots the VM for the pod's first container.
     async fn boot_sandbox(
         &self,
         config: &Config,
         group: &str,
         hostname: &str,
         rootfs_dir: &Path,
-        image: &Path,
     ) -> TtrpcResult<Arc<Sandbox>> {
-        rootfs::make_image(rootfs_dir, image)
+        let sandbox = Sandbox::boot(config, group, hostname, rootfs_dir)
             .await
-            .map_err(invalid)?;
-        let sandbox = Sandbox::boot(config, group, hostname, vec![sandbox::rootfs_disk(image)])
-            .await
-            .map_err(other)?;
+            .map_err(|e| match e {
+                SandboxError::Rootfs(e) => invalid(e),
+                e => other(e),
+            })?;
         let sandbox = Arc::new(sandbox);
         if let Some(pid) = sandbox.vmm_pid() {
             let _ = std::fs::write(sandbox.state_dir.join("vmm.pid"), pid.to_string());
@@ -168,7 +167,7 @@ impl TaskService {
             let mut inner = self.inner.lock().await;
             // The VM is gone: only its host-side state is left to remove.
             if let Some(sandbox) = inner.sandbox.take() {
-                let _ = std::fs::remove_dir_all(&sandbox.state_dir);
+                crate::share::remove_tree(&sandbox.state_dir);
             }
             for c in inner.containers.values_mut() {
                 for p in std::iter::once(&mut c.init).chain(c.execs.values_mut()) {
@@ -178,9 +177,6 @@ impl TaskService {
                 }
                 if let Some(r) = c.host_rootfs.take() {
                     rootfs::unmount(&r);
-                }
-                if let Some(img) = c.image.take() {
-                    let _ = std::fs::remove_file(img);
                 }
             }
         }
@@ -333,20 +329,13 @@ impl TaskService {
         };
         let config = Config::load(config_path.as_deref().map(Path::new)).map_err(invalid)?;
 
-        {
+        let running = {
             let inner = self.inner.lock().await;
             if inner.containers.contains_key(&req.id) {
                 return Err(already_exists(&format!("container {}", req.id)));
             }
-            if inner.sandbox.is_some() {
-                // Without a shared file system or disk hotplug a running VM cannot see a
-                // new rootfs.
-                return Err(unimplemented(format!(
-                    "container {}: adding a container to a running pod VM needs virtio-fs (not yet available)",
-                    req.id
-                )));
-            }
-        }
+            inner.sandbox.clone()
+        };
 
         let root = spec
             .root()
@@ -364,38 +353,55 @@ impl TaskService {
             rootfs::mount(&req.rootfs, &rootfs_dir).map_err(invalid)?;
             Some(rootfs_dir.clone())
         };
-        let group = grouping(&req.id, spec.annotations().as_ref());
-        let hostname = spec.hostname().clone().unwrap_or_default();
-        let image = config
-            .runtime
-            .state_dir
-            .join(format!("{group}.{}.rootfs.img", req.id));
-        std::fs::create_dir_all(&config.runtime.state_dir).map_err(other)?;
-
         let undo_host = |host_rootfs: &Option<PathBuf>| {
             if let Some(r) = host_rootfs {
                 rootfs::unmount(r);
             }
-            let _ = std::fs::remove_file(&image);
         };
-        let sandbox = match self
-            .boot_sandbox(&config, &group, &hostname, &rootfs_dir, &image)
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                undo_host(&host_rootfs);
-                return Err(e);
+        let (sandbox, booted) = match running {
+            Some(s) => (s, false),
+            None => {
+                let group = grouping(&req.id, spec.annotations().as_ref());
+                let hostname = spec.hostname().clone().unwrap_or_default();
+                match self
+                    .boot_sandbox(&config, &group, &hostname, &rootfs_dir)
+                    .await
+                {
+                    Ok(s) => (s, true),
+                    Err(e) => {
+                        undo_host(&host_rootfs);
+                        return Err(e);
+                    }
+                }
             }
         };
-
-        let create = sandbox::create_container_request(&req.id, spec_json, !req.stdin.is_empty());
-        let ctx = ttrpc::context::with_timeout(config.create_container_timeout().as_nanos() as i64);
-        if let Err(e) = sandbox.agent.create_container(ctx, &create).await {
-            if let Ok(s) = Arc::try_unwrap(sandbox) {
+        // Undoes this call's work in the guest's view, on the host and (if this call
+        // booted it) the VM.
+        let cid = req.id.as_str();
+        let undo = |sandbox: Arc<Sandbox>, host_rootfs: Option<PathBuf>| async move {
+            sandbox.release_container(cid);
+            if booted && let Ok(s) = Arc::try_unwrap(sandbox) {
                 s.shutdown().await;
             }
             undo_host(&host_rootfs);
+        };
+
+        let create =
+            match sandbox.container_request(&req.id, &rootfs_dir, spec_json, !req.stdin.is_empty())
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    let status = match e {
+                        SandboxError::OneContainerPerVm(_) => unimplemented(e.to_string()),
+                        e => invalid(e),
+                    };
+                    undo(sandbox, host_rootfs).await;
+                    return Err(status);
+                }
+            };
+        let ctx = ttrpc::context::with_timeout(config.create_container_timeout().as_nanos() as i64);
+        if let Err(e) = sandbox.agent.create_container(ctx, &create).await {
+            undo(sandbox, host_rootfs).await;
             return Err(agent_err("CreateContainer", e));
         }
 
@@ -414,7 +420,6 @@ impl TaskService {
                     id: req.id.clone(),
                     bundle: bundle.clone(),
                     host_rootfs,
-                    image: Some(image),
                     init: Process::new("", stdio.clone()),
                     execs: HashMap::new(),
                     io: HashMap::new(),
@@ -685,7 +690,7 @@ impl Task for TaskService {
             });
         }
 
-        let (container, sandbox_left) = {
+        let (container, sandbox, last) = {
             let mut inner = self.inner.lock().await;
             let c = inner
                 .containers
@@ -699,17 +704,25 @@ impl Task for TaskService {
             }
             let c = inner.containers.remove(&req.id).expect("checked above");
             let last = inner.containers.is_empty();
-            (c, if last { inner.sandbox.take() } else { None })
+            let sandbox = inner.sandbox.clone();
+            (c, sandbox, last)
         };
-        if let Ok((agent, ctx)) = self.agent().await {
+        if let Some(sandbox) = &sandbox {
             let r = agent::RemoveContainerRequest {
                 container_id: req.id.clone(),
                 ..Default::default()
             };
-            if let Err(e) = agent.remove_container(ctx, &r).await {
+            if let Err(e) = sandbox.agent.remove_container(sandbox.ctx(), &r).await {
                 tracing::warn!("RemoveContainer {}: {e}", req.id);
             }
+            sandbox.release_container(&req.id);
         }
+        drop(sandbox);
+        let sandbox_left = if last {
+            self.inner.lock().await.sandbox.take()
+        } else {
+            None
+        };
         if let Some(sandbox) = sandbox_left {
             match Arc::try_unwrap(sandbox) {
                 Ok(s) => s.shutdown().await,
@@ -721,9 +734,6 @@ impl Task for TaskService {
         }
         if let Some(r) = &container.host_rootfs {
             rootfs::unmount(r);
-        }
-        if let Some(img) = &container.image {
-            let _ = std::fs::remove_file(img);
         }
         let exit = container.init.exit();
         let resp = api::DeleteResponse {
