@@ -8,6 +8,7 @@ mod cgroups;
 mod container;
 mod error;
 mod init;
+mod log_stream;
 mod mount;
 mod network;
 mod process;
@@ -18,7 +19,7 @@ mod seccomp;
 mod storage;
 
 use anyhow::{Context, Result};
-use hyper_agent_protocol::{AGENT_VSOCK_PORT, READY_MARKER, agent_ttrpc};
+use hyper_agent_protocol::{AGENT_LOG_VSOCK_PORT, AGENT_VSOCK_PORT, READY_MARKER, agent_ttrpc};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +45,7 @@ struct Args {
     state_dir: Option<PathBuf>,
     cgroup_root: Option<PathBuf>,
     allow_roots: Vec<PathBuf>,
+    log_address: Option<String>,
     /// Unknown arguments, tolerated when `lenient`.
     ignored: Vec<String>,
 }
@@ -67,8 +69,14 @@ fn run(is_init: bool) -> Result<()> {
         }
         init::setup_guest().context("guest setup as PID 1")?;
     }
+    let log = log_stream::LogStream::default();
+    let log_address = args
+        .log_address
+        .or_else(|| is_init.then(|| format!("vsock://-1:{AGENT_LOG_VSOCK_PORT}")));
+    let tee = log.clone();
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_writer(move || tee.writer())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HYPER_AGENT_LOG")
                 .unwrap_or_else(|_| "info".into()),
@@ -94,7 +102,15 @@ fn run(is_init: bool) -> Result<()> {
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    runtime.block_on(serve(&address, opts))
+    runtime.block_on(async {
+        if let Some(a) = &log_address
+            && let Err(e) = log.serve(a).await
+        {
+            // The agent works without it; the shim then only misses the agent's log.
+            tracing::warn!("no log stream: {e:#}");
+        }
+        serve(&address, opts).await
+    })
 }
 
 async fn serve(address: &str, opts: sandbox::Options) -> Result<()> {
@@ -176,10 +192,11 @@ fn parse_args(mut args: impl Iterator<Item = String>, lenient: bool) -> Result<A
             "--state-dir" => out.state_dir = Some(value()?.into()),
             "--cgroup-root" => out.cgroup_root = Some(value()?.into()),
             "--allow-root" => out.allow_roots.push(value()?.into()),
+            "--log-address" => out.log_address = Some(value()?),
             _ if lenient => out.ignored.push(arg),
             _ => anyhow::bail!(
-                "unknown argument {arg:?} (usage: hyper-agent [--address ADDR] [--state-dir DIR] \
-                 [--cgroup-root DIR] [--allow-root DIR]...)"
+                "unknown argument {arg:?} (usage: hyper-agent [--address ADDR] [--log-address ADDR] \
+                 [--state-dir DIR] [--cgroup-root DIR] [--allow-root DIR]...)"
             ),
         }
     }

@@ -169,6 +169,18 @@ impl agent_ttrpc::AgentService for Agent {
         map(r.await.map(|_| empty()))
     }
 
+    async fn remove_process(
+        &self,
+        _: &TtrpcContext,
+        req: agent::RemoveProcessRequest,
+    ) -> R<agent::Empty> {
+        let r = self
+            .sandbox
+            .container(&req.container_id)
+            .and_then(|c| c.remove_exec(&req.exec_id));
+        map(r.map(|_| empty()))
+    }
+
     async fn signal_process(
         &self,
         _: &TtrpcContext,

@@ -294,6 +294,42 @@ async fn exec_stdin_eof_and_tty() {
         .await
         .unwrap_err();
     assert_eq!(code(&e), ttrpc::Code::ALREADY_EXISTS);
+    // Once removed (containerd deletes each finished exec) the id is free again; a
+    // running exec cannot be removed, an unknown one is NotFound.
+    let remove = |exec_id: &str| agent::RemoveProcessRequest {
+        container_id: "c".into(),
+        exec_id: exec_id.into(),
+        ..Default::default()
+    };
+    h.client.remove_process(ctx(), &remove("e1")).await.unwrap();
+    let e = h
+        .client
+        .remove_process(ctx(), &remove("e1"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::NOT_FOUND);
+    h.exec("c", "e1", process(&["sleep", "1000"]), false)
+        .await
+        .unwrap();
+    let e = h
+        .client
+        .remove_process(ctx(), &remove("e1"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::FAILED_PRECONDITION);
+    h.client
+        .signal_process(
+            ctx(),
+            &agent::SignalProcessRequest {
+                container_id: "c".into(),
+                exec_id: "e1".into(),
+                signal: 9,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(h.wait("c", "e1").await.status, 137);
 
     // A terminal: size from consoleSize, then resized.
     let mut p = process(&[

@@ -51,6 +51,7 @@ async fn call(c: &AgentServiceClient, name: &str) -> Option<ttrpc::Error> {
             .map(drop),
         "ListProcesses" => c.list_processes(ctx(), &Default::default()).await.map(drop),
         "ExecProcess" => c.exec_process(ctx(), &Default::default()).await.map(drop),
+        "RemoveProcess" => c.remove_process(ctx(), &Default::default()).await.map(drop),
         "SignalProcess" => c.signal_process(ctx(), &Default::default()).await.map(drop),
         "WaitProcess" => c.wait_process(ctx(), &Default::default()).await.map(drop),
         "WriteStdin" => c.write_stdin(ctx(), &Default::default()).await.map(drop),

@@ -197,6 +197,14 @@ impl AgentService for Recorder {
         );
         empty()
     }
+    async fn remove_process(
+        &self,
+        _: &TtrpcContext,
+        r: RemoveProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.record("RemoveProcess", format!("{}/{}", r.container_id, r.exec_id));
+        empty()
+    }
     async fn signal_process(
         &self,
         _: &TtrpcContext,
@@ -484,6 +492,17 @@ async fn call_everything(c: &AgentServiceClient) -> Vec<&'static str> {
     .await
     .unwrap();
     called.push("ExecProcess");
+    c.remove_process(
+        ctx(),
+        &RemoveProcessRequest {
+            container_id: cid(),
+            exec_id: "e1".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    called.push("RemoveProcess");
     c.signal_process(
         ctx(),
         &SignalProcessRequest {
@@ -640,6 +659,7 @@ async fn every_rpc_round_trips_with_its_fields() {
         "StatsContainer:c1",
         "ListProcesses:c1",
         r#"ExecProcess:c1/e1/{"args":["ls"]}/false"#,
+        "RemoveProcess:c1/e1",
         "SignalProcess:c1/e1/15/true",
         "WaitProcess:c1/e1",
         "WriteStdin:c1/e1",

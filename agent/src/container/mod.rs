@@ -154,6 +154,27 @@ impl Container {
         })
     }
 
+    /// Forgets an exec'd process once it has exited, so its id can be used again and its
+    /// streams are freed (containerd deletes each exec when it is done with it).
+    pub fn remove_exec(&self, exec_id: &str) -> Result<()> {
+        crate::error::check_id("exec_id", exec_id)?;
+        let mut execs = lock(&self.execs);
+        let p = execs.get(exec_id).ok_or_else(|| {
+            AgentError::NotFound(format!(
+                "exec {exec_id:?} not found in container {}",
+                self.id
+            ))
+        })?;
+        if p.exit_code().is_none() {
+            return Err(AgentError::FailedPrecondition(format!(
+                "exec {exec_id:?} of container {} is still running",
+                self.id
+            )));
+        }
+        execs.remove(exec_id);
+        Ok(())
+    }
+
     /// Namespaces of the running init that an exec'd process must enter.
     fn exec_namespaces(&self) -> Vec<(Ns, PathBuf)> {
         let pid = self.init.pid;
