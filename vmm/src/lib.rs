@@ -13,5 +13,6 @@ pub mod device_manager;
 pub mod devices;
 pub mod event_loop;
 pub mod metrics;
+pub mod privileges;
 pub mod vmm;
 pub mod vstate;

@@ -118,6 +118,8 @@ fn run(start: Instant) -> anyhow::Result<i32> {
     let cfg = to_config(Cli::parse())?;
     hyper_vmm::vmm::install_termination_handlers().context("cannot install signal handlers")?;
     let mut vmm = hyper_vmm::builder::build(&cfg, start).context("cannot build the VM")?;
+    // Everything is open now; keep only what serving the VM still needs.
+    hyper_vmm::privileges::drop_privileges(!cfg.fs.is_empty())?;
     vmm.start().context("cannot start the vCPUs")?;
     // The startup cost Firecracker specifies (process start -> first KVM_RUN); read by
     // vmm/bench/startup.sh. Wall time counts from main(), CPU time from exec.
