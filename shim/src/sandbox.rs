@@ -178,6 +178,7 @@ impl Sandbox {
                     return Err(e);
                 }
             };
+        crate::agent::log::spawn_relay(hypervisor.vsock_uds(), id.to_string());
         let sandbox = Self {
             id: id.to_string(),
             state_dir,

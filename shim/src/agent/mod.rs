@@ -1,5 +1,6 @@
 //! Talking to hyper-agent inside the VM.
 pub mod hybrid_vsock;
+pub mod log;
 
 use std::path::Path;
 use std::time::Duration;

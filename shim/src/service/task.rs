@@ -681,7 +681,23 @@ impl Task for TaskService {
                 .execs
                 .remove(&req.exec_id)
                 .ok_or_else(|| not_found(&format!("exec {}", req.exec_id)))?;
+            for h in c.io.remove(&req.exec_id).into_iter().flatten() {
+                h.abort();
+            }
             let exit = p.exit();
+            let sandbox = inner.sandbox.clone();
+            drop(inner);
+            if let Some(s) = sandbox {
+                // Frees the exec's id and streams in the guest.
+                let r = agent::RemoveProcessRequest {
+                    container_id: req.id.clone(),
+                    exec_id: req.exec_id.clone(),
+                    ..Default::default()
+                };
+                if let Err(e) = s.agent.remove_process(s.ctx(), &r).await {
+                    tracing::warn!("RemoveProcess {}/{}: {e}", req.id, req.exec_id);
+                }
+            }
             return Ok(api::DeleteResponse {
                 pid,
                 exit_status: exit.map_or(0, |e| e.status),
