@@ -1,0 +1,88 @@
+#!/bin/bash
+# Benchmark, not a check: a virtio-fs volume from inside a hyper container against the
+# same commands on the test host's own directory (both on the test host's tmpfs), rounds
+# alternated: sequential write (dd, fsync) and read of BENCH_MIB MiB, untar of a
+# 10,000-file tree, and a stat of every file of it (ls -lR). Prints each median and the
+# guest/host ratio. Rerun: tests/harness/run.sh --env BENCH_N=5 bench-virtiofs
+# timeout: 3600
+# needs: containerd hyper-vmm containerd-shim-hyper-v1
+# shellcheck source=lib.sh
+. "$TH_LIB"
+need_bin containerd ctr hyper-vmm containerd-shim-hyper-v1 tar
+N=${BENCH_N:-3}
+MIB=${BENCH_MIB:-128}
+CACHE=${BENCH_FS_CACHE:-auto}
+hyper_config
+sed -i "s/^\[hypervisor\]/[hypervisor]\nvirtio_fs_cache = \"$CACHE\"/" $CTD-hyper.toml
+VOL=/tmp/bench-vol
+cleanup() {
+  ctr tasks kill -s SIGKILL bfs > /dev/null 2>&1 || true
+  th_sleep 1
+  ctr tasks rm -f bfs > /dev/null 2>&1 || true
+  ctr containers rm bfs > /dev/null 2>&1 || true
+  _th_cleanup
+  rm -rf "$VOL" /tmp/bench-host
+}
+trap cleanup EXIT
+ctd_start
+ctd_import_busybox
+tctr() { timeout "$1" "$(type -P ctr)" --address $CTD/containerd.sock "${@:2}"; }
+gexec() { tctr 1200 tasks exec --exec-id b bfs sh -c "$1"; }
+
+# The tree: 100 directories of 100 files of 100 bytes.
+mkdir -p $VOL /tmp/bench-host/src
+(cd /tmp/bench-host/src && for d in $(seq 0 99); do
+  mkdir "d$d"
+  for f in $(seq 0 99); do printf '%0100d' "$f" > "d$d/f$f"; done
+done)
+tar -cf $VOL/tree.tar -C /tmp/bench-host/src .
+rm -rf /tmp/bench-host/src
+log "tree.tar: $(tar -tf $VOL/tree.tar | grep -c '/f') files"
+
+tctr 300 run -d --runtime io.containerd.hyper.v1 --runtime-config-path $CTD-hyper.toml \
+  --mount "type=bind,src=$VOL,dst=/data,options=rbind:rw" "$BUSYBOX_REF" bfs sleep 100000 \
+  > /dev/null || fail "ctr run -d failed"
+t0=$(now_ms)
+until [ "$(ctr tasks ls 2>/dev/null | awk '$1 == "bfs" { print $3 }')" = RUNNING ]; do
+  (( $(now_ms) - t0 < 120000 )) || fail "container not RUNNING after 120 s"
+  th_sleep 0.2
+done
+
+# ms CMD: runs CMD with sh, prints its wall time in ms (same clock source in guest and host).
+MS='ms() { a=$(cut -d" " -f1 /proc/uptime); sh -c "$1" > /dev/null 2>&1 || echo FAILED; b=$(cut -d" " -f1 /proc/uptime); echo "$a $b" | awk "{ printf \"%d\n\", (\$2 - \$1) * 1000 }"; }'
+# round DIR RUNNER: the four workloads in DIR; prints "write read untar stat" in ms.
+round_cmds() {
+  local d=$1 i=$2
+  printf '%s\n' "$MS" \
+    "w=\$(ms 'dd if=/dev/zero of=$d/w$i bs=1M count=$MIB conv=fsync')" \
+    "r=\$(ms 'cat $d/r$i > /dev/null')" \
+    "mkdir -p $d/x$i" \
+    "u=\$(ms 'tar -xf $d/tree.tar -C $d/x$i')" \
+    "s=\$(ms 'ls -lR $d/x$i')" \
+    "echo \$w \$r \$u \$s"
+}
+declare -a GW GR GU GS HW HR HU HS
+for i in $(seq 1 "$N"); do
+  # A fresh file to read on each side, written by the host so no guest cache holds it.
+  head -c $((MIB << 20)) /dev/zero > $VOL/r$i
+  mkdir -p /tmp/bench-host && cp $VOL/tree.tar /tmp/bench-host/ && head -c $((MIB << 20)) /dev/zero > /tmp/bench-host/r$i
+  g=$(gexec "$(round_cmds /data "$i")") || fail "guest round $i failed: $g"
+  h=$(bash -c "$(round_cmds /tmp/bench-host "$i")")
+  grep -q FAILED <<<"$g$h" && fail "a workload failed: guest '$g' host '$h'"
+  read -r gw gr gu gs <<<"$g"; read -r hw hr hu hs <<<"$h"
+  GW+=("$gw"); GR+=("$gr"); GU+=("$gu"); GS+=("$gs")
+  HW+=("$hw"); HR+=("$hr"); HU+=("$hu"); HS+=("$hs")
+  log "round $i: guest w/r/untar/stat ms: $g   host: $h"
+  rm -rf $VOL/w$i $VOL/r$i $VOL/x$i /tmp/bench-host/w$i /tmp/bench-host/r$i /tmp/bench-host/x$i
+done
+median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : int((a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
+report() { # report NAME GUEST_MS HOST_MS [MIB]
+  local g=$2 h=$3 extra=""
+  [ -n "${4:-}" ] && extra=$(awk -v m="$4" -v g="$g" -v h="$h" 'BEGIN { printf " (guest %.0f MiB/s, host %.0f MiB/s)", m * 1000 / (g ? g : 1), m * 1000 / (h ? h : 1) }')
+  log "RESULT $1: guest median $g ms, host median $h ms, guest/host $(awk -v g="$g" -v h="$h" 'BEGIN { printf "%.2f", g / (h ? h : 1) }')x$extra"
+}
+log "virtio-fs cache=$CACHE, $N rounds, $MIB MiB, tree of 10000 files (test host under TCG: compare the ratios)"
+report "seq-write-${MIB}MiB" "$(median "${GW[@]}")" "$(median "${HW[@]}")" "$MIB"
+report "seq-read-${MIB}MiB" "$(median "${GR[@]}")" "$(median "${HR[@]}")" "$MIB"
+report "untar-10k-files" "$(median "${GU[@]}")" "$(median "${HU[@]}")"
+report "ls-lR-10k-files" "$(median "${GS[@]}")" "$(median "${HS[@]}")"

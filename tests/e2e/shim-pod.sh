@@ -1,0 +1,105 @@
+#!/bin/bash
+# Two containers of one pod share one VM: both `ctr run`s carry the pod's sandbox-id
+# annotation, so containerd reaches the same shim, which adds the second container to the
+# running VM over the pod's virtio-fs share. Each has its own rootfs; a volume both mount
+# is shared; removing one leaves the other running; removing the last ends shim and VMM
+# and leaves no mounts.
+# timeout: 900
+# needs: containerd hyper-vmm containerd-shim-hyper-v1
+# shellcheck source=lib.sh
+. "$TH_LIB"
+need_bin containerd ctr hyper-vmm containerd-shim-hyper-v1
+hyper_config
+keep_logs() { find /tmp/hyper -maxdepth 2 -name '*.log' -exec sh -c 'cp "$1" "$2/$(basename "$(dirname "$1")")-$(basename "$1")"' _ {} "$TH_ART" \; 2>/dev/null || true; }
+VOL=/tmp/podvol
+cleanup() {
+  keep_logs
+  for c in c2 c1; do
+    ctr tasks kill -s SIGKILL $c > /dev/null 2>&1 || true
+  done
+  th_sleep 1
+  for c in c2 c1; do
+    ctr tasks rm -f $c > /dev/null 2>&1 || true
+    ctr containers rm $c > /dev/null 2>&1 || true
+  done
+  _th_cleanup
+  rm -rf "$VOL"
+}
+trap cleanup EXIT
+CTD_LOG_LEVEL=debug ctd_start
+ctd_import_busybox
+tctr() { timeout "$1" "$(type -P ctr)" --address $CTD/containerd.sock "${@:2}"; }
+pids_matching() {
+  local p
+  for p in /proc/[0-9]*; do
+    { tr '\0' ' ' < "$p/cmdline"; } 2>/dev/null | grep -qE -- "$1" && echo "${p#/proc/}"
+  done
+  return 0
+}
+task_status() { ctr tasks ls 2>/dev/null | awk -v id="$1" '$1 == id { print $3 }'; }
+wait_status() { # wait_status ID STATUS SECONDS
+  local t0; t0=$(now_ms)
+  until [ "$(task_status "$1")" = "$2" ]; do
+    (( $(now_ms) - t0 < $3 * 1000 )) || fail "task $1 is '$(task_status "$1")', not $2, after $3 s"
+    th_sleep 0.2
+  done
+}
+# gexec ID CMD: CMD in container ID (one exec id for all: ctr deletes each exec as it ends).
+gexec() { tctr 300 tasks exec --exec-id x "$1" sh -c "$2"; }
+prun() { # prun ID: a long-running container of pod "pod1" with the shared volume
+  tctr 300 run -d --runtime io.containerd.hyper.v1 --runtime-config-path $CTD-hyper.toml \
+    --annotation io.kubernetes.cri.sandbox-id=pod1 \
+    --mount "type=bind,src=$VOL,dst=/data,options=rbind:rw" "$BUSYBOX_REF" "$1" sleep 100000 \
+    > /dev/null || fail "ctr run -d $1 failed"
+  wait_status "$1" RUNNING 120
+}
+mkdir -p $VOL
+VMM_RE='^(/usr/local/bin/)?hyper-vmm '
+SHIM_RE='^(/usr/local/bin/)?containerd-shim-hyper-v1 '
+
+t0=$(now_ms); prun c1; t1=$(now_ms); prun c2; t2=$(now_ms)
+log "c1 running after $((t1 - t0)) ms (VM boot); c2 joined after $((t2 - t1)) ms"
+vmms=$(pids_matching "$VMM_RE" | wc -l)
+[ "$vmms" -eq 1 ] || fail "$vmms hyper-vmm processes for one pod: $(for p in $(pids_matching "$VMM_RE"); do tr '\0' ' ' < /proc/$p/cmdline; echo; done)"
+pids_matching "$VMM_RE" | xargs -I{} cat /proc/{}/cmdline | tr '\0' ' ' | grep -q /tmp/hyper/pod1/ \
+  || fail "the VMM is not the pod's (no /tmp/hyper/pod1/ in its command line)"
+shims=$(pids_matching "$SHIM_RE" | wc -l)
+[ "$shims" -eq 1 ] || fail "$shims shims for one pod"
+b1=$(gexec c1 'cat /proc/sys/kernel/random/boot_id'); b2=$(gexec c2 'cat /proc/sys/kernel/random/boot_id')
+[ -n "$b1" ] && [ "$b1" = "$b2" ] || fail "the containers run in different kernels (boot ids '$b1' and '$b2')"
+log "one VM, one shim, one kernel (boot id $b1) for both containers"
+# The agent's log reaches containerd's through the shim's log FIFO.
+grep -q 'hyper_agent.*container created' "$TH_ART/containerd.log" \
+  || fail "no agent log lines ('container created') in containerd's log"
+log "agent log lines reach containerd's log: $(grep -c hyper_agent "$TH_ART/containerd.log")"
+
+# Separate rootfs, shared volume.
+gexec c1 'echo c1 > /only-in-c1 && echo hello-from-c1 > /data/shared' || fail "c1 writes failed"
+out=$(gexec c2 'cat /data/shared; [ -e /only-in-c1 ] && echo LEAK || echo separate') || fail "c2 exec failed: $out"
+grep -q hello-from-c1 <<<"$out" || fail "c2 does not see c1's write to the shared volume: $out"
+grep -q separate <<<"$out" || fail "c2 sees c1's rootfs file: $out"
+[ "$(cat $VOL/shared)" = hello-from-c1 ] || fail "the host does not see the volume write"
+log "each container has its own rootfs; the volume is shared (and the host sees it)"
+
+# Removing c2 leaves c1 and the VM running and drops c2's share mounts.
+ctr tasks kill -s SIGKILL c2 || fail "kill c2 failed"
+wait_status c2 STOPPED 60
+ctr tasks rm c2 > /dev/null || fail "ctr task rm c2 failed"
+ctr containers rm c2 || fail "ctr container rm c2 failed"
+[ "$(task_status c1)" = RUNNING ] || fail "c1 is '$(task_status c1)' after c2 was removed"
+[ "$(pids_matching "$VMM_RE" | wc -l)" -eq 1 ] || fail "the VMM went away with c2"
+! grep -q "/tmp/hyper/pod1/share/c2" /proc/mounts || fail "c2's share mounts left: $(grep /tmp/hyper/pod1/share/c2 /proc/mounts)"
+out=$(gexec c1 'echo still-here') || fail "c1 does not answer after c2 was removed"
+log "c2 removed: c1 still runs in the VM, c2's share mounts are gone"
+
+ctr tasks kill -s SIGKILL c1 || fail "kill c1 failed"
+wait_status c1 STOPPED 60
+ctr tasks rm c1 > /dev/null || fail "ctr task rm c1 failed"
+ctr containers rm c1 || fail "ctr container rm c1 failed"
+t0=$(now_ms)
+while [ -n "$(pids_matching "$VMM_RE|$SHIM_RE")" ] && (( $(now_ms) - t0 < 15000 )); do th_sleep 0.2; done
+[ -z "$(pids_matching "$VMM_RE|$SHIM_RE")" ] || fail "shim/VMM still running 15 s after the last container was removed"
+! grep -q " /tmp/hyper" /proc/mounts || fail "mounts left: $(grep ' /tmp/hyper' /proc/mounts)"
+[ -z "$(ls -A /tmp/hyper 2>/dev/null)" ] || fail "state left in /tmp/hyper: $(ls -A /tmp/hyper)"
+[ "$(cat $VOL/shared)" = hello-from-c1 ] || fail "the volume's file was touched by the teardown"
+log "last container removed: shim and VMM gone, no mounts or state left, volume intact"

@@ -1,0 +1,115 @@
+#!/bin/bash
+# virtio-fs end to end: a container started by containerd through our shim gets its rootfs
+# and a bind volume over hyper-vmm's virtio-fs share. In the guest it writes and reads both,
+# sees the host's changes, and ls -l, chmod, chown, mkfifo, ln -s and a 64 MiB file behave
+# as on the host (the host side checks each result itself). Writes to the rootfs land in
+# containerd's snapshot.
+# timeout: 900
+# needs: containerd hyper-vmm containerd-shim-hyper-v1
+# shellcheck source=lib.sh
+. "$TH_LIB"
+need_bin containerd ctr hyper-vmm containerd-shim-hyper-v1 md5sum
+hyper_config
+keep_logs() { find /tmp/hyper -maxdepth 2 -name '*.log' -exec sh -c 'cp "$1" "$2/$(basename "$(dirname "$1")")-$(basename "$1")"' _ {} "$TH_ART" \; 2>/dev/null || true; }
+VOL=/tmp/vol
+cleanup() {
+  keep_logs
+  ctr tasks kill -s SIGKILL fs > /dev/null 2>&1 || true
+  th_sleep 1
+  ctr tasks rm -f fs > /dev/null 2>&1 || true
+  ctr containers rm fs > /dev/null 2>&1 || true
+  _th_cleanup
+  rm -rf "$VOL"
+}
+trap cleanup EXIT
+CTD_LOG_LEVEL=debug ctd_start
+ctd_import_busybox
+tctr() { timeout "$1" "$(type -P ctr)" --address $CTD/containerd.sock "${@:2}"; }
+# gexec CMD: runs CMD in the container and prints its output. Every call reuses one exec
+# id: ctr deletes each exec when it ends, which frees the id.
+gexec() { tctr 300 tasks exec --exec-id x fs sh -c "$1"; }
+
+mkdir -p $VOL
+echo host-v1 > $VOL/hostfile
+head -c $((64 << 20)) /dev/urandom > $VOL/hostbig
+tctr 300 run -d --runtime io.containerd.hyper.v1 --runtime-config-path $CTD-hyper.toml \
+  --mount "type=bind,src=$VOL,dst=/data,options=rbind:rw" "$BUSYBOX_REF" fs sleep 100000 \
+  > /dev/null || fail "ctr run -d with a bind volume failed"
+t0=$(now_ms)
+until [ "$(ctr tasks ls 2>/dev/null | awk '$1 == "fs" { print $3 }')" = RUNNING ]; do
+  (( $(now_ms) - t0 < 120000 )) || fail "container fs not RUNNING after 120 s"
+  th_sleep 0.2
+done
+grep -q 'virtiofs' <<<"$(gexec 'cat /proc/mounts')" || fail "no virtiofs mount in the guest"
+log "container running; its mounts come over virtio-fs"
+
+# The host's file, then the host's change to it.
+out=$(gexec 'cat /data/hostfile') || fail "reading the volume failed: $out"
+[ "$out" = host-v1 ] || fail "volume file reads '$out', expected host-v1"
+echo host-v2 > $VOL/hostfile
+seen=""
+for _ in 1 2 3 4 5 6 7 8 9 10; do
+  seen=$(gexec 'cat /data/hostfile')
+  [ "$seen" = host-v2 ] && break
+  th_sleep 0.5
+done
+[ "$seen" = host-v2 ] || fail "the guest still reads '$seen' after the host changed the file"
+log "host writes are seen in the guest"
+
+# The guest makes files of every kind; the host checks what it finds.
+out=$(gexec 'set -e; cd /data; echo from-guest > g; chmod 741 g; chown 1234:5678 g
+  mkdir d; chmod 2750 d; mkfifo fifo; ln -s hostfile sym; ln g hard
+  dd if=/dev/zero of=big bs=1M count=64 2>/dev/null; md5sum big hostbig; cat sym') \
+  || fail "file operations in the volume failed: $out"
+[ "$(cat $VOL/g)" = from-guest ] || fail "host reads '$(cat $VOL/g)' from the guest's file"
+[ "$(stat -c '%a %u %g' $VOL/g)" = "741 1234 5678" ] || fail "chmod/chown: host sees $(stat -c '%a %u %g' $VOL/g)"
+[ "$(stat -c '%a %F' $VOL/d)" = "2750 directory" ] || fail "mkdir/chmod: host sees $(stat -c '%a %F' $VOL/d)"
+[ -p $VOL/fifo ] || fail "mkfifo: host sees $(stat -c %F $VOL/fifo)"
+[ "$(readlink $VOL/sym)" = hostfile ] || fail "ln -s: host sees $(readlink $VOL/sym)"
+[ "$(stat -c %i $VOL/hard)" = "$(stat -c %i $VOL/g)" ] || fail "ln: not the same inode on the host"
+[ "$(stat -c %s $VOL/big)" = $((64 << 20)) ] || fail "64 MiB write: host sees $(stat -c %s $VOL/big) bytes"
+host_md5=$(cd $VOL && md5sum big hostbig)
+guest_md5=$(grep -E ' (big|hostbig)$' <<<"$out")
+[ "$guest_md5" = "$host_md5" ] || fail "64 MiB files differ: guest $guest_md5, host $host_md5"
+grep -q '^host-v2$' <<<"$out" || fail "reading through the symlink gave: $out"
+log "chmod, chown, mkdir, mkfifo, ln -s, ln, 64 MiB both ways: as on the host"
+
+# ls -l agrees (mode, links, owner, group, size, name; dates are formatted differently).
+cols() { awk 'NF >= 9 { print $1, $2, $3, $4, $5, $NF }' | sort; }
+guest_ls=$(gexec 'ls -ln /data' | cols)
+host_ls=$(ls -ln $VOL | cols)
+[ "$guest_ls" = "$host_ls" ] || fail "ls -ln differs:
+guest:
+$guest_ls
+host:
+$host_ls"
+log "ls -ln of the volume is the same in the guest and on the host"
+
+# The rootfs: written in the guest, present in containerd's snapshot (the overlay's upper).
+gexec 'echo in-rootfs > /written-in-guest && chmod 600 /written-in-guest' || fail "writing the rootfs failed"
+host_rootfs=$CTD/state/io.containerd.runtime.v2.task/default/fs/rootfs
+[ "$(cat $host_rootfs/written-in-guest 2>/dev/null)" = in-rootfs ] \
+  || fail "the guest's rootfs write is not in the host's rootfs mount $host_rootfs"
+upper=$(grep -o "upperdir=[^,]*" /proc/mounts | grep -m1 snapshots | cut -d= -f2)
+[ -n "$upper" ] && [ -f "$upper/written-in-guest" ] || fail "the rootfs write is not in containerd's snapshot (upper $upper)"
+echo from-host > $host_rootfs/etc/from-host
+t0=$(now_ms)
+until [ "$(gexec 'cat /etc/from-host 2>/dev/null' || true)" = from-host ]; do
+  (( $(now_ms) - t0 < 10000 )) || fail "the guest does not see a file the host put in its rootfs"
+  th_sleep 0.5
+done
+log "rootfs writes reach containerd's snapshot; host changes reach the guest"
+
+ctr tasks kill -s SIGKILL fs || fail "kill failed"
+t0=$(now_ms)
+until [ "$(ctr tasks ls 2>/dev/null | awk '$1 == "fs" { print $3 }')" = STOPPED ]; do
+  (( $(now_ms) - t0 < 60000 )) || fail "fs not STOPPED 60 s after kill"
+  th_sleep 0.2
+done
+ctr tasks rm fs > /dev/null || fail "ctr task rm failed"
+ctr containers rm fs || fail "ctr container rm failed"
+t0=$(now_ms)
+while grep -q " /tmp/hyper" /proc/mounts && (( $(now_ms) - t0 < 15000 )); do th_sleep 0.2; done
+! grep " /tmp/hyper" /proc/mounts || fail "share mounts left after delete"
+[ "$(cat $VOL/hostfile)" = host-v2 ] && [ -f $VOL/big ] || fail "the volume's files were touched by the teardown"
+log "after delete: no share mounts left, the volume's files intact"
