@@ -121,6 +121,12 @@ else
   log "skipped: tests/harness/run.sh not present, no full-stack tests ran"
 fi
 
+# The agent's own suites where cgroup v2 has every controller (limits, OOM, freezer,
+# stats), and the agent as a real guest's PID 1; they print "skipped" on the bare machine.
+if [ -x agent/tests/testhost/run.sh ]; then
+  suite agent-test-host bash agent/tests/testhost/run.sh
+fi
+
 [ ${#failures[@]} -gt 0 ] && log "failed: ${failures[*]}"
 echo "total: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

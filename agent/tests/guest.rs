@@ -268,6 +268,47 @@ async fn containers_in_a_real_guest() {
     assert_eq!(wait(&c, "oom", "").await, 137);
 
     step("oom ok");
+    // As PID 1 the agent forwards SIGTERM to every container: a process in the guest's own
+    // pid namespace runs `kill -TERM 1`, and a container that traps TERM exits by its trap.
+    c.create_container(
+        ctx(),
+        &create_req(
+            "term",
+            &rootfs,
+            spec(&[
+                "sh",
+                "-c",
+                "trap 'exit 3' TERM; while true; do sleep 0.2; done",
+            ]),
+        ),
+    )
+    .await
+    .unwrap();
+    let mut killer = spec(&["kill", "-TERM", "1"]);
+    // No pid namespace of its own or the pod's: its PID 1 is the agent.
+    killer["linux"]["namespaces"] = serde_json::json!([{"type": "mount"}]);
+    c.create_container(ctx(), &create_req("killer", &rootfs, killer))
+        .await
+        .unwrap();
+    for id in ["term", "killer"] {
+        c.start_container(
+            ctx(),
+            &agent::StartContainerRequest {
+                container_id: id.into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        // Let the trap be set before the signal comes.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(wait(&c, "killer", "").await, 0);
+    let term = tokio::time::timeout(Duration::from_secs(60), wait(&c, "term", ""))
+        .await
+        .expect("the container did not get the forwarded SIGTERM");
+    assert_eq!(term, 3, "the container's TERM trap did not run");
+    step("sigterm forwarded");
     c.destroy_sandbox(
         ctx(),
         &agent::DestroySandboxRequest {

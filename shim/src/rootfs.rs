@@ -1,9 +1,9 @@
 //! A container's root file system, from containerd's mounts to something the guest can use.
 //!
 //! containerd hands the snapshot as mounts (overlay) in `Create`; the shim mounts them on
-//! `<bundle>/rootfs`. Until virtio-fs shares that directory (issue 7), the guest gets a copy
-//! of it as an ext4 image on a virtio-blk disk, made without root tricks by `mke2fs -d`.
-//! Writes inside the container land in that image and go away with the container.
+//! `<bundle>/rootfs`, and the pod's virtio-fs share (`share`) binds that into the guest.
+//! With `shared_fs = "none"` the guest gets a copy instead: an ext4 image on a virtio-blk
+//! disk, made without root tricks by `mke2fs -d`, whose writes go away with the container.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

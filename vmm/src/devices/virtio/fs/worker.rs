@@ -19,6 +19,8 @@ use crate::metrics::{DeviceCounters, add, inc};
 
 /// FUSE opcodes below the highest one that name no operation.
 const UNASSIGNED_OPCODES: [u32; 2] = [7, 19];
+/// FORGET and BATCH_FORGET: the driver expects no reply.
+const NO_REPLY_OPCODES: [u32; 2] = [2, 42];
 
 pub type FsServer = Server<Arc<PassthroughFs<()>>>;
 
@@ -110,17 +112,18 @@ fn handle(
         }
     };
     add(&counters.tx_bytes, reader.available_bytes() as u64);
-    let mut writer: Writer<'_> = writer.into();
     let header = reader.clone().read_obj::<InHeader>().ok();
+    // For an error reply of our own, should the server give up on the request.
+    let mut spare: Writer<'_> = writer.clone().into();
     if let Some(h) = header
         && UNASSIGNED_OPCODES.contains(&h.opcode)
     {
         // fuse-backend-rs turns opcodes into its enum by transmute (in its trace logs),
         // which is undefined for these holes; they never reach it.
         inc(&counters.errors);
-        return reply_error(&mut writer, h.unique, libc::ENOSYS);
+        return reply_error(&mut spare, h.unique, libc::ENOSYS);
     }
-    match server.handle_message(reader, writer, None, None) {
+    match server.handle_message(reader, writer.into(), None, None) {
         Ok(n) => {
             add(&counters.rx_bytes, n as u64);
             u32::try_from(n).unwrap_or(u32::MAX)
@@ -128,7 +131,14 @@ fn handle(
         Err(e) => {
             tracing::debug!("{name}: request rejected: {e}");
             inc(&counters.errors);
-            0
+            // A request the server could not decode still gets an answer, so the guest
+            // driver sees an error instead of waiting; FORGETs never get one.
+            match header {
+                Some(h) if !NO_REPLY_OPCODES.contains(&h.opcode) => {
+                    reply_error(&mut spare, h.unique, libc::EINVAL)
+                }
+                _ => 0,
+            }
         }
     }
 }
