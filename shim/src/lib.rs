@@ -13,3 +13,4 @@ pub mod rootfs;
 pub mod sandbox;
 pub mod service;
 pub mod share;
+pub mod sizing;

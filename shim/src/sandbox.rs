@@ -15,6 +15,7 @@ use crate::hypervisor::{
 };
 use crate::rootfs;
 use crate::share::{SHARE_TAG, Share, ShareError, remove_tree};
+use crate::sizing::VmSize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -107,10 +108,11 @@ impl Sandbox {
         id: &str,
         hostname: &str,
         first_rootfs: &Path,
+        size: VmSize,
     ) -> Result<Self, SandboxError> {
         let state_dir = config.runtime.state_dir.join(id);
         std::fs::create_dir_all(&state_dir)?;
-        match Self::boot_in(config, id, hostname, first_rootfs, &state_dir).await {
+        match Self::boot_in(config, id, hostname, first_rootfs, size, &state_dir).await {
             Ok(s) => Ok(s),
             Err(e) => {
                 remove_tree(&state_dir);
@@ -124,6 +126,7 @@ impl Sandbox {
         id: &str,
         hostname: &str,
         first_rootfs: &Path,
+        size: VmSize,
         state_dir: &Path,
     ) -> Result<Self, SandboxError> {
         let state_dir = state_dir.to_path_buf();
@@ -159,8 +162,8 @@ impl Sandbox {
             kernel: config.hypervisor.kernel.clone(),
             initrd: config.hypervisor.image.clone(),
             kernel_params: config.hypervisor.kernel_params.clone(),
-            vcpus: config.hypervisor.vcpus,
-            memory_mib: config.hypervisor.memory_mib,
+            vcpus: size.vcpus,
+            memory_mib: size.memory_mib,
             disks,
             shares,
             console_log: config.hypervisor.debug_console.then(|| console_log.clone()),

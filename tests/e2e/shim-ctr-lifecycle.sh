@@ -6,7 +6,7 @@
 # needs: containerd hyper-vmm containerd-shim-hyper-v1
 # shellcheck source=lib.sh
 . "$TH_LIB"
-need_bin containerd ctr hyper-vmm containerd-shim-hyper-v1 mke2fs
+need_bin containerd ctr hyper-vmm containerd-shim-hyper-v1 mke2fs script
 hyper_config
 keep_logs() { find /tmp/hyper -maxdepth 2 -name '*.log' -exec sh -c 'cp "$1" "$2/$(basename "$(dirname "$1")")-$(basename "$1")"' _ {} "$TH_ART" \; 2>/dev/null || true; }
 trap 'keep_logs; _th_cleanup' EXIT
@@ -35,6 +35,17 @@ wait_status() { # wait_status ID STATUS SECONDS
 rc=0; hrun --rm "$BUSYBOX_REF" exit7 sh -c 'exit 7' > /dev/null 2>&1 || rc=$?
 [ $rc -eq 7 ] || fail "exit status: 'sh -c \"exit 7\"' gave $rc through ctr"
 log "exit status 7 propagated"
+
+# A terminal: `ctr run -t` (script(1) gives ctr the terminal the test lacks). The guest
+# allocates a pty; stdout and stderr arrive merged through it.
+rc=0
+out=$(timeout 300 script -qec "$(type -P ctr) --address $CTD/containerd.sock run -t --rm \
+  --runtime io.containerd.hyper.v1 --runtime-config-path $CTD-hyper.toml $BUSYBOX_REF ttyc \
+  sh -c 'tty; echo on-stderr >&2; echo tty-exit; exit 3'" /dev/null < /dev/null 2>&1) || rc=$?
+[ $rc -eq 3 ] || fail "ctr run -t: exit status $rc, expected 3: $out"
+grep -q '^/dev/pts/[0-9]' <<<"$(tr -d '\r' <<<"$out")" || fail "ctr run -t: the process has no terminal: $out"
+grep -q on-stderr <<<"$out" && grep -q tty-exit <<<"$out" || fail "ctr run -t: output missing: $out"
+log "ctr run -t: $(tr -d '\r' <<<"$out" | tr '\n' ' ')"
 
 hrun -d "$BUSYBOX_REF" long sleep 100000 > /dev/null || fail "ctr run -d failed"
 wait_status long RUNNING 120

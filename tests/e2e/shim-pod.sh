@@ -46,23 +46,30 @@ wait_status() { # wait_status ID STATUS SECONDS
 }
 # gexec ID CMD: CMD in container ID (one exec id for all: ctr deletes each exec as it ends).
 gexec() { tctr 300 tasks exec --exec-id x "$1" sh -c "$2"; }
-prun() { # prun ID: a long-running container of pod "pod1" with the shared volume
+prun() { # prun ID [CTR-RUN-FLAGS...]: a long-running container of pod "pod1" with the shared volume
+  local id=$1; shift
   tctr 300 run -d --runtime io.containerd.hyper.v1 --runtime-config-path $CTD-hyper.toml \
-    --annotation io.kubernetes.cri.sandbox-id=pod1 \
-    --mount "type=bind,src=$VOL,dst=/data,options=rbind:rw" "$BUSYBOX_REF" "$1" sleep 100000 \
-    > /dev/null || fail "ctr run -d $1 failed"
-  wait_status "$1" RUNNING 120
+    --annotation io.kubernetes.cri.sandbox-id=pod1 "$@" \
+    --mount "type=bind,src=$VOL,dst=/data,options=rbind:rw" "$BUSYBOX_REF" "$id" sleep 100000 \
+    > /dev/null || fail "ctr run -d $id failed"
+  wait_status "$id" RUNNING 120
 }
 mkdir -p $VOL
 VMM_RE='^(/usr/local/bin/)?hyper-vmm '
 SHIM_RE='^(/usr/local/bin/)?containerd-shim-hyper-v1 '
 
-t0=$(now_ms); prun c1; t1=$(now_ms); prun c2; t2=$(now_ms)
+# The pod's size comes from its annotation (config default: 256 MiB).
+t0=$(now_ms); prun c1 --annotation io.hyper.memory_mib=384; t1=$(now_ms); prun c2; t2=$(now_ms)
 log "c1 running after $((t1 - t0)) ms (VM boot); c2 joined after $((t2 - t1)) ms"
 vmms=$(pids_matching "$VMM_RE" | wc -l)
 [ "$vmms" -eq 1 ] || fail "$vmms hyper-vmm processes for one pod: $(for p in $(pids_matching "$VMM_RE"); do tr '\0' ' ' < /proc/$p/cmdline; echo; done)"
 pids_matching "$VMM_RE" | xargs -I{} cat /proc/{}/cmdline | tr '\0' ' ' | grep -q /tmp/hyper/pod1/ \
   || fail "the VMM is not the pod's (no /tmp/hyper/pod1/ in its command line)"
+pids_matching "$VMM_RE" | xargs -I{} cat /proc/{}/cmdline | tr '\0' ' ' | grep -q -- '--memory-mib 384 ' \
+  || fail "the io.hyper.memory_mib=384 annotation did not size the VM"
+mem_kb=$(gexec c1 "awk '/MemTotal/ { print \$2 }' /proc/meminfo")
+(( mem_kb > 300 * 1024 && mem_kb <= 384 * 1024 )) || fail "the guest has $mem_kb kB, not about 384 MiB"
+log "VM sized by the pod's annotation: 384 MiB (guest MemTotal $mem_kb kB)"
 shims=$(pids_matching "$SHIM_RE" | wc -l)
 [ "$shims" -eq 1 ] || fail "$shims shims for one pod"
 b1=$(gexec c1 'cat /proc/sys/kernel/random/boot_id'); b2=$(gexec c2 'cat /proc/sys/kernel/random/boot_id')
@@ -80,6 +87,16 @@ grep -q hello-from-c1 <<<"$out" || fail "c2 does not see c1's write to the share
 grep -q separate <<<"$out" || fail "c2 sees c1's rootfs file: $out"
 [ "$(cat $VOL/shared)" = hello-from-c1 ] || fail "the host does not see the volume write"
 log "each container has its own rootfs; the volume is shared (and the host sees it)"
+
+# containerd restarts: it finds the shim again through the bundle's address file.
+ctd_stop
+ctd_start
+for c in c1 c2; do
+  [ "$(task_status $c)" = RUNNING ] || fail "after a containerd restart task $c is '$(task_status $c)'"
+done
+out=$(gexec c2 'cat /data/shared') || fail "exec after the containerd restart failed: $out"
+[ "$out" = hello-from-c1 ] || fail "exec after the containerd restart printed '$out'"
+log "containerd restarted: both tasks still RUNNING and reachable"
 
 # Removing c2 leaves c1 and the VM running and drops c2's share mounts.
 ctr tasks kill -s SIGKILL c2 || fail "kill c2 failed"

@@ -33,6 +33,7 @@ mkdir -p $VOL
 echo host-v1 > $VOL/hostfile
 head -c $((64 << 20)) /dev/urandom > $VOL/hostbig
 tctr 300 run -d --runtime io.containerd.hyper.v1 --runtime-config-path $CTD-hyper.toml \
+  --memory-limit $((64 << 20)) \
   --mount "type=bind,src=$VOL,dst=/data,options=rbind:rw" "$BUSYBOX_REF" fs sleep 100000 \
   > /dev/null || fail "ctr run -d with a bind volume failed"
 t0=$(now_ms)
@@ -41,6 +42,9 @@ until [ "$(ctr tasks ls 2>/dev/null | awk '$1 == "fs" { print $3 }')" = RUNNING 
   th_sleep 0.2
 done
 grep -q 'virtiofs' <<<"$(gexec 'cat /proc/mounts')" || fail "no virtiofs mount in the guest"
+# The container's 64 MiB memory limit comes on top of the VM's 256 MiB default.
+for p in /proc/[0-9]*; do tr '\0' ' ' < $p/cmdline 2>/dev/null; echo; done | grep '^/usr/local/bin/hyper-vmm ' \
+  | grep -q -- '--memory-mib 320 ' || fail "the VM was not sized 256 + 64 MiB for the container's limit"
 log "container running; its mounts come over virtio-fs"
 
 # The host's file, then the host's change to it.

@@ -207,7 +207,8 @@ async fn run_bundle(config: &Config, id: Option<String>, bundle: &Path) -> Resul
         bundle.join(root)
     };
     let hostname = spec.hostname().clone().unwrap_or_default();
-    let sandbox = Sandbox::boot(config, &id, &hostname, &rootfs_dir).await?;
+    let size = hyper_shim::sizing::vm_size(&config.hypervisor, &spec)?;
+    let sandbox = Sandbox::boot(config, &id, &hostname, &rootfs_dir, size).await?;
     let result = run_in(&sandbox, config, &id, &rootfs_dir, spec_json).await;
     sandbox.release_container(&id);
     sandbox.shutdown().await;

@@ -31,6 +31,7 @@ use crate::io::{self, OutStream};
 use crate::process::{self, Process, State, Stdio, VM_DIED_EXIT_STATUS};
 use crate::rootfs;
 use crate::sandbox::{Sandbox, SandboxError};
+use crate::sizing::vm_size;
 
 /// How long an exit report waits for the last output bytes to reach the FIFOs.
 const IO_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -119,15 +120,23 @@ impl TaskService {
         Ok((sandbox.agent.clone(), sandbox.ctx()))
     }
 
-    /// Boots the VM for the pod's first container.
+    /// Boots the VM for the pod's first container, whose spec is `spec`, sized for it.
     async fn boot_sandbox(
         &self,
         config: &Config,
-        group: &str,
-        hostname: &str,
+        container_id: &str,
+        spec: &oci_spec::runtime::Spec,
         rootfs_dir: &Path,
     ) -> TtrpcResult<Arc<Sandbox>> {
-        let sandbox = Sandbox::boot(config, group, hostname, rootfs_dir)
+        let group = grouping(container_id, spec.annotations().as_ref());
+        let hostname = spec.hostname().clone().unwrap_or_default();
+        let size = vm_size(&config.hypervisor, spec).map_err(invalid)?;
+        tracing::info!(
+            "pod {group}: VM of {} vCPUs and {} MiB",
+            size.vcpus,
+            size.memory_mib
+        );
+        let sandbox = Sandbox::boot(config, &group, &hostname, rootfs_dir, size)
             .await
             .map_err(|e| match e {
                 SandboxError::Rootfs(e) => invalid(e),
@@ -361,10 +370,8 @@ impl TaskService {
         let (sandbox, booted) = match running {
             Some(s) => (s, false),
             None => {
-                let group = grouping(&req.id, spec.annotations().as_ref());
-                let hostname = spec.hostname().clone().unwrap_or_default();
                 match self
-                    .boot_sandbox(&config, &group, &hostname, &rootfs_dir)
+                    .boot_sandbox(&config, &req.id, &spec, &rootfs_dir)
                     .await
                 {
                     Ok(s) => (s, true),
