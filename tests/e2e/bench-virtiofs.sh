@@ -13,7 +13,8 @@ N=${BENCH_N:-3}
 MIB=${BENCH_MIB:-128}
 CACHE=${BENCH_FS_CACHE:-auto}
 hyper_config
-sed -i "s/^\[hypervisor\]/[hypervisor]\nvirtio_fs_cache = \"$CACHE\"/" $CTD-hyper.toml
+awk -v c="$CACHE" '{ print } /^\[hypervisor\]$/ { print "virtio_fs_cache = \"" c "\"" }' $CTD-hyper.toml > $CTD-hyper.toml.new
+mv $CTD-hyper.toml.new $CTD-hyper.toml
 VOL=/tmp/bench-vol
 cleanup() {
   ctr tasks kill -s SIGKILL bfs > /dev/null 2>&1 || true

@@ -29,13 +29,24 @@ log "ctr run --rootfs with the hyper runtime took $took ms"
 ctd_import_busybox
 t1=$(now_ms); rc=0
 out=$(ctr run --rm --runtime io.containerd.hyper.v1 --runtime-config-path $CTD-hyper.toml \
-        "$BUSYBOX_REF" hyper2 sh -c 'echo hello-from-hyper-image; uname -r' 2>&1) || rc=$?
+        "$BUSYBOX_REF" hyper2 sh -c 'echo hello-from-hyper-image; uname -r; grep " / " /proc/mounts' 2>&1) || rc=$?
 took=$(( $(now_ms) - t1 ))
 echo "$out"
 [ $rc -eq 0 ] || { grep -iE 'hyper|shim' "$TH_ART/containerd.log" | tail -30; fail "ctr run $BUSYBOX_REF with the hyper runtime failed (rc $rc) after $took ms"; }
 grep -q hello-from-hyper-image <<<"$out" || fail "the image container's greeting did not reach ctr"
 grep -q -- '-hyper' <<<"$out" || fail "uname -r is not the guest kernel's (did it run in the VM?)"
-log "ctr run $BUSYBOX_REF with the hyper runtime took $took ms"
+grep -q '^hypershare / virtiofs' <<<"$out" || fail "the image's rootfs is not the virtio-fs share: $out"
+log "ctr run $BUSYBOX_REF with the hyper runtime took $took ms (rootfs over virtio-fs)"
+# The second rootfs path: shared_fs = "none" copies the rootfs onto a virtio-blk disk.
+awk '{ print } /^\[hypervisor\]$/ { print "shared_fs = \"none\"" }' $CTD-hyper.toml > $CTD-hyper-blk.toml
+rc=0
+out=$(ctr run --rm --runtime io.containerd.hyper.v1 --runtime-config-path $CTD-hyper-blk.toml \
+        "$BUSYBOX_REF" hyper3 sh -c 'echo hello-from-blk; grep " / " /proc/mounts' 2>&1) || rc=$?
+echo "$out"
+[ $rc -eq 0 ] || fail "ctr run with shared_fs = none failed (rc $rc)"
+grep -q hello-from-blk <<<"$out" || fail "no greeting from the block-rootfs container"
+grep -q '^/dev/vd[a-z] / ext4' <<<"$out" || fail "with shared_fs = none the rootfs is not the ext4 disk: $out"
+log "shared_fs = none: the rootfs came on a virtio-blk ext4 disk"
 # With --rm the task is deleted, so the shim (and its VMM) must exit on their own.
 shim_pids() {
   local p

@@ -82,7 +82,9 @@ TEST
 chmod +x "$work/root/tests/e2e/agent-host-tests.sh"
 kernel=${GUEST_KERNEL:-$(bash guest-kernel-config/build.sh)}
 # hyper-vmm runs the guest (its hybrid vsock is what the shim uses too).
-export HYPER_VMM=${HYPER_VMM:-$(nice cargo build -q --release -p hyper-vmm >&2 && echo "$root/target/release/hyper-vmm")}
+# (A plain build: the static RUSTFLAGS above would break its proc-macros.)
+export HYPER_VMM=${HYPER_VMM:-$(env -u RUSTFLAGS nice cargo build -q --release -p hyper-vmm >&2 && echo "$root/target/release/hyper-vmm")}
+[ -x "$HYPER_VMM" ] || { echo "agent test host: hyper-vmm did not build" >&2; exit 1; }
 HYPER_ROOT="$work/root" HYPER_SHARED="$(cd "$root/.." && pwd)/shared" GUEST_KERNEL="$kernel" \
   GUEST_INITRD="$work/bundle.cpio.gz" HARNESS_OUT="${HARNESS_OUT:-$root/target/agent-testhost}" \
   "$work/root/tests/harness/run.sh" agent-host-tests
