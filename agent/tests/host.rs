@@ -331,6 +331,24 @@ async fn exec_stdin_eof_and_tty() {
         .unwrap();
     assert_eq!(h.wait("c", "e1").await.status, 137);
 
+    // A container whose init has a terminal: a tty the container knows by name (its
+    // /dev/console), stdout and stderr both come through it, nothing is lost at exit.
+    let mut t = spec(&[
+        "sh",
+        "-c",
+        "tty; [ -t 0 ] && echo isatty; echo on-stderr >&2; echo tty-exit; exit 3",
+    ]);
+    t["process"]["terminal"] = true.into();
+    h.create("t", t, false).await.unwrap();
+    h.start_container("t").await.unwrap();
+    let out = h.read_all("t", "", false).await;
+    assert_eq!(h.wait("t", "").await.status, 3);
+    assert!(out.starts_with("/dev/console\r\n"), "{out:?}");
+    for want in ["isatty", "on-stderr", "tty-exit"] {
+        assert!(out.contains(want), "{want} missing from {out:?}");
+    }
+    h.remove("t").await.unwrap();
+
     // A terminal: size from consoleSize, then resized.
     let mut p = process(&[
         "sh",

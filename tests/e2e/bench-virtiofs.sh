@@ -16,18 +16,9 @@ hyper_config
 awk -v c="$CACHE" '{ print } /^\[hypervisor\]$/ { print "virtio_fs_cache = \"" c "\"" }' $CTD-hyper.toml > $CTD-hyper.toml.new
 mv $CTD-hyper.toml.new $CTD-hyper.toml
 VOL=/tmp/bench-vol
-cleanup() {
-  ctr tasks kill -s SIGKILL bfs > /dev/null 2>&1 || true
-  th_sleep 1
-  ctr tasks rm -f bfs > /dev/null 2>&1 || true
-  ctr containers rm bfs > /dev/null 2>&1 || true
-  _th_cleanup
-  rm -rf "$VOL" /tmp/bench-host
-}
-trap cleanup EXIT
+trap 'ctr_remove bfs; _th_cleanup; rm -rf "$VOL" /tmp/bench-host' EXIT
 ctd_start
 ctd_import_busybox
-tctr() { timeout "$1" "$(type -P ctr)" --address $CTD/containerd.sock "${@:2}"; }
 gexec() { tctr 1200 tasks exec --exec-id b bfs sh -c "$1"; }
 
 # The tree: 100 directories of 100 files of 100 bytes.
@@ -43,11 +34,7 @@ log "tree.tar: $(tar -tf $VOL/tree.tar | grep -c '/f') files"
 tctr 300 run -d --runtime io.containerd.hyper.v1 --runtime-config-path $CTD-hyper.toml \
   --mount "type=bind,src=$VOL,dst=/data,options=rbind:rw" "$BUSYBOX_REF" bfs sleep 100000 \
   > /dev/null || fail "ctr run -d failed"
-t0=$(now_ms)
-until [ "$(ctr tasks ls 2>/dev/null | awk '$1 == "bfs" { print $3 }')" = RUNNING ]; do
-  (( $(now_ms) - t0 < 120000 )) || fail "container not RUNNING after 120 s"
-  th_sleep 0.2
-done
+wait_status bfs RUNNING 120
 
 # ms CMD: runs CMD with sh, prints its wall time in ms (same clock source in guest and host).
 MS='ms() { a=$(cut -d" " -f1 /proc/uptime); sh -c "$1" > /dev/null 2>&1 || echo FAILED; b=$(cut -d" " -f1 /proc/uptime); echo "$a $b" | awk "{ printf \"%d\n\", (\$2 - \$1) * 1000 }"; }'

@@ -256,6 +256,39 @@ log_level = "debug"
 state_dir = "/tmp/hyper"
 EOT
 }
+# tctr SECONDS ARGS...: ctr with a time limit (timeout cannot run the ctr function).
+tctr() { timeout "$1" "$(type -P ctr)" --address $CTD/containerd.sock "${@:2}"; }
+# pids_matching REGEX: processes whose command line matches (the test host has no pgrep).
+pids_matching() {
+  local p
+  for p in /proc/[0-9]*; do
+    { tr '\0' ' ' < "$p/cmdline"; } 2>/dev/null | grep -qE -- "$1" && echo "${p#/proc/}"
+  done
+  return 0
+}
+task_status() { ctr tasks ls 2>/dev/null | awk -v id="$1" '$1 == id { print $3 }'; }
+# wait_status ID STATUS SECONDS: waits for a task's status, or fails the test.
+wait_status() {
+  local t0; t0=$(now_ms)
+  until [ "$(task_status "$1")" = "$2" ]; do
+    (( $(now_ms) - t0 < $3 * 1000 )) || fail "task $1 is '$(task_status "$1")', not $2, after $3 s"
+    th_sleep 0.2
+  done
+}
+# keep_hyper_logs: the shim's per-pod logs (VMM log, guest console) into $TH_ART.
+keep_hyper_logs() {
+  find /tmp/hyper -maxdepth 2 -name '*.log' -exec sh -c 'cp "$1" "$2/$(basename "$(dirname "$1")")-$(basename "$1")"' _ {} "$TH_ART" \; 2>/dev/null || true
+}
+# ctr_remove ID...: kills and removes containers, ignoring errors (for EXIT traps).
+ctr_remove() {
+  local c
+  for c in "$@"; do ctr tasks kill -s SIGKILL "$c" > /dev/null 2>&1 || true; done
+  th_sleep 1
+  for c in "$@"; do
+    ctr tasks rm -f "$c" > /dev/null 2>&1 || true
+    ctr containers rm "$c" > /dev/null 2>&1 || true
+  done
+}
 # The busybox image on the data disk, for `ctr images import` (payload group @containerd).
 BUSYBOX_OCI=/usr/share/hyper-tests/busybox-oci.tar
 BUSYBOX_REF=docker.io/library/busybox:1.35

@@ -8,44 +8,14 @@
 . "$TH_LIB"
 need_bin containerd ctr hyper-vmm containerd-shim-hyper-v1 mke2fs script
 hyper_config
-keep_logs() { find /tmp/hyper -maxdepth 2 -name '*.log' -exec sh -c 'cp "$1" "$2/$(basename "$(dirname "$1")")-$(basename "$1")"' _ {} "$TH_ART" \; 2>/dev/null || true; }
-trap 'keep_logs; _th_cleanup' EXIT
+trap 'keep_hyper_logs; _th_cleanup' EXIT
 CTD_LOG_LEVEL=debug ctd_start
 ctd_import_busybox
-# tctr SECONDS ARGS...: ctr with a time limit (timeout cannot run lib.sh's ctr function).
-tctr() { timeout "$1" "$(type -P ctr)" --address $CTD/containerd.sock "${@:2}"; }
 hrun() { tctr 300 run --runtime io.containerd.hyper.v1 --runtime-config-path $CTD-hyper.toml "$@"; }
-# pids_matching REGEX: processes whose command line matches (the test host has no pgrep).
-pids_matching() {
-  local p
-  for p in /proc/[0-9]*; do
-    { tr '\0' ' ' < "$p/cmdline"; } 2>/dev/null | grep -qE -- "$1" && echo "${p#/proc/}"
-  done
-  return 0
-}
-task_status() { ctr tasks ls 2>/dev/null | awk -v id="$1" '$1 == id { print $3 }'; }
-wait_status() { # wait_status ID STATUS SECONDS
-  local t0; t0=$(now_ms)
-  until [ "$(task_status "$1")" = "$2" ]; do
-    (( $(now_ms) - t0 < $3 * 1000 )) || fail "task $1 is '$(task_status "$1")', not $2, after $3 s"
-    th_sleep 0.2
-  done
-}
 
 rc=0; hrun --rm "$BUSYBOX_REF" exit7 sh -c 'exit 7' > /dev/null 2>&1 || rc=$?
 [ $rc -eq 7 ] || fail "exit status: 'sh -c \"exit 7\"' gave $rc through ctr"
 log "exit status 7 propagated"
-
-# A terminal: `ctr run -t` (script(1) gives ctr the terminal the test lacks). The guest
-# allocates a pty; stdout and stderr arrive merged through it.
-rc=0
-out=$(timeout 300 script -qec "$(type -P ctr) --address $CTD/containerd.sock run -t --rm \
-  --runtime io.containerd.hyper.v1 --runtime-config-path $CTD-hyper.toml $BUSYBOX_REF ttyc \
-  sh -c 'tty; echo on-stderr >&2; echo tty-exit; exit 3'" /dev/null < /dev/null 2>&1) || rc=$?
-[ $rc -eq 3 ] || fail "ctr run -t: exit status $rc, expected 3: $out"
-grep -q '^/dev/pts/[0-9]' <<<"$(tr -d '\r' <<<"$out")" || fail "ctr run -t: the process has no terminal: $out"
-grep -q on-stderr <<<"$out" && grep -q tty-exit <<<"$out" || fail "ctr run -t: output missing: $out"
-log "ctr run -t: $(tr -d '\r' <<<"$out" | tr '\n' ' ')"
 
 hrun -d "$BUSYBOX_REF" long sleep 100000 > /dev/null || fail "ctr run -d failed"
 wait_status long RUNNING 120
@@ -54,6 +24,24 @@ out=$(tctr 300 tasks exec --exec-id e1 long sh -c 'echo from-exec; cat /proc/1/c
 grep -q from-exec <<<"$out" || fail "exec output missing: $out"
 grep -q 'sleep 100000' <<<"$out" || fail "exec did not run beside the container's init: $out"
 log "exec ran in the container: $(tr '\n' ' ' <<<"$out")"
+rc=0
+out=$(timeout 300 script -qec "$(type -P ctr) --address $CTD/containerd.sock tasks exec -t --exec-id et long \
+  sh -c '[ -t 0 ] && echo exec-isatty; echo exec-stderr >&2; echo exec-exit; exit 5'" /dev/null < /dev/null 2>&1) || rc=$?
+[ $rc -eq 5 ] || fail "ctr task exec -t: exit status $rc, expected 5: $out"
+grep -q exec-isatty <<<"$out" && grep -q exec-stderr <<<"$out" && grep -q exec-exit <<<"$out" \
+  || fail "ctr task exec -t: output missing: $out"
+log "ctr task exec -t: $(tr -d '\r' <<<"$out" | tr '\n' ' ')"
+
+# A terminal: `ctr run -t` (script(1) gives ctr the terminal the test lacks). The guest
+# allocates a pty; stdout and stderr arrive merged through it.
+rc=0
+out=$(timeout 300 script -qec "$(type -P ctr) --address $CTD/containerd.sock run -t --rm \
+  --runtime io.containerd.hyper.v1 --runtime-config-path $CTD-hyper.toml $BUSYBOX_REF ttyc \
+  sh -c 'tty; echo on-stderr >&2; echo tty-exit; exit 3'" /dev/null < /dev/null 2>&1) || rc=$?
+[ $rc -eq 3 ] || fail "ctr run -t: exit status $rc, expected 3: $out"
+grep -q '^/dev/console' <<<"$(tr -d '\r' <<<"$out")" || fail "ctr run -t: the process has no terminal: $out"
+grep -q on-stderr <<<"$out" && grep -q tty-exit <<<"$out" || fail "ctr run -t: output missing: $out"
+log "ctr run -t: $(tr -d '\r' <<<"$out" | tr '\n' ' ')"
 
 ctr tasks pause long || fail "ctr task pause failed"
 [ "$(task_status long)" = PAUSED ] || fail "task not PAUSED after pause: $(task_status long)"

@@ -10,40 +10,10 @@
 . "$TH_LIB"
 need_bin containerd ctr hyper-vmm containerd-shim-hyper-v1
 hyper_config
-keep_logs() { find /tmp/hyper -maxdepth 2 -name '*.log' -exec sh -c 'cp "$1" "$2/$(basename "$(dirname "$1")")-$(basename "$1")"' _ {} "$TH_ART" \; 2>/dev/null || true; }
 VOL=/tmp/podvol
-cleanup() {
-  keep_logs
-  for c in c2 c1; do
-    ctr tasks kill -s SIGKILL $c > /dev/null 2>&1 || true
-  done
-  th_sleep 1
-  for c in c2 c1; do
-    ctr tasks rm -f $c > /dev/null 2>&1 || true
-    ctr containers rm $c > /dev/null 2>&1 || true
-  done
-  _th_cleanup
-  rm -rf "$VOL"
-}
-trap cleanup EXIT
+trap 'keep_hyper_logs; ctr_remove c2 c1; _th_cleanup; rm -rf "$VOL"' EXIT
 CTD_LOG_LEVEL=debug ctd_start
 ctd_import_busybox
-tctr() { timeout "$1" "$(type -P ctr)" --address $CTD/containerd.sock "${@:2}"; }
-pids_matching() {
-  local p
-  for p in /proc/[0-9]*; do
-    { tr '\0' ' ' < "$p/cmdline"; } 2>/dev/null | grep -qE -- "$1" && echo "${p#/proc/}"
-  done
-  return 0
-}
-task_status() { ctr tasks ls 2>/dev/null | awk -v id="$1" '$1 == id { print $3 }'; }
-wait_status() { # wait_status ID STATUS SECONDS
-  local t0; t0=$(now_ms)
-  until [ "$(task_status "$1")" = "$2" ]; do
-    (( $(now_ms) - t0 < $3 * 1000 )) || fail "task $1 is '$(task_status "$1")', not $2, after $3 s"
-    th_sleep 0.2
-  done
-}
 # gexec ID CMD: CMD in container ID (one exec id for all: ctr deletes each exec as it ends).
 gexec() { tctr 300 tasks exec --exec-id x "$1" sh -c "$2"; }
 prun() { # prun ID [CTR-RUN-FLAGS...]: a long-running container of pod "pod1" with the shared volume
@@ -90,7 +60,8 @@ log "each container has its own rootfs; the volume is shared (and the host sees 
 
 # containerd restarts: it finds the shim again through the bundle's address file.
 ctd_stop
-ctd_start
+cp "$TH_ART/containerd.log" "$TH_ART/containerd-before-restart.log"
+CTD_LOG_LEVEL=debug ctd_start
 for c in c1 c2; do
   [ "$(task_status $c)" = RUNNING ] || fail "after a containerd restart task $c is '$(task_status $c)'"
 done

@@ -10,21 +10,10 @@
 . "$TH_LIB"
 need_bin containerd ctr hyper-vmm containerd-shim-hyper-v1 md5sum
 hyper_config
-keep_logs() { find /tmp/hyper -maxdepth 2 -name '*.log' -exec sh -c 'cp "$1" "$2/$(basename "$(dirname "$1")")-$(basename "$1")"' _ {} "$TH_ART" \; 2>/dev/null || true; }
 VOL=/tmp/vol
-cleanup() {
-  keep_logs
-  ctr tasks kill -s SIGKILL fs > /dev/null 2>&1 || true
-  th_sleep 1
-  ctr tasks rm -f fs > /dev/null 2>&1 || true
-  ctr containers rm fs > /dev/null 2>&1 || true
-  _th_cleanup
-  rm -rf "$VOL"
-}
-trap cleanup EXIT
+trap 'keep_hyper_logs; ctr_remove fs; _th_cleanup; rm -rf "$VOL"' EXIT
 CTD_LOG_LEVEL=debug ctd_start
 ctd_import_busybox
-tctr() { timeout "$1" "$(type -P ctr)" --address $CTD/containerd.sock "${@:2}"; }
 # gexec CMD: runs CMD in the container and prints its output. Every call reuses one exec
 # id: ctr deletes each exec when it ends, which frees the id.
 gexec() { tctr 300 tasks exec --exec-id x fs sh -c "$1"; }
@@ -36,15 +25,10 @@ tctr 300 run -d --runtime io.containerd.hyper.v1 --runtime-config-path $CTD-hype
   --memory-limit $((64 << 20)) \
   --mount "type=bind,src=$VOL,dst=/data,options=rbind:rw" "$BUSYBOX_REF" fs sleep 100000 \
   > /dev/null || fail "ctr run -d with a bind volume failed"
-t0=$(now_ms)
-until [ "$(ctr tasks ls 2>/dev/null | awk '$1 == "fs" { print $3 }')" = RUNNING ]; do
-  (( $(now_ms) - t0 < 120000 )) || fail "container fs not RUNNING after 120 s"
-  th_sleep 0.2
-done
+wait_status fs RUNNING 120
 grep -q 'virtiofs' <<<"$(gexec 'cat /proc/mounts')" || fail "no virtiofs mount in the guest"
 # The container's 64 MiB memory limit comes on top of the VM's 256 MiB default.
-for p in /proc/[0-9]*; do tr '\0' ' ' < $p/cmdline 2>/dev/null; echo; done | grep '^/usr/local/bin/hyper-vmm ' \
-  | grep -q -- '--memory-mib 320 ' || fail "the VM was not sized 256 + 64 MiB for the container's limit"
+pids_matching '^/usr/local/bin/hyper-vmm .*--memory-mib 320 ' | grep -q . || fail "the VM was not sized 256 + 64 MiB for the container's limit"
 log "container running; its mounts come over virtio-fs"
 
 # The host's file, then the host's change to it.
@@ -105,11 +89,7 @@ done
 log "rootfs writes reach containerd's snapshot; host changes reach the guest"
 
 ctr tasks kill -s SIGKILL fs || fail "kill failed"
-t0=$(now_ms)
-until [ "$(ctr tasks ls 2>/dev/null | awk '$1 == "fs" { print $3 }')" = STOPPED ]; do
-  (( $(now_ms) - t0 < 60000 )) || fail "fs not STOPPED 60 s after kill"
-  th_sleep 0.2
-done
+wait_status fs STOPPED 60
 ctr tasks rm fs > /dev/null || fail "ctr task rm failed"
 ctr containers rm fs || fail "ctr container rm failed"
 t0=$(now_ms)

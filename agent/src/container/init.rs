@@ -118,7 +118,7 @@ fn stage2(cfg: &InitConfig, status: &mut File) -> Result<std::convert::Infallibl
     }
     umask(Mode::empty());
     if let Some(r) = &cfg.rootfs {
-        setup_rootfs(r).context("rootfs")?;
+        setup_rootfs(r, cfg.tty).context("rootfs")?;
     }
     if let Some(h) = &cfg.hostname {
         nix::unistd::sethostname(h).context("sethostname")?;
@@ -188,7 +188,32 @@ fn propagation_flags(p: Option<&str>) -> MsFlags {
     }
 }
 
-fn setup_rootfs(r: &RootfsConfig) -> Result<()> {
+/// `console`: stdin is the process's terminal, to be made the container's /dev/console.
+/// Binds the terminal (the pty slave on stdin) onto the container's /dev/console, as runc
+/// does. The pty lives in the guest's devpts, not the container's own instance, so this is
+/// also the name under which the container finds its terminal (`tty` prints /dev/console).
+fn bind_console(root: &Path) -> Result<()> {
+    let console = secure_join(root, Path::new("/dev/console"))?;
+    if let Some(parent) = console.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    if std::fs::symlink_metadata(&console).is_err() {
+        std::fs::File::create(&console).context("create /dev/console")?;
+    }
+    // By its path: the fd itself belongs to the agent's mount namespace, which a bind
+    // mount may not take from; the path finds this namespace's copy of the same devpts.
+    let slave = std::fs::read_link("/proc/self/fd/0").context("name of the terminal")?;
+    mount(
+        Some(&slave),
+        &console,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .context("bind the terminal on /dev/console")
+}
+
+fn setup_rootfs(r: &RootfsConfig, console: bool) -> Result<()> {
     let none: Option<&str> = None;
     mount(
         none,
@@ -240,6 +265,9 @@ fn setup_rootfs(r: &RootfsConfig) -> Result<()> {
             Some(Uid::from_raw(d.uid)),
             Some(Gid::from_raw(d.gid)),
         )?;
+    }
+    if console {
+        bind_console(root)?;
     }
     // pivot_root(".", "."): the old root ends up on top of the new one; detach it.
     chdir(root).context("chdir rootfs")?;
