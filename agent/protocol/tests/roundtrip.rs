@@ -712,7 +712,7 @@ async fn an_unimplemented_method_is_detected() {
 #[test]
 fn rpc_names_are_parsed_from_the_proto() {
     let names = hyper_agent_protocol::rpc_names();
-    assert_eq!(names.len(), 24, "{names:?}");
+    assert_eq!(names.len(), 25, "{names:?}");
     assert_eq!(names.first(), Some(&"Health"));
     assert!(names.contains(&"GetOOMEvent"));
     let unique: BTreeSet<_> = names.iter().collect();
