@@ -2,15 +2,17 @@
 # Benchmark, not a check: a virtio-fs volume from inside a hyper container against the
 # same commands on the test host's own directory (both on the test host's tmpfs), rounds
 # alternated: sequential write (dd, fsync) and read of BENCH_MIB MiB, untar of a
-# 10,000-file tree, and a stat of every file of it (ls -lR). Prints each median and the
-# guest/host ratio. Rerun: tests/harness/run.sh --env BENCH_N=5 bench-virtiofs
+# tree of BENCH_FILES files (default 2,000: under TCG each file costs the guest ~80 ms;
+# bigger trees take proportionally longer), and a stat of every file of it (ls -lR). Prints
+# each median and the guest/host ratio. Rerun: tests/harness/run.sh --env BENCH_N=3 bench-virtiofs
 # timeout: 3600
 # needs: containerd hyper-vmm containerd-shim-hyper-v1
 # shellcheck source=lib.sh
 . "$TH_LIB"
 need_bin containerd ctr hyper-vmm containerd-shim-hyper-v1 tar
 N=${BENCH_N:-3}
-MIB=${BENCH_MIB:-128}
+MIB=${BENCH_MIB:-64}
+FILES=${BENCH_FILES:-2000}
 CACHE=${BENCH_FS_CACHE:-auto}
 hyper_config
 awk -v c="$CACHE" '{ print } /^\[hypervisor\]$/ { print "virtio_fs_cache = \"" c "\"" }' $CTD-hyper.toml > $CTD-hyper.toml.new
@@ -21,9 +23,9 @@ ctd_start
 ctd_import_busybox
 gexec() { tctr 1200 tasks exec --exec-id b bfs sh -c "$1"; }
 
-# The tree: 100 directories of 100 files of 100 bytes.
+# The tree: directories of 100 files of 100 bytes.
 mkdir -p $VOL /tmp/bench-host/src
-(cd /tmp/bench-host/src && for d in $(seq 0 99); do
+(cd /tmp/bench-host/src && for d in $(seq 0 $((FILES / 100 - 1))); do
   mkdir "d$d"
   for f in $(seq 0 99); do printf '%0100d' "$f" > "d$d/f$f"; done
 done)
@@ -37,7 +39,7 @@ tctr 300 run -d --runtime io.containerd.hyper.v1 --runtime-config-path $CTD-hype
 wait_status bfs RUNNING 120
 
 # ms CMD: runs CMD with sh, prints its wall time in ms (same clock source in guest and host).
-MS='ms() { a=$(cut -d" " -f1 /proc/uptime); sh -c "$1" > /dev/null 2>&1 || echo FAILED; b=$(cut -d" " -f1 /proc/uptime); echo "$a $b" | awk "{ printf \"%d\n\", (\$2 - \$1) * 1000 }"; }'
+MS='ms() { a=$(cut -d" " -f1 /proc/uptime); sh -c "$1" > /tmp/ms.err 2>&1 || { echo FAILED; tail -3 /tmp/ms.err >&2; }; b=$(cut -d" " -f1 /proc/uptime); echo "$a $b" | awk "{ printf \"%d\n\", (\$2 - \$1) * 1000 }"; }'
 # round DIR RUNNER: the four workloads in DIR; prints "write read untar stat" in ms.
 round_cmds() {
   local d=$1 i=$2
@@ -69,8 +71,8 @@ report() { # report NAME GUEST_MS HOST_MS [MIB]
   [ -n "${4:-}" ] && extra=$(awk -v m="$4" -v g="$g" -v h="$h" 'BEGIN { printf " (guest %.0f MiB/s, host %.0f MiB/s)", m * 1000 / (g ? g : 1), m * 1000 / (h ? h : 1) }')
   log "RESULT $1: guest median $g ms, host median $h ms, guest/host $(awk -v g="$g" -v h="$h" 'BEGIN { printf "%.2f", g / (h ? h : 1) }')x$extra"
 }
-log "virtio-fs cache=$CACHE, $N rounds, $MIB MiB, tree of 10000 files (test host under TCG: compare the ratios)"
+log "virtio-fs cache=$CACHE, $N rounds, $MIB MiB, tree of $FILES files (test host under TCG: compare the ratios)"
 report "seq-write-${MIB}MiB" "$(median "${GW[@]}")" "$(median "${HW[@]}")" "$MIB"
 report "seq-read-${MIB}MiB" "$(median "${GR[@]}")" "$(median "${HR[@]}")" "$MIB"
-report "untar-10k-files" "$(median "${GU[@]}")" "$(median "${HU[@]}")"
-report "ls-lR-10k-files" "$(median "${GS[@]}")" "$(median "${HS[@]}")"
+report "untar-$FILES-files" "$(median "${GU[@]}")" "$(median "${HU[@]}")"
+report "ls-lR-$FILES-files" "$(median "${GS[@]}")" "$(median "${HS[@]}")"

@@ -62,6 +62,17 @@ guest_md5=$(grep -E ' (big|hostbig)$' <<<"$out")
 grep -q '^host-v2$' <<<"$out" || fail "reading through the symlink gave: $out"
 log "chmod, chown, mkdir, mkfifo, ln -s, ln, 64 MiB both ways: as on the host"
 
+# A tree unpacked in the guest arrives whole on the host (many small creates).
+mkdir -p /tmp/tree-src && (cd /tmp/tree-src && for d in 0 1 2 3 4 5 6 7 8 9; do
+  mkdir d$d; for f in $(seq 0 49); do echo "$d-$f" > d$d/f$f; done; ln -s d$d/f0 l$d; done)
+tar -cf $VOL/tree.tar -C /tmp/tree-src . && rm -rf /tmp/tree-src
+out=$(gexec 'mkdir /data/x && tar -xf /data/tree.tar -C /data/x 2>&1; echo "tar exit $?"')
+grep -q 'tar exit 0' <<<"$out" || fail "tar -x in the volume failed: $out"
+[ "$(find $VOL/x -type f | wc -l)" = 500 ] && [ "$(find $VOL/x -type l | wc -l)" = 10 ] \
+  && [ "$(cat $VOL/x/d7/f42)" = 7-42 ] || fail "the unpacked tree is not whole on the host: $(find $VOL/x | wc -l) entries"
+rm -rf $VOL/x $VOL/tree.tar
+log "a 500-file tree unpacked in the guest is whole on the host"
+
 # ls -l agrees (mode, links, owner, group, size, name; dates are formatted differently).
 cols() { awk 'NF >= 9 { print $1, $2, $3, $4, $5, $NF }' | sort; }
 guest_ls=$(gexec 'ls -ln /data' | cols)

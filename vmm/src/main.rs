@@ -118,6 +118,10 @@ fn run(start: Instant) -> anyhow::Result<i32> {
     let cfg = to_config(Cli::parse())?;
     hyper_vmm::vmm::install_termination_handlers().context("cannot install signal handlers")?;
     let mut vmm = hyper_vmm::builder::build(&cfg, start).context("cannot build the VM")?;
+    if !cfg.fs.is_empty() {
+        let n = hyper_vmm::privileges::raise_open_files_limit();
+        tracing::debug!("open-file limit for the shares: {n}");
+    }
     // Everything is open now; keep only what serving the VM still needs.
     hyper_vmm::privileges::drop_privileges(!cfg.fs.is_empty())?;
     vmm.start().context("cannot start the vCPUs")?;

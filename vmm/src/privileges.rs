@@ -27,6 +27,45 @@ const SHARE_CAPS: &[Capability] = &[
 /// Without a share the VMM only still connects to vsock sockets beside its own.
 const BASE_CAPS: &[Capability] = &[Capability::CAP_DAC_OVERRIDE];
 
+/// Most open files hyper-vmm asks for: a share holds an `O_PATH` descriptor for every inode
+/// the guest has looked up (until it forgets it), so 1024 would stop an untar of a big tree.
+const OPEN_FILES_WANTED: u64 = 1 << 20;
+
+/// Lifts the open-file limit as far as allowed (what virtiofsd does too): to
+/// `OPEN_FILES_WANTED` (or the kernel's nr_open) with CAP_SYS_RESOURCE, else to the hard
+/// limit. Returns the new soft limit. Call before `drop_privileges`.
+pub fn raise_open_files_limit() -> u64 {
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(OPEN_FILES_WANTED);
+    let want = OPEN_FILES_WANTED.min(nr_open);
+    let mut cur = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write one plain struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut cur);
+        let both = |n| libc::rlimit {
+            rlim_cur: n,
+            rlim_max: n,
+        };
+        if cur.rlim_max < want && libc::setrlimit(libc::RLIMIT_NOFILE, &both(want)) == 0 {
+            return want;
+        }
+        // Without CAP_SYS_RESOURCE: the soft limit up to the hard one (or to `want`).
+        let soft = libc::rlimit {
+            rlim_cur: cur.rlim_max.min(want),
+            rlim_max: cur.rlim_max,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &soft) == 0 {
+            return soft.rlim_cur;
+        }
+    }
+    cur.rlim_cur
+}
+
 /// The capabilities kept when the VM has (or has not) a virtio-fs share.
 pub fn kept(has_share: bool) -> CapsHashSet {
     let list = if has_share { SHARE_CAPS } else { BASE_CAPS };
@@ -72,6 +111,23 @@ mod tests {
 
     fn bits(set: &CapsHashSet) -> u64 {
         set.iter().map(|c| 1u64 << c.index()).sum()
+    }
+
+    #[test]
+    fn the_open_files_limit_goes_up_to_what_is_allowed() {
+        let mut before = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: reads one plain struct.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut before) };
+        let now = raise_open_files_limit();
+        assert!(now >= before.rlim_cur);
+        assert!(now >= before.rlim_max.min(OPEN_FILES_WANTED));
+        let mut after = before;
+        // SAFETY: as above.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut after) };
+        assert_eq!(after.rlim_cur, now);
     }
 
     #[test]
