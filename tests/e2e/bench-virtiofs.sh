@@ -1,7 +1,7 @@
 #!/bin/bash
 # Benchmark, not a check: a virtio-fs volume from inside a hyper container against the
-# same commands on the test host's own directory (both on the test host's tmpfs), rounds
-# alternated: sequential write (dd, fsync) and read of BENCH_MIB MiB, untar of a
+# same commands on the test host's own directory (both on the test host's tmpfs), and on a
+# tmpfs inside the guest (what the nested guest costs without virtio-fs), rounds alternated: sequential write (dd, fsync) and read of BENCH_MIB MiB, untar of a
 # tree of BENCH_FILES files (default 2,000: under TCG each file costs the guest ~80 ms;
 # bigger trees take proportionally longer), and a stat of every file of it (ls -lR). Prints
 # each median and the guest/host ratio. Rerun: tests/harness/run.sh --env BENCH_N=3 bench-virtiofs
@@ -34,12 +34,13 @@ rm -rf /tmp/bench-host/src
 log "tree.tar: $(tar -tf $VOL/tree.tar | grep -c '/f') files"
 
 tctr 300 run -d --runtime io.containerd.hyper.v1 --runtime-config-path $CTD-hyper.toml \
+  --annotation io.hyper.memory_mib=768 --mount "type=tmpfs,src=tmpfs,dst=/gtmp,options=size=536870912" \
   --mount "type=bind,src=$VOL,dst=/data,options=rbind:rw" "$BUSYBOX_REF" bfs sleep 100000 \
   > /dev/null || fail "ctr run -d failed"
 wait_status bfs RUNNING 120
 
 # ms CMD: runs CMD with sh, prints its wall time in ms (same clock source in guest and host).
-MS='ms() { a=$(cut -d" " -f1 /proc/uptime); sh -c "$1" > /tmp/ms.err 2>&1 || { echo FAILED; tail -3 /tmp/ms.err >&2; }; b=$(cut -d" " -f1 /proc/uptime); echo "$a $b" | awk "{ printf \"%d\n\", (\$2 - \$1) * 1000 }"; }'
+MS='ms() { a=$(cut -d" " -f1 /proc/uptime); sh -c "$1" > /dev/shm/ms.err 2>&1 || { echo FAILED; tail -3 /dev/shm/ms.err >&2; }; b=$(cut -d" " -f1 /proc/uptime); echo "$a $b" | awk "{ printf \"%d\n\", (\$2 - \$1) * 1000 }"; }'
 # round DIR RUNNER: the four workloads in DIR; prints "write read untar stat" in ms.
 round_cmds() {
   local d=$1 i=$2
@@ -51,28 +52,32 @@ round_cmds() {
     "s=\$(ms 'ls -lR $d/x$i')" \
     "echo \$w \$r \$u \$s"
 }
-declare -a GW GR GU GS HW HR HU HS
+declare -a GW GR GU GS HW HR HU HS LW LR LU LS
 for i in $(seq 1 "$N"); do
   # A fresh file to read on each side, written by the host so no guest cache holds it.
   head -c $((MIB << 20)) /dev/zero > $VOL/r$i
   mkdir -p /tmp/bench-host && cp $VOL/tree.tar /tmp/bench-host/ && head -c $((MIB << 20)) /dev/zero > /tmp/bench-host/r$i
   g=$(gexec "$(round_cmds /data "$i")") || fail "guest round $i failed: $g"
+  # The same in the guest's own memory: /gtmp is a tmpfs the guest mounts itself.
+  l=$(gexec "mkdir -p /gtmp/b && cp /data/tree.tar /gtmp/b/ && head -c $((MIB << 20)) /dev/zero > /gtmp/b/r$i && $(round_cmds /gtmp/b "$i" | tr '\n' ';' | sed 's/;$//'); rm -rf /gtmp/b") \
+    || fail "guest tmpfs round $i failed: $l"
   h=$(bash -c "$(round_cmds /tmp/bench-host "$i")")
-  grep -q FAILED <<<"$g$h" && fail "a workload failed: guest '$g' host '$h'"
-  read -r gw gr gu gs <<<"$g"; read -r hw hr hu hs <<<"$h"
+  grep -q FAILED <<<"$g$h$l" && fail "a workload failed: guest '$g' guest tmpfs '$l' host '$h'"
+  read -r gw gr gu gs <<<"$g"; read -r hw hr hu hs <<<"$h"; read -r lw lr lu ls_ <<<"$l"
+  LW+=("$lw"); LR+=("$lr"); LU+=("$lu"); LS+=("$ls_")
   GW+=("$gw"); GR+=("$gr"); GU+=("$gu"); GS+=("$gs")
   HW+=("$hw"); HR+=("$hr"); HU+=("$hu"); HS+=("$hs")
-  log "round $i: guest w/r/untar/stat ms: $g   host: $h"
+  log "round $i: w/r/untar/stat ms: guest virtio-fs $g   guest tmpfs $l   host $h"
   rm -rf $VOL/w$i $VOL/r$i $VOL/x$i /tmp/bench-host/w$i /tmp/bench-host/r$i /tmp/bench-host/x$i
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : int((a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
-report() { # report NAME GUEST_MS HOST_MS [MIB]
-  local g=$2 h=$3 extra=""
-  [ -n "${4:-}" ] && extra=$(awk -v m="$4" -v g="$g" -v h="$h" 'BEGIN { printf " (guest %.0f MiB/s, host %.0f MiB/s)", m * 1000 / (g ? g : 1), m * 1000 / (h ? h : 1) }')
-  log "RESULT $1: guest median $g ms, host median $h ms, guest/host $(awk -v g="$g" -v h="$h" 'BEGIN { printf "%.2f", g / (h ? h : 1) }')x$extra"
+report() { # report NAME GUEST_MS HOST_MS GUEST_TMPFS_MS [MIB]
+  local g=$2 h=$3 t=$4 extra=""
+  [ -n "${5:-}" ] && extra=$(awk -v m="$5" -v g="$g" -v h="$h" 'BEGIN { printf " (guest %.1f MiB/s, host %.0f MiB/s)", m * 1000 / (g ? g : 1), m * 1000 / (h ? h : 1) }')
+  log "RESULT $1: virtio-fs in the guest $g ms, host $h ms, tmpfs in the guest $t ms (medians); virtio-fs/host $(awk -v g="$g" -v h="$h" 'BEGIN { printf "%.1f", g / (h ? h : 1) }')x, virtio-fs/guest-tmpfs $(awk -v g="$g" -v t="$t" 'BEGIN { printf "%.1f", g / (t ? t : 1) }')x$extra"
 }
 log "virtio-fs cache=$CACHE, $N rounds, $MIB MiB, tree of $FILES files (test host under TCG: compare the ratios)"
-report "seq-write-${MIB}MiB" "$(median "${GW[@]}")" "$(median "${HW[@]}")" "$MIB"
-report "seq-read-${MIB}MiB" "$(median "${GR[@]}")" "$(median "${HR[@]}")" "$MIB"
-report "untar-$FILES-files" "$(median "${GU[@]}")" "$(median "${HU[@]}")"
-report "ls-lR-$FILES-files" "$(median "${GS[@]}")" "$(median "${HS[@]}")"
+report "seq-write-${MIB}MiB" "$(median "${GW[@]}")" "$(median "${HW[@]}")" "$(median "${LW[@]}")" "$MIB"
+report "seq-read-${MIB}MiB" "$(median "${GR[@]}")" "$(median "${HR[@]}")" "$(median "${LR[@]}")" "$MIB"
+report "untar-$FILES-files" "$(median "${GU[@]}")" "$(median "${HU[@]}")" "$(median "${LU[@]}")"
+report "ls-lR-$FILES-files" "$(median "${GS[@]}")" "$(median "${HS[@]}")" "$(median "${LS[@]}")"
