@@ -2,7 +2,8 @@
 # Benchmark: `ctr run --rm busybox true` through io.containerd.hyper.v1 against
 # io.containerd.runc.v2, alternated in one test-host boot: wall time from command to exit
 # (medians and their ratio), and the shim's and the VMM's peak RSS for a running pod.
-# Env: BENCH_N (runs per runtime, default 10). Not in the default suite.
+# Env: BENCH_N (runs per runtime, default 10), BENCH_SHARED_FS (the shim's shared_fs:
+# virtio-fs, the default, or none). Not in the default suite.
 # timeout: 1800
 # needs: containerd hyper-vmm containerd-shim-hyper-v1
 # shellcheck source=lib.sh
@@ -10,6 +11,11 @@
 need_bin containerd ctr hyper-vmm containerd-shim-hyper-v1 runc
 n=${BENCH_N:-10}
 HYPER_DEBUG_CONSOLE=false hyper_config
+if [ -n "${BENCH_SHARED_FS:-}" ]; then
+  awk -v f="$BENCH_SHARED_FS" '{ print } /^\[hypervisor\]$/ { print "shared_fs = \"" f "\"" }' $CTD-hyper.toml > $CTD-hyper.toml.new
+  mv $CTD-hyper.toml.new $CTD-hyper.toml
+fi
+log "shim config: $(tr '\n' ' ' < $CTD-hyper.toml)"
 stop_rss_pod() {
   ctr tasks kill -s SIGKILL rss > /dev/null 2>&1 || true
   local t0; t0=$(now_ms)
