@@ -279,6 +279,14 @@ wait_status() {
 keep_hyper_logs() {
   find /tmp/hyper -maxdepth 2 -name '*.log' -exec sh -c 'cp "$1" "$2/$(basename "$(dirname "$1")")-$(basename "$1")"' _ {} "$TH_ART" \; 2>/dev/null || true
 }
+# ctr_delete ID: kills a running task, waits for it to stop and removes task and container,
+# failing the test on any error.
+ctr_delete() {
+  ctr tasks kill -s SIGKILL "$1" || fail "ctr task kill $1 failed"
+  wait_status "$1" STOPPED 60
+  ctr tasks rm "$1" > /dev/null || fail "ctr task rm $1 failed"
+  ctr containers rm "$1" || fail "ctr container rm $1 failed"
+}
 # ctr_remove ID...: kills and removes containers, ignoring errors (for EXIT traps).
 ctr_remove() {
   local c

@@ -70,20 +70,14 @@ out=$(gexec c2 'cat /data/shared') || fail "exec after the containerd restart fa
 log "containerd restarted: both tasks still RUNNING and reachable"
 
 # Removing c2 leaves c1 and the VM running and drops c2's share mounts.
-ctr tasks kill -s SIGKILL c2 || fail "kill c2 failed"
-wait_status c2 STOPPED 60
-ctr tasks rm c2 > /dev/null || fail "ctr task rm c2 failed"
-ctr containers rm c2 || fail "ctr container rm c2 failed"
+ctr_delete c2
 [ "$(task_status c1)" = RUNNING ] || fail "c1 is '$(task_status c1)' after c2 was removed"
 [ "$(pids_matching "$VMM_RE" | wc -l)" -eq 1 ] || fail "the VMM went away with c2"
 ! grep -q "/tmp/hyper/pod1/share/c2" /proc/mounts || fail "c2's share mounts left: $(grep /tmp/hyper/pod1/share/c2 /proc/mounts)"
 out=$(gexec c1 'echo still-here') || fail "c1 does not answer after c2 was removed"
 log "c2 removed: c1 still runs in the VM, c2's share mounts are gone"
 
-ctr tasks kill -s SIGKILL c1 || fail "kill c1 failed"
-wait_status c1 STOPPED 60
-ctr tasks rm c1 > /dev/null || fail "ctr task rm c1 failed"
-ctr containers rm c1 || fail "ctr container rm c1 failed"
+ctr_delete c1
 t0=$(now_ms)
 while [ -n "$(pids_matching "$VMM_RE|$SHIM_RE")" ] && (( $(now_ms) - t0 < 15000 )); do th_sleep 0.2; done
 [ -z "$(pids_matching "$VMM_RE|$SHIM_RE")" ] || fail "shim/VMM still running 15 s after the last container was removed"

@@ -99,10 +99,7 @@ until [ "$(gexec 'cat /etc/from-host 2>/dev/null' || true)" = from-host ]; do
 done
 log "rootfs writes reach containerd's snapshot; host changes reach the guest"
 
-ctr tasks kill -s SIGKILL fs || fail "kill failed"
-wait_status fs STOPPED 60
-ctr tasks rm fs > /dev/null || fail "ctr task rm failed"
-ctr containers rm fs || fail "ctr container rm failed"
+ctr_delete fs
 t0=$(now_ms)
 while grep -q " /tmp/hyper" /proc/mounts && (( $(now_ms) - t0 < 15000 )); do th_sleep 0.2; done
 ! grep " /tmp/hyper" /proc/mounts || fail "share mounts left after delete"
