@@ -99,24 +99,14 @@ if [ -n "$kernel" ] && [ -f "$image" ]; then
   fi
 fi
 
-# Layer 4: the nested test host. Under TCG the whole test host very rarely goes silent
-# (an emulator-level hang: its own kernel and watchdog stop; seen once in about a dozen
-# suites). The harness reports that as "stopped responding"; then the suite runs once more
-# in a fresh test-host boot, loudly, and only the second run counts. Any other failure
-# counts as it is.
-test_host_suite() {
-  bash tests/harness/run.sh "$@" > "$logs/test-host-try1.log" 2>&1
-  local rc=$?
-  cat "$logs/test-host-try1.log"
-  if [ $rc -ne 0 ] && grep -q 'the test host stopped responding' "$logs/test-host-try1.log"; then
-    log "WARNING: the test host hung (log: $logs/test-host-try1.log); running the suite again once"
-    bash tests/harness/run.sh "$@"
-  else
-    return $rc
-  fi
-}
+# Layer 4: the nested test host. Under TCG the whole test host sometimes goes silent (an
+# emulator-level hang, tests/harness/README.md "Limits"): run.sh notices it within a minute
+# (the runner's heartbeat stops), reruns only the test it hit in a fresh boot (at most
+# twice) and reports each such infrastructure retry; a test that fails is never retried.
 if [ -x tests/harness/run.sh ]; then
-  suite test-host test_host_suite
+  suite test-host bash tests/harness/run.sh
+  # That hang handling itself, with a test that makes the test host go silent on purpose.
+  suite test-host-hang-handling bash tests/harness/selftest-hang.sh
 else
   log "skipped: tests/harness/run.sh not present, no full-stack tests ran"
 fi
@@ -127,6 +117,12 @@ if [ -x agent/tests/testhost/run.sh ]; then
   suite agent-test-host bash agent/tests/testhost/run.sh
 fi
 
+retries=$(cat "$logs"/test-host.log "$logs"/agent-test-host.log 2>/dev/null | sed -n 's/^infrastructure retries: //p' | paste -sd+ | bc)
+if [ "${retries:-0}" -gt 0 ]; then
+  log "WARNING: ${retries} infrastructure retries (the test host hung; each reran only the test it hit):"
+  grep -h '^     - ' "$logs"/test-host.log "$logs"/agent-test-host.log >&2
+fi
+echo "infrastructure retries: ${retries:-0}"
 [ ${#failures[@]} -gt 0 ] && log "failed: ${failures[*]}"
 echo "total: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -20,10 +20,17 @@
 #   TH_APPEND                   extra test-host kernel command line
 #   TIMEOUT_SCALE (1)           multiplies every test's timeout (a slower CI machine)
 #   TH_BOOT_TIMEOUT (180)       seconds for the test host to come up
+#   TH_SILENCE (60)             seconds without console output (the runner's heartbeat
+#                               comes every 10 s) taken as a hung test host
+#   TH_HANG_RETRIES (2)         reruns, each in a fresh boot, of a test the test host hung in
+#   TH_TICK (periodic)          or dynamic: the test host's timer tick (README: hangs)
+#   TH_QEMU, TH_CPU             the outer QEMU binary and its -cpu (default max)
 #   HARNESS_OUT                 where runs go (default target/harness); the run's
 #                               artefacts are in $HARNESS_OUT/runs/<time>/, also ./latest
 #                               (the newest 20 runs are kept)
-# Output: per-test BEGIN/END lines, the tests' output, and a last line "N passed, M failed".
+# Output: per-test BEGIN/END lines, the tests' output, and last lines
+# "infrastructure retries: K" and "N passed, M failed". A test during which the test host
+# hung runs again in a fresh boot; the results of the others stand; failures never rerun.
 # Exit status: 0 if every selected test passed, 1 otherwise (and on any timeout).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -127,15 +134,9 @@ for n in $(printf '%s\n' "${needs[@]}" | sort -u); do
     die "a test needs '$n': neither one of our binaries (${!CARGO_PKG[*]}) nor a @$n group in payload.list"
   fi
 done
-plan=$run/plan
-for kv in "${envs[@]}"; do printf "export %s='%s'\n" "${kv%%=*}" "${kv#*=}"; done > "$run/env"
-for id in "${ids[@]}"; do echo "$id ${SCRIPT[$id]} ${TIMEOUT[$id]} $(header "${SCRIPT[$id]}" expect)"; done > "$plan"
 binargs=() xtests=()
 for b in "${bins[@]}"; do binargs+=(--bin "$b"); done
 for t in "${!EXTFILE[@]}"; do xtests+=(--test "${EXTFILE[$t]}"); done
-"$here/build-disk.sh" --out "$run/data.ext4" --plan "$plan" --env "$run/env" --guest-kernel "$gkernel" --guest-initrd "$ginitrd" \
-  "${with[@]}" "${binargs[@]}" "${adds[@]}" "${xtests[@]}"
-rm -f "$run/results.img"; truncate -s 256M "$run/results.img"
 build_s=$(elapsed "$t_build")
 
 # ---- boot the test host and follow its console
@@ -143,84 +144,219 @@ tsc=$("$tsc_bin")
 smp=${TH_SMP:-1} accel=tcg
 [ "$smp" -gt 1 ] && accel=tcg,thread=multi
 boot_to=${TH_BOOT_TIMEOUT:-180}
-global_to=$boot_to
-for t in "${ids[@]}"; do global_to=$(( global_to + TIMEOUT[$t] + 60 )); done
-global_to=$(( global_to + 120 ))
-console=$run/testhost-console.log
-: > "$console"
+silence_to=${TH_SILENCE:-60}       # the runner's heartbeat comes every 10 s
+hang_retries=${TH_HANG_RETRIES:-2}
 log "run dir: $run"
-log "booting the test host ($(cat "$testhost/version"), tsc_early_khz=$tsc, ${TH_MEM:-2048} MiB, $smp vCPU); ${#ids[@]} test run(s), global timeout ${global_to}s"
-t0=$(date +%s.%N)
-qemu-system-x86_64 -M microvm -accel "$accel" -cpu max -smp "$smp" -m "${TH_MEM:-2048}" \
-  -nodefaults -no-user-config -display none -monitor none -no-reboot \
-  -serial "file:$console" \
-  -kernel "$testhost/vmlinuz" -initrd "$testhost/initramfs.cpio.gz" \
-  -drive "if=none,id=data,file=$run/data.ext4,format=raw,readonly=on" -device virtio-blk-device,drive=data \
-  -drive "if=none,id=results,file=$run/results.img,format=raw" -device virtio-blk-device,drive=results \
-  -append "console=ttyS0 panic=-1 quiet tsc_early_khz=$tsc tsc=reliable ${TH_APPEND:-}" \
-  > "$run/qemu.log" 2>&1 < /dev/null &
-qpid=$!
-stop_qemu() {
-  kill -TERM "$qpid" 2>/dev/null || return 0
-  for _ in $(seq 50); do kill -0 "$qpid" 2>/dev/null || return 0; sleep 0.1; done
-  kill -KILL "$qpid" 2>/dev/null || true
+
+declare -A RESULT=() SECS=() WHY=() HANGS=()
+retry_notes=()
+hang_diag=""
+
+# hmp CMD: one command on the outer QEMU's human monitor; prints its answer.
+hmp() {
+  printf '%s\n' "$1" | timeout 10 socat -t 2 - "UNIX-CONNECT:$bdir/monitor.sock" 2>/dev/null \
+    | tr -d '\r' | sed -e 's/\x1b\[[0-9;]*[A-Za-z]//g' -e '/^QEMU .* monitor/d' -e '/^(qemu)/d' | grep -v '^$' || true
 }
-trap 'stop_qemu' EXIT
-trap 'log "interrupted"; exit 130' INT TERM
+# qemu_cpu_ms SECONDS: CPU milliseconds the outer QEMU used in that many seconds.
+qemu_cpu_ms() {
+  local a b
+  a=$(awk '{ print $14 + $15 }' "/proc/$qpid/stat" 2>/dev/null || echo 0)
+  sleep "$1"
+  b=$(awk '{ print $14 + $15 }' "/proc/$qpid/stat" 2>/dev/null || echo 0)
+  echo $(( (b - a) * 1000 / $(getconf CLK_TCK) ))
+}
+# diagnose_hang: what the silent test host was doing, before it is stopped: the outer
+# QEMU's view of its vCPU and interrupt controllers, then an NMI and the magic SysRq keys
+# over its serial line (l: CPU backtraces, q: timers and clock events, w/t: tasks). Any
+# console output after that means an interrupt could still wake it: the hang was a lost
+# wake-up, not a dead kernel. Writes $bdir/hang-diagnosis.txt and sets hang_diag.
+diagnose_hang() {
+  local f=$bdir/hang-diagnosis.txt before k
+  before=$(wc -c < "$console")
+  {
+    echo "# $(date -u +%FT%TZ) test host silent for ${silence_to}s during ${current:-no test}"
+    echo "## outer QEMU CPU time over 2 s: $(qemu_cpu_ms 2) ms (about 0: its vCPU is halted; about 2000: it spins)"
+    for c in "info registers" "info lapic" "info pic" "info irq"; do echo "## $c"; hmp "$c"; done
+  } > "$f" 2>&1
+  local silent_after=$before
+  hmp nmi > /dev/null; sleep 3
+  if [ "$(wc -c < "$console")" -gt "$silent_after" ]; then echo "## after nmi: the console printed again" >> "$f"; fi
+  silent_after=$(wc -c < "$console")
+  for k in 9 l q w t; do                  # 9 first: console log level 9, so the dumps print
+    hmp "chardev-send-break con" > /dev/null
+    printf '%s' "$k" | timeout 5 socat -u - "UNIX-CONNECT:$bdir/serial.sock" 2>/dev/null
+    sleep 3
+  done
+  if [ "$(wc -c < "$console")" -gt "$silent_after" ]; then
+    echo "## after sysrq over the serial line: the console printed again" >> "$f"
+  fi
+  { echo "## registers after the NMI and sysrq"; hmp "info registers"; } >> "$f" 2>&1
+  local woke=no
+  if [ "$(wc -c < "$console")" -gt "$before" ]; then woke=yes; fi
+  hang_diag="monitor dump in $f; woke up on NMI/SysRq: $woke"
+  echo "== HARNESS: $hang_diag"
+  grep -E '^(RIP|RFL|EFER|CR0)=| HLT=|^## after' "$f" | head -8 | sed 's/^/== HARNESS:   /' || true
+}
 
-declare -A RESULT=() SECS=() WHY=()
-current="" cur_t0="" ready="" done_seen="" host_fail=""
-boot_s=""
-exec {con}< <(tail -n +1 -F --pid="$qpid" "$console" 2>/dev/null)
-while :; do
-  if IFS= read -r -t 2 -u "$con" line; then
-    line=${line//$'\r'/}
-    case "$line" in
-      "@@TH READY"*)
-        ready=1; boot_s=$(elapsed "$t0")
-        echo "== test host up in ${boot_s%??} s: ${line#@@TH READY }" ;;
-      "@@TH BEGIN "*)
-        set -- ${line#@@TH BEGIN }; current=$1; cur_t0=$(date +%s.%N)
-        echo "== BEGIN $current (${2:-})" ;;
-      "@@TH END "*)
-        set -- ${line#@@TH END }; t=$1; RESULT[$t]=$2
-        SECS[$t]=$(elapsed "$cur_t0"); SECS[$t]=${SECS[$t]%??}
-        shift 4 || shift $#; WHY[$t]="$*"
-        echo "== END   $t: ${RESULT[$t]} (${SECS[$t]} s)${WHY[$t]:+ - ${WHY[$t]}}"
-        current="" ;;
-      "@@TH DONE"*) done_seen=$(date +%s.%N); echo "== ${line#@@TH }" ;;
-      "@@TH "*) echo "== ${line#@@TH }" ;;
-      *) if [ -n "$current" ]; then echo "   | $line"; else echo "   : $line"; fi ;;
-    esac
+# boot_testhost ID...: one boot of the test host running these test runs in order. Records
+# RESULT/SECS/WHY for each run it reports; sets host_fail (why the host side stopped it, if
+# it did) and hung (the run during which it went silent, or "boot" if it never came up).
+boot_testhost() {
+  local bids=("$@") t e line
+  boots=$((boots + 1))
+  bdir=$run; [ "$boots" -gt 1 ] && bdir=$run/boot-$boots
+  mkdir -p "$bdir"
+  for id in "${bids[@]}"; do echo "$id ${SCRIPT[$id]} ${TIMEOUT[$id]} $(header "${SCRIPT[$id]}" expect)"; done > "$bdir/plan"
+  { for kv in "${envs[@]}"; do printf "export %s='%s'\n" "${kv%%=*}" "${kv#*=}"; done
+    echo "export TH_BOOT=$boots"; } > "$bdir/env"
+  "$here/build-disk.sh" --out "$bdir/data.ext4" --plan "$bdir/plan" --env "$bdir/env" --guest-kernel "$gkernel" \
+    --guest-initrd "$ginitrd" "${with[@]}" "${binargs[@]}" "${adds[@]}" "${xtests[@]}"
+  rm -f "$bdir/results.img"; truncate -s 256M "$bdir/results.img"
+  local global_to=$boot_to
+  for t in "${bids[@]}"; do global_to=$(( global_to + TIMEOUT[$t] + 60 )); done
+  global_to=$(( global_to + 120 ))
+  console=$bdir/testhost-console.log
+  : > "$console"
+  log "booting the test host (boot $boots: $(cat "$testhost/version"), $(basename "$qemu") -cpu $cpu, ${TH_TICK:-periodic} tick, tsc_early_khz=$tsc, ${TH_MEM:-2048} MiB, $smp vCPU); ${#bids[@]} test run(s), global timeout ${global_to}s"
+  t0=$(date +%s.%N)
+  # The serial line and the monitor are unix sockets nobody reads until a hang: the
+  # console is logged to a file either way; diagnose_hang writes to both.
+  "$qemu" -M microvm -accel "$accel" -cpu "$cpu" -smp "$smp" -m "${TH_MEM:-2048}" \
+    -nodefaults -no-user-config -display none -no-reboot \
+    -chardev "socket,id=con,path=$bdir/serial.sock,server=on,wait=off,logfile=$console" -serial chardev:con \
+    -monitor "unix:$bdir/monitor.sock,server=on,wait=off" \
+    -kernel "$testhost/vmlinuz" -initrd "$testhost/initramfs.cpio.gz" \
+    -drive "if=none,id=data,file=$bdir/data.ext4,format=raw,readonly=on" -device virtio-blk-device,drive=data \
+    -drive "if=none,id=results,file=$bdir/results.img,format=raw" -device virtio-blk-device,drive=results \
+    -append "console=ttyS0 panic=-1 quiet tsc_early_khz=$tsc tsc=reliable $tick ${TH_APPEND:-}" \
+    > "$bdir/qemu.log" 2>&1 < /dev/null &
+  qpid=$!
+  stop_qemu() {
+    kill -TERM "$qpid" 2>/dev/null || return 0
+    for _ in $(seq 50); do kill -0 "$qpid" 2>/dev/null || return 0; sleep 0.1; done
+    kill -KILL "$qpid" 2>/dev/null || true
+  }
+  trap 'stop_qemu' EXIT
+
+  current="" cur_t0="" ready="" done_seen="" host_fail="" hung="" boot_s="" hang_diag=""
+  local last_out; last_out=$(date +%s)
+  exec {con}< <(tail -n +1 -F --pid="$qpid" "$console" 2>/dev/null)
+  while :; do
+    if IFS= read -r -t 2 -u "$con" line; then
+      line=${line//$'\r'/}
+      last_out=$(date +%s)
+      case "$line" in
+        "@@TH HB"*) ;;                               # heartbeat: only proves it is alive
+        "@@TH READY"*)
+          ready=1; boot_s=$(elapsed "$t0")
+          echo "== test host up in ${boot_s%??} s: ${line#@@TH READY }" ;;
+        "@@TH BEGIN "*)
+          set -- ${line#@@TH BEGIN }; current=$1; cur_t0=$(date +%s.%N)
+          echo "== BEGIN $current (${2:-})" ;;
+        "@@TH END "*)
+          set -- ${line#@@TH END }; t=$1; RESULT[$t]=$2
+          SECS[$t]=$(elapsed "$cur_t0"); SECS[$t]=${SECS[$t]%??}
+          shift 4 || shift $#; WHY[$t]="$*"
+          echo "== END   $t: ${RESULT[$t]} (${SECS[$t]} s)${WHY[$t]:+ - ${WHY[$t]}}"
+          current="" ;;
+        "@@TH DONE"*) done_seen=$(date +%s.%N); echo "== ${line#@@TH }" ;;
+        "@@TH "*) echo "== ${line#@@TH }" ;;
+        *) if [ -n "$current" ]; then echo "   | $line"; else echo "   : $line"; fi ;;
+      esac
+    else
+      [ $? -le 128 ] && break                        # EOF: QEMU exited and the log is drained
+    fi
+    # Host-side limits, in case the test host itself stops responding.
+    e=$(elapsed "$t0"); e=${e%.*}
+    if [ -z "$ready" ] && [ "$e" -ge "$boot_to" ]; then
+      host_fail="the test host did not come up within ${boot_to}s"; hung=boot
+    elif [ -n "$ready" ] && [ -z "$done_seen" ] && [ $(( $(date +%s) - last_out )) -ge "$silence_to" ]; then
+      host_fail="the test host went silent for ${silence_to}s (no heartbeat) during ${current:-the runner, between tests}"
+      hung=${current:-between}
+      diagnose_hang
+    elif [ -n "$current" ] && [ "$(elapsed "$cur_t0" | cut -d. -f1)" -ge $(( TIMEOUT[$current] + 60 )) ]; then
+      host_fail="the test host stopped responding during $current (its own ${TIMEOUT[$current]}s watchdog did not fire)"
+      hung=$current
+    elif [ -n "$done_seen" ] && [ "$(elapsed "$done_seen" | cut -d. -f1)" -ge 60 ]; then
+      host_fail="the test host did not power off"
+    elif [ "$e" -ge "$global_to" ]; then host_fail="global timeout (${global_to}s)"
+    fi
+    if [ -n "$host_fail" ]; then
+      echo "== HARNESS: $host_fail; stopping the test host (pid $qpid)"
+      stop_qemu; break
+    fi
+  done
+  exec {con}<&-
+  wait "$qpid" 2>/dev/null && qrc=0 || qrc=$?
+  trap - EXIT
+  total_s=$(awk -v a="$total_s" -v b="$(elapsed "$t0")" 'BEGIN { printf "%.3f", a + b }')
+  [ -z "$boot_s" ] || boot_times+=("$(printf %.1f "$boot_s") s")
+
+  # Results: unpack the tar the test host wrote to its second disk (a hung one wrote none).
+  mkdir -p "$run/results"
+  local unpack=$bdir/results.unpacked
+  mkdir -p "$unpack"
+  if tar -C "$unpack" -xf "$bdir/results.img" 2>/dev/null && [ -n "$(ls -A "$unpack")" ]; then
+    [ $keep = 1 ] || rm -f "$bdir/results.img" "$bdir/data.ext4"
+    for f in "$unpack"/*; do
+      case "$(basename "$f")" in
+        testhost-*) mv "$f" "$bdir/results-$(basename "$f")" ;;
+        *) rm -rf "$run/results/$(basename "$f")"; mv "$f" "$run/results/" ;;
+      esac
+    done
+    rmdir "$unpack" 2>/dev/null || true
   else
-    rc=$?
-    [ $rc -le 128 ] && break                       # EOF: QEMU exited and the log is drained
+    rmdir "$unpack" 2>/dev/null || true
+    log "no results came back from test-host boot $boots (results disk empty); kept $bdir/results.img"
   fi
-  # Host-side limits, in case the test host itself stops responding.
-  e=$(elapsed "$t0"); e=${e%.*}
-  if [ -z "$ready" ] && [ "$e" -ge "$boot_to" ]; then host_fail="the test host did not come up within ${boot_to}s"
-  elif [ -n "$current" ] && [ "$(elapsed "$cur_t0" | cut -d. -f1)" -ge $(( TIMEOUT[$current] + 60 )) ]; then
-    host_fail="the test host stopped responding during $current (its own ${TIMEOUT[$current]}s watchdog did not fire)"
-  elif [ -n "$done_seen" ] && [ "$(elapsed "$done_seen" | cut -d. -f1)" -ge 60 ]; then host_fail="the test host did not power off"
-  elif [ "$e" -ge "$global_to" ]; then host_fail="global timeout (${global_to}s)"
-  fi
-  if [ -n "$host_fail" ]; then
-    echo "== HARNESS: $host_fail; stopping the test host (pid $qpid)"
-    stop_qemu; break
-  fi
-done
-exec {con}<&-
-wait "$qpid" 2>/dev/null && qrc=0 || qrc=$?
-total_s=$(elapsed "$t0")
-trap - EXIT
+}
 
-# ---- results: unpack the tar the test host wrote to its second disk
-mkdir -p "$run/results"
-if tar -C "$run/results" -xf "$run/results.img" 2>/dev/null && [ -n "$(ls -A "$run/results")" ]; then
-  [ $keep = 1 ] || rm -f "$run/results.img" "$run/data.ext4"
-else
-  log "no results came back from the test host (results disk empty); kept $run/results.img"
-fi
+qemu=${TH_QEMU:-qemu-system-x86_64}
+# A periodic tick: QEMU 7.2's TCG can lose the vCPU's "interrupt pending" bit while the
+# test host runs a KVM guest (README: "Limits"); the LAPIC timer interrupt then waits in
+# the IRR forever and the test host hangs. A periodic LAPIC timer raises it again at the
+# next tick. TH_TICK=dynamic gives the kernel's default (tickless, one-shot timer).
+case "${TH_TICK:-periodic}" in
+  periodic) tick="nohz=off highres=off" ;;
+  dynamic) tick="" ;;
+  *) die "TH_TICK is periodic or dynamic, not '$TH_TICK'" ;;
+esac
+cpu=${TH_CPU:-max}
+apt_need socat
+trap 'log "interrupted"; exit 130' INT TERM
+boots=0 total_s=0 boot_times=() infra=0
+todo=("${ids[@]}")
+final_fail=""
+while [ ${#todo[@]} -gt 0 ]; do
+  boot_testhost "${todo[@]}"
+  # What is left: the runs this boot never reported. A hang costs only the run it hit:
+  # that run goes again in a fresh boot (at most $hang_retries times), every other result
+  # stands, and a run that failed is never retried.
+  rest=()
+  for id in "${todo[@]}"; do [ -n "${RESULT[$id]:-}" ] || rest+=("$id"); done
+  if [ ${#rest[@]} -eq 0 ]; then
+    [ -z "$host_fail" ] || log "WARNING: $host_fail, after every test had reported (their results stand)"
+    break
+  fi
+  if [ -z "$hung" ]; then final_fail=$host_fail; break; fi
+  if [ "$hung" = boot ] || [ "$hung" = between ]; then key="test-host boot"; else key=$hung; fi
+  HANGS[$key]=$(( ${HANGS[$key]:-0} + 1 ))
+  if [ "${HANGS[$key]}" -gt "$hang_retries" ]; then
+    note="$key: the test host hung in ${HANGS[$key]} boots; not retried again"
+    if [ "$key" = "test-host boot" ]; then final_fail=$note; break; fi
+    RESULT[$key]=FAIL; WHY[$key]="the test host hung during it in ${HANGS[$key]} boots (infrastructure, see the hang diagnoses)"
+    retry_notes+=("$note")
+    log "WARNING: $note"
+    todo=("${rest[@]:1}")
+    continue
+  fi
+  infra=$((infra + 1))
+  note="boot $boots: the test host hung during $key${hang_diag:+ ($hang_diag)}; rerunning it in a fresh boot (infrastructure retry ${HANGS[$key]} of $hang_retries)"
+  retry_notes+=("$note")
+  log "WARNING: $note"
+  todo=("${rest[@]}")
+done
+host_fail=$final_fail
 
 passed=0 failed=0
 echo
@@ -229,19 +365,23 @@ for t in "${ids[@]}"; do
   r=${RESULT[$t]:-FAIL}
   [ -z "${RESULT[$t]:-}" ] && WHY[$t]=${host_fail:-"the test host never reported it (see $console)"}
   if [ "$r" = PASS ]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
-  printf '%-4s %-26s %6s s  %s\n' "$r" "$t" "${SECS[$t]:--}" "${WHY[$t]:-}"
+  hung_txt=""; [ -n "${HANGS[$t]:-}" ] && hung_txt=" [after ${HANGS[$t]} test-host hang(s)]"
+  printf '%-4s %-26s %6s s  %s\n' "$r" "$t" "${SECS[$t]:--}" "${WHY[$t]:-}$hung_txt"
   if [ "$r" != PASS ]; then
     for f in "$run/results/$t"/*.console "$run/results/$t"/*.log "$run/results/$t"/*/*.console; do
       [ -f "$f" ] && echo "       artefact: $f$([ -s "$f" ] || echo ' (empty)')"
     done
   fi
 done
-boot_txt=never; [ -n "$boot_s" ] && boot_txt="$(printf %.1f "$boot_s") s"
-echo "   test host: build $(printf %.1f "$build_s") s, boot to READY $boot_txt, whole run $(printf %.1f "$total_s") s; outer qemu exit status $qrc"
+echo "   test host: build $(printf %.1f "$build_s") s, $boots boot(s) (to READY: ${boot_times[*]:-never}), whole run $(printf %.1f "$total_s") s; outer qemu exit status $qrc"
 echo "   test-host console: $console"
+if [ ${#retry_notes[@]} -gt 0 ]; then
+  echo "   infrastructure retries: $infra (test-host hangs; each reran only the run it hit)"
+  for n in "${retry_notes[@]}"; do echo "     - $n"; done
+fi
 if [ $failed -gt 0 ] || [ -n "$host_fail" ]; then
   echo "----- last 25 lines of the test-host console ($console) -----"
-  tail -n 25 "$console" | tr -d '\r'
+  tail -n 25 "$console" | tr -d '\r' | grep -v '^@@TH HB'
   for t in "${ids[@]}"; do
     [ "${RESULT[$t]:-FAIL}" = PASS ] && continue
     for f in "$run/results/$t"/*.console "$run/results/$t"/*.vmm.log; do
@@ -249,7 +389,8 @@ if [ $failed -gt 0 ] || [ -n "$host_fail" ]; then
       echo "----- last 15 lines of $f -----"; tail -n 15 "$f" | tr -d '\r'
     done
   done
-  [ -s "$run/qemu.log" ] && { echo "----- outer qemu stderr ($run/qemu.log) -----"; tail -n 10 "$run/qemu.log"; }
+  [ -s "$bdir/qemu.log" ] && { echo "----- outer qemu stderr ($bdir/qemu.log) -----"; tail -n 10 "$bdir/qemu.log"; }
 fi
+echo "infrastructure retries: $infra"
 echo "$passed passed, $failed failed"
 [ $failed -eq 0 ] && [ -z "$host_fail" ]
