@@ -154,7 +154,7 @@ hang_diag=""
 
 # hmp CMD: one command on the outer QEMU's human monitor; prints its answer.
 hmp() {
-  printf '%s\n' "$1" | timeout 10 socat -t 2 - "UNIX-CONNECT:$bdir/monitor.sock" 2>/dev/null \
+  printf '%s\n' "$1" | timeout 10 socat -t 2 - "UNIX-CONNECT:$sock-monitor" 2>/dev/null \
     | tr -d '\r' | sed -e 's/\x1b\[[0-9;]*[A-Za-z]//g' -e '/^QEMU .* monitor/d' -e '/^(qemu)/d' | grep -v '^$' || true
 }
 # qemu_cpu_ms SECONDS: CPU milliseconds the outer QEMU used in that many seconds.
@@ -184,7 +184,7 @@ diagnose_hang() {
   silent_after=$(wc -c < "$console")
   for k in 9 l q w t; do                  # 9 first: console log level 9, so the dumps print
     hmp "chardev-send-break con" > /dev/null
-    printf '%s' "$k" | timeout 5 socat -u - "UNIX-CONNECT:$bdir/serial.sock" 2>/dev/null
+    printf '%s' "$k" | timeout 5 socat -u - "UNIX-CONNECT:$sock-serial" 2>/dev/null
     sleep 3
   done
   if [ "$(wc -c < "$console")" -gt "$silent_after" ]; then
@@ -217,14 +217,15 @@ boot_testhost() {
   global_to=$(( global_to + 120 ))
   console=$bdir/testhost-console.log
   : > "$console"
+  sock=$sockdir/boot$boots
   log "booting the test host (boot $boots: $(cat "$testhost/version"), $(basename "$qemu") -cpu $cpu, ${TH_TICK:-periodic} tick, tsc_early_khz=$tsc, ${TH_MEM:-2048} MiB, $smp vCPU); ${#bids[@]} test run(s), global timeout ${global_to}s"
   t0=$(date +%s.%N)
-  # The serial line and the monitor are unix sockets nobody reads until a hang: the
+  # The serial line and the monitor are unix sockets nobody opens until a hang: the
   # console is logged to a file either way; diagnose_hang writes to both.
   "$qemu" -M microvm -accel "$accel" -cpu "$cpu" -smp "$smp" -m "${TH_MEM:-2048}" \
     -nodefaults -no-user-config -display none -no-reboot \
-    -chardev "socket,id=con,path=$bdir/serial.sock,server=on,wait=off,logfile=$console" -serial chardev:con \
-    -monitor "unix:$bdir/monitor.sock,server=on,wait=off" \
+    -chardev "socket,id=con,path=$sock-serial,server=on,wait=off,logfile=$console" -serial chardev:con \
+    -monitor "unix:$sock-monitor,server=on,wait=off" \
     -kernel "$testhost/vmlinuz" -initrd "$testhost/initramfs.cpio.gz" \
     -drive "if=none,id=data,file=$bdir/data.ext4,format=raw,readonly=on" -device virtio-blk-device,drive=data \
     -drive "if=none,id=results,file=$bdir/results.img,format=raw" -device virtio-blk-device,drive=results \
@@ -236,7 +237,7 @@ boot_testhost() {
     for _ in $(seq 50); do kill -0 "$qpid" 2>/dev/null || return 0; sleep 0.1; done
     kill -KILL "$qpid" 2>/dev/null || true
   }
-  trap 'stop_qemu' EXIT
+  trap 'stop_qemu; rm -rf "$sockdir"' EXIT
 
   current="" cur_t0="" ready="" done_seen="" host_fail="" hung="" boot_s="" hang_diag=""
   local last_out; last_out=$(date +%s)
@@ -288,7 +289,7 @@ boot_testhost() {
   done
   exec {con}<&-
   wait "$qpid" 2>/dev/null && qrc=0 || qrc=$?
-  trap - EXIT
+  trap 'rm -rf "$sockdir"' EXIT
   total_s=$(awk -v a="$total_s" -v b="$(elapsed "$t0")" 'BEGIN { printf "%.3f", a + b }')
   [ -z "$boot_s" ] || boot_times+=("$(printf %.1f "$boot_s") s")
 
@@ -323,6 +324,9 @@ case "${TH_TICK:-periodic}" in
 esac
 cpu=${TH_CPU:-max}
 apt_need socat
+# The sockets live in a short directory of their own (a unix socket path has 108 bytes).
+sockdir=$(mktemp -d /tmp/hyper-th.XXXXXX)
+trap 'rm -rf "$sockdir"' EXIT
 trap 'log "interrupted"; exit 130' INT TERM
 boots=0 total_s=0 boot_times=() infra=0
 todo=("${ids[@]}")
