@@ -35,12 +35,7 @@ async fn namespaces_mounts_identity() {
     std::fs::write(h.rootfs.join("root/secret"), "x").unwrap();
     h.create("c", s, false).await.unwrap();
     h.start_container("c").await.unwrap();
-    let procs = h.pids("c").await;
-    let pid = procs
-        .iter()
-        .find(|p| p.command.contains("sleep"))
-        .expect("sleep listed")
-        .pid;
+    let pid = h.pid_of("c", "sleep").await;
     let me = std::process::id() as i32;
     for ns in ["pid", "mnt", "uts", "ipc", "net", "cgroup"] {
         assert_ne!(

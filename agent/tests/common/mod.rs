@@ -353,6 +353,23 @@ impl Harness {
             .await
     }
 
+    /// The pid of the container's process whose command contains `needle`, waiting up to
+    /// 10 s for it: right after Start its init may not have exec'd the command yet.
+    pub async fn pid_of(&self, id: &str, needle: &str) -> i32 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let procs = self.pids(id).await;
+            if let Some(p) = procs.iter().find(|p| p.command.contains(needle)) {
+                return p.pid;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no process of {id} runs {needle:?} after 10 s: {procs:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn pids(&self, id: &str) -> Vec<agent::ProcessInfo> {
         self.client
             .list_processes(
