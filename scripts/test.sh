@@ -100,7 +100,7 @@ if [ -n "$kernel" ] && [ -f "$image" ]; then
 fi
 
 # Layer 4: the nested test host. Under TCG the whole test host sometimes goes silent (an
-# emulator-level hang, tests/harness/README.md "Limits"): run.sh notices it within a minute
+# emulator-level hang, tests/harness/README.md "Test-host hangs"): run.sh notices it within a minute
 # (the runner's heartbeat stops), reruns only the test it hit in a fresh boot (at most
 # twice) and reports each such infrastructure retry; a test that fails is never retried.
 if [ -x tests/harness/run.sh ]; then
@@ -120,7 +120,7 @@ fi
 retries=$(cat "$logs"/test-host.log "$logs"/agent-test-host.log 2>/dev/null | sed -n 's/^infrastructure retries: //p' | paste -sd+ | bc)
 if [ "${retries:-0}" -gt 0 ]; then
   log "WARNING: ${retries} infrastructure retries (the test host hung; each reran only the test it hit):"
-  grep -h '^     - ' "$logs"/test-host.log "$logs"/agent-test-host.log >&2
+  grep -h '^     - ' "$logs"/test-host.log "$logs"/agent-test-host.log 2>/dev/null >&2
 fi
 echo "infrastructure retries: ${retries:-0}"
 [ ${#failures[@]} -gt 0 ] && log "failed: ${failures[*]}"

@@ -2,7 +2,8 @@
 # Pods started at the same moment: PODS (default 3) `ctr run --rm` of separate pods are
 # started together, after SEQUENTIAL (default 0) one-at-a-time runs in the same test-host
 # boot; each must print its own output and exit 0, and afterwards no shim, VMM, share mount
-# or state dir may be left. On a stall, every shim's and VMM's stacks and state are kept.
+# or state dir may be left. A pod still running after 400 s fails it (status 124); the
+# shims' per-pod logs are kept as artefacts.
 # timeout: 900
 # needs: containerd hyper-vmm containerd-shim-hyper-v1
 # shellcheck source=lib.sh

@@ -198,6 +198,12 @@ diagnose_hang() {
   grep -E '^(RIP|RFL|EFER|CR0)=| HLT=|^## after' "$f" | head -8 | sed 's/^/== HARNESS:   /' || true
 }
 
+stop_qemu() {
+  kill -TERM "$qpid" 2>/dev/null || return 0
+  for _ in $(seq 50); do kill -0 "$qpid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$qpid" 2>/dev/null || true
+}
+
 # boot_testhost ID...: one boot of the test host running these test runs in order. Records
 # RESULT/SECS/WHY for each run it reports; sets host_fail (why the host side stopped it, if
 # it did) and hung (the run during which it went silent, or "boot" if it never came up).
@@ -232,11 +238,6 @@ boot_testhost() {
     -append "console=ttyS0 panic=-1 quiet tsc_early_khz=$tsc tsc=reliable $tick ${TH_APPEND:-}" \
     > "$bdir/qemu.log" 2>&1 < /dev/null &
   qpid=$!
-  stop_qemu() {
-    kill -TERM "$qpid" 2>/dev/null || return 0
-    for _ in $(seq 50); do kill -0 "$qpid" 2>/dev/null || return 0; sleep 0.1; done
-    kill -KILL "$qpid" 2>/dev/null || true
-  }
   trap 'stop_qemu; rm -rf "$sockdir"' EXIT
 
   current="" cur_t0="" ready="" done_seen="" host_fail="" hung="" boot_s="" hang_diag=""
@@ -314,7 +315,7 @@ boot_testhost() {
 
 qemu=${TH_QEMU:-qemu-system-x86_64}
 # A periodic tick: QEMU 7.2's TCG can lose the vCPU's "interrupt pending" bit while the
-# test host runs a KVM guest (README: "Limits"); the LAPIC timer interrupt then waits in
+# test host runs a KVM guest (README: "Test-host hangs"); the LAPIC timer interrupt then waits in
 # the IRR forever and the test host hangs. A periodic LAPIC timer raises it again at the
 # next tick. TH_TICK=dynamic gives the kernel's default (tickless, one-shot timer).
 case "${TH_TICK:-periodic}" in

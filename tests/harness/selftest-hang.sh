@@ -11,6 +11,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=../../scripts/common.sh
 source "$here/../../scripts/common.sh"
 passed=0 failed=0
+work=$(mktemp -d "${TMPDIR:-/tmp}/hyper-selftest-hang.XXXXXX")
+trap 'rm -rf "$work"' EXIT
 check() { # check CASE DESCRIPTION CONDITION...
   local c=$1 d=$2; shift 2
   if "$@"; then log "ok   $c: $d"; else log "FAIL $c: $d"; bad=1; fi
@@ -18,7 +20,7 @@ check() { # check CASE DESCRIPTION CONDITION...
 has() { grep -qE -- "$1" "$out"; }
 runs() { # runs CASE EXPECTED_RC ARGS...: one run.sh; sets out and dir
   local c=$1 want=$2; shift 2
-  out=$(mktemp); bad=0
+  out=$work/$c.out; bad=0
   log "=== case $c: run.sh $*"
   TH_SILENCE=20 bash "$here/run.sh" "$@" > "$out" 2>&1
   local rc=$?
@@ -27,7 +29,7 @@ runs() { # runs CASE EXPECTED_RC ARGS...: one run.sh; sets out and dir
 }
 done_case() { # done_case CASE
   if [ "$bad" = 0 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); tail -40 "$out"; fi
-  log "case $1: output in $out"
+  log "case $1: run dir $dir"
 }
 
 runs first 0 harness-selftest-leak harness-selftest-hang harness-selftest-timeout
