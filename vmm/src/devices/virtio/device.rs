@@ -72,7 +72,8 @@ pub enum DeviceError {
     Other(String),
 }
 
-/// Everything a device receives when the driver sets DRIVER_OK.
+/// Everything a device receives when the driver sets DRIVER_OK. Devices that serve their
+/// queues on the event loop keep it, in an [`Activation`](super::Activation), until reset.
 pub struct ActivateContext {
     pub mem: GuestMemoryMmap,
     pub queues: Vec<Queue>,
@@ -80,18 +81,28 @@ pub struct ActivateContext {
 }
 
 impl ActivateContext {
-    /// For single-queue devices: the memory, the queue and the interrupt, or the error
-    /// that says no queue came.
-    pub fn into_single_queue(
-        self,
-    ) -> Result<(GuestMemoryMmap, Queue, Arc<Interrupt>), ActivateError> {
-        let got = self.queues.len();
-        let queue = self
-            .queues
-            .into_iter()
-            .next()
-            .ok_or(ActivateError::QueueCount { expected: 1, got })?;
-        Ok((self.mem, queue, self.interrupt))
+    /// The context if it brings exactly `n` queues, or the error that says how many came.
+    pub fn expect_queues(self, n: usize) -> Result<Self, ActivateError> {
+        if self.queues.len() != n {
+            return Err(ActivateError::QueueCount {
+                expected: n,
+                got: self.queues.len(),
+            });
+        }
+        Ok(self)
+    }
+
+    /// For single-queue devices: the context with only its first queue, or the error that
+    /// says no queue came.
+    pub fn into_single_queue(mut self) -> Result<Self, ActivateError> {
+        if self.queues.is_empty() {
+            return Err(ActivateError::QueueCount {
+                expected: 1,
+                got: 0,
+            });
+        }
+        self.queues.truncate(1);
+        Ok(self)
     }
 }
 

@@ -144,21 +144,27 @@ pub fn run(kind: FuzzDevice, data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio::test_utils::check_cases;
 
     /// The entry point itself runs every device on plain and degenerate inputs (the
     /// fuzzer explores from there).
     #[test]
     fn every_device_takes_any_input() {
-        let inputs: [&[u8]; 4] = [&[], &[0; 64], &[0xff; 4096], &[7; 70_000]];
-        for kind in [
+        let inputs: [(&str, &[u8]); 4] = [
+            ("no bytes", &[]),
+            ("64 zero bytes", &[0; 64]),
+            ("4096 0xff bytes", &[0xff; 4096]),
+            ("70000 bytes of 7", &[7; 70_000]),
+        ];
+        let kinds = [
             FuzzDevice::Block,
             FuzzDevice::Net,
             FuzzDevice::Rng,
             FuzzDevice::Vsock,
-        ] {
-            for data in inputs {
-                run(kind, data);
-            }
-        }
+        ];
+        let cases = kinds.into_iter().flat_map(|kind| {
+            inputs.map(|(what, data)| (format!("{kind:?}, {what}"), (kind, data)))
+        });
+        check_cases(cases, |(kind, data)| run(kind, data));
     }
 }

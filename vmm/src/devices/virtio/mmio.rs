@@ -629,12 +629,13 @@ mod tests {
 
     #[test]
     fn bad_queues_mark_the_device_broken() {
-        for (size, base) in [
-            (3u32, 0x10_0000u64),   // not a power of two
-            (64, 0x10_0000),        // above the maximum
-            (16, 0xffff_0000_0000), // rings outside guest memory
-            (16, 0x10_0001),        // misaligned descriptor table
-        ] {
+        let cases = [
+            ("size not a power of two", (3u32, 0x10_0000u64)),
+            ("size above the maximum", (64, 0x10_0000)),
+            ("rings outside guest memory", (16, 0xffff_0000_0000)),
+            ("misaligned descriptor table", (16, 0x10_0001)),
+        ];
+        check_cases(cases, |(size, base)| {
             let (mut t, log) = transport();
             negotiate(&mut t);
             setup_queue(&mut t, 0, size, base);
@@ -648,7 +649,7 @@ mod tests {
             assert_ne!(rd(&mut t, REG_INTERRUPT_STATUS) & INT_CONFIG, 0);
             wr(&mut t, REG_INTERRUPT_ACK, INT_CONFIG);
             assert_eq!(rd(&mut t, REG_INTERRUPT_STATUS), 0);
-        }
+        });
     }
 
     #[test]

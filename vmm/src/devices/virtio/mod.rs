@@ -2,6 +2,7 @@
 //! transport ([`mmio::MmioTransport`]) owns the register file, the queues' configuration
 //! and the notification eventfds, and hands live queues to the device on activation.
 
+pub mod activation;
 pub mod block;
 pub mod device;
 pub mod fs;
@@ -17,6 +18,7 @@ mod random_tests;
 #[cfg(test)]
 pub mod test_utils;
 
+pub use activation::Activation;
 pub use device::{ActivateError, DeviceError, Interrupt, VirtioDevice};
 
 // Device types (virtio 1.1, 5).

@@ -107,6 +107,11 @@ fn scramble(mem: &GuestMemoryMmap, vq: &MockSplitQueue<GuestMemoryMmap>, r: &mut
     }
 }
 
+/// Each seed is one case, so a failure names the seed that reproduces it.
+fn seeds() -> impl Iterator<Item = (String, u64)> {
+    (1..200).map(|seed| (format!("seed {seed}"), seed))
+}
+
 fn run_device(mut dev: Box<dyn VirtioDevice>, seed: u64, rounds: usize) {
     let mut r = Prng(seed);
     let mem = test_memory();
@@ -136,9 +141,9 @@ fn run_device(mut dev: Box<dyn VirtioDevice>, seed: u64, rounds: usize) {
 
 #[test]
 fn rng_survives_random_queues() {
-    for seed in 1..200 {
+    check_cases(seeds(), |seed| {
         run_device(Box::new(Rng::new(Arc::default())), seed, 20);
-    }
+    });
 }
 
 #[test]
@@ -146,15 +151,17 @@ fn block_survives_random_queues() {
     let f = tempfile::NamedTempFile::new().unwrap();
     f.as_file().set_len(64 * 1024).unwrap();
     let counters = Arc::new(DeviceCounters::default());
-    for (seed, ro) in (1..200).zip([false, true].iter().cycle()) {
+    let cases = seeds().zip([false, true].iter().cycle());
+    let cases = cases.map(|((name, seed), ro)| (format!("{name}, ro={ro}"), (seed, *ro)));
+    check_cases(cases, |(seed, ro)| {
         let cfg = BlockConfig {
             path: f.path().to_path_buf(),
-            read_only: *ro,
+            read_only: ro,
             serial: Some("x".into()),
         };
         let dev = Block::new("block0", &cfg, counters.clone()).unwrap();
         run_device(Box::new(dev), seed, 20);
-    }
+    });
     // The random chains really reached the request parser, and most were rejected.
     let requests = counters.requests.load(std::sync::atomic::Ordering::Relaxed);
     let errors = counters.errors.load(std::sync::atomic::Ordering::Relaxed);
@@ -164,7 +171,7 @@ fn block_survives_random_queues() {
 
 #[test]
 fn net_survives_random_queues() {
-    for seed in 1..200 {
+    check_cases(seeds(), |seed| {
         let (ours, peer) = UnixDatagram::pair().unwrap();
         ours.set_nonblocking(true).unwrap();
         peer.set_nonblocking(true).unwrap();
@@ -175,13 +182,13 @@ fn net_survives_random_queues() {
         let tap = unsafe { std::fs::File::from_raw_fd(ours.into_raw_fd()) };
         let dev = Net::with_tap("net0", tap, Some([2, 0, 0, 0, 0, 1]), Arc::default());
         run_device(Box::new(dev), seed, 20);
-    }
+    });
 }
 
 #[test]
 fn vsock_survives_random_queues() {
     let counters = Arc::new(DeviceCounters::default());
-    for seed in 1..200 {
+    check_cases(seeds(), |seed| {
         let dir = tempfile::tempdir().unwrap();
         let uds = dir.path().join("v.sock");
         // Something to connect to, so guest REQUESTs create real connections.
@@ -189,7 +196,7 @@ fn vsock_survives_random_queues() {
         let _l2 = std::os::unix::net::UnixListener::bind(format!("{}_2", uds.display()));
         let dev = Vsock::new(3, &uds, counters.clone()).unwrap();
         run_device(Box::new(dev), seed, 20);
-    }
+    });
     let packets = counters.requests.load(std::sync::atomic::Ordering::Relaxed);
     assert!(packets > 20, "{packets} packets parsed");
 }
@@ -197,7 +204,7 @@ fn vsock_survives_random_queues() {
 #[test]
 fn transport_survives_random_register_traffic() {
     let regs: Vec<u64> = (0..0x110).step_by(4).collect();
-    for seed in 1..200 {
+    check_cases(seeds(), |seed| {
         let mut r = Prng(seed);
         let mem = test_memory();
         let t = MmioTransport::new(
@@ -227,5 +234,5 @@ fn transport_survives_random_register_traffic() {
                 t.read(off, &mut b[..len]);
             }
         }
-    }
+    });
 }

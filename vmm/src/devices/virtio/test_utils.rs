@@ -1,5 +1,8 @@
-//! Helpers for device tests: guest memory, a driver-side queue, and reading what the device
-//! put in the used ring.
+//! Helpers for device tests: guest memory, a driver-side queue, reading what the device
+//! put in the used ring, and running a table of hostile cases.
+
+use std::fmt::Display;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -51,4 +54,31 @@ impl AddCompat for GuestAddress {
     fn unchecked_add_compat(self, n: u64) -> GuestAddress {
         GuestAddress(self.0 + n)
     }
+}
+
+/// Runs `check` on every case, even after one fails, then fails naming each failed case
+/// with its panic: a failed assert, or the code under test panicking on that input.
+pub fn check_cases<N: Display, C>(
+    cases: impl IntoIterator<Item = (N, C)>,
+    mut check: impl FnMut(C),
+) {
+    let mut failures = Vec::new();
+    let mut total = 0;
+    for (name, case) in cases {
+        total += 1;
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| check(case))) {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("panicked");
+            failures.push(format!("{name}: {}", why.replace('\n', "\n    ")));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {total} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

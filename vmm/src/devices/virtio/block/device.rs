@@ -5,27 +5,21 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use virtio_queue::QueueT;
 
 use super::request::*;
 use crate::config::BlockConfig;
 use crate::devices::virtio::device::{
     ActivateContext, ActivateError, DeviceError, VirtioDevice, read_config_bytes,
 };
-use crate::devices::virtio::{Interrupt, TYPE_BLOCK, VIRTIO_F_VERSION_1};
+use crate::devices::virtio::{Activation, TYPE_BLOCK, VIRTIO_F_VERSION_1};
 use crate::event_loop::EventCtl;
 use crate::metrics::{DeviceCounters, add, inc};
 
 const QUEUE_SIZE: u16 = 256;
 const F_RO: u64 = 1 << 5;
 const F_FLUSH: u64 = 1 << 9;
-
-struct Active {
-    mem: GuestMemoryMmap,
-    queue: Queue,
-    interrupt: Arc<Interrupt>,
-}
+const REQUESTQ: usize = 0;
 
 pub struct Block {
     name: String,
@@ -34,7 +28,7 @@ pub struct Block {
     read_only: bool,
     id: [u8; ID_BYTES],
     config: [u8; 8],
-    active: Option<Active>,
+    active: Activation<ActivateContext>,
     counters: Arc<DeviceCounters>,
 }
 
@@ -69,7 +63,7 @@ impl Block {
             read_only: cfg.read_only,
             id,
             config: sectors.to_le_bytes(),
-            active: None,
+            active: Activation::new(),
             counters,
         })
     }
@@ -127,17 +121,13 @@ impl Block {
     }
 
     fn process_queue(&mut self) -> Result<(), DeviceError> {
-        let Some(mut a) = self.active.take() else {
-            return Ok(());
-        };
-        let result = self.process(&mut a);
-        self.active = Some(a);
-        result
+        // Lent out, so serving a request can borrow the whole device.
+        Activation::lend(self, |b| &mut b.active, |b, a| b.process(a)).unwrap_or(Ok(()))
     }
 
-    fn process(&self, a: &mut Active) -> Result<(), DeviceError> {
+    fn process(&self, a: &mut ActivateContext) -> Result<(), DeviceError> {
         let mut used = false;
-        while let Some(chain) = a.queue.pop_descriptor_chain(&a.mem) {
+        while let Some(chain) = a.queues[REQUESTQ].pop_descriptor_chain(&a.mem) {
             let head = chain.head_index();
             inc(&self.counters.requests);
             let len = match Request::parse(&a.mem, chain) {
@@ -157,7 +147,7 @@ impl Block {
                     0
                 }
             };
-            a.queue.add_used(&a.mem, head, len)?;
+            a.queues[REQUESTQ].add_used(&a.mem, head, len)?;
             used = true;
         }
         if used {
@@ -185,29 +175,25 @@ impl VirtioDevice for Block {
         read_config_bytes(&self.config, offset, data);
     }
     fn activate(&mut self, ctx: ActivateContext, _ctl: &EventCtl) -> Result<(), ActivateError> {
-        let (mem, queue, interrupt) = ctx.into_single_queue()?;
-        self.active = Some(Active {
-            mem,
-            queue,
-            interrupt,
-        });
+        self.active.activate(ctx.into_single_queue()?);
         Ok(())
     }
     fn queue_notify(&mut self, _index: usize, _ctl: &EventCtl) -> Result<(), DeviceError> {
         self.process_queue()
     }
     fn reset(&mut self, _ctl: &EventCtl) {
-        self.active = None;
+        self.active.reset();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio::Interrupt;
     use crate::devices::virtio::test_utils::*;
     use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
     use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::{Bytes, GuestAddress};
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
     const W: u16 = VRING_DESC_F_WRITE;
     const N: u16 = VRING_DESC_F_NEXT;
@@ -305,6 +291,16 @@ mod tests {
         assert_eq!(&on_disk[1024..1536], &[0x5a; 512][..]);
     }
 
+    /// What a hostile request must get back.
+    enum Want {
+        /// An IOERR in the status byte at this address.
+        IoErr(u64),
+        /// Its chain back with nothing written.
+        Nothing,
+        /// Its chain back (a loop has no status byte to check).
+        Returned,
+    }
+
     #[test]
     fn read_only_and_hostile_requests() {
         let mem = test_memory();
@@ -312,52 +308,100 @@ mod tests {
         let (mut b, f) = block(true);
         assert_ne!(b.features() & F_RO, 0);
         activate(&mut b, &mem, &vq);
-        hdr(&mem, 0x10_0000, T_OUT, 0);
-        hdr(&mem, 0x11_0000, T_IN, 7); // last sector + 1 more: past the end
-        hdr(&mem, 0x12_0000, T_IN, u64::MAX / 4); // sector * 512 overflows
-        hdr(&mem, 0x13_0000, T_IN, 0); // not a multiple of the sector size
-        vq.add_desc_chains(
-            &[
-                // Write to a read-only disk.
-                d(0x10_0000, 16, N, 1),
-                d(0x10_1000, 512, N, 2),
-                d(0x10_2000, 1, W, 0),
-                // Read past the end.
-                d(0x11_0000, 16, N, 4),
-                d(0x11_1000, 1024, W | N, 5),
-                d(0x11_2000, 1, W, 0),
-                // Overflowing sector.
-                d(0x12_0000, 16, N, 7),
-                d(0x12_1000, 512, W | N, 8),
-                d(0x12_2000, 1, W, 0),
-                // Odd length.
-                d(0x13_0000, 16, N, 10),
-                d(0x13_1000, 100, W | N, 11),
-                d(0x13_2000, 1, W, 0),
-                // No status byte at all.
-                d(0x14_0000, 16, 0, 0),
-                // Header outside guest memory.
-                d(0x7fff_0000_0000, 16, N, 14),
-                d(0x14_2000, 1, W, 0),
-                // Zero-length header.
-                d(0x15_0000, 0, N, 16),
-                d(0x15_2000, 1, W, 0),
-                // A loop.
-                d(0x16_0000, 16, N, 17),
-                d(0x16_1000, 16, N, 17),
-            ],
-            0,
-        )
-        .unwrap();
+        // (name, header (at, type, sector), chain, want). The chains go on the queue in
+        // this order for one notify, so `next` indexes count from the first chain.
+        let cases = [
+            (
+                "write to a read-only disk",
+                Some((0x10_0000, T_OUT, 0)),
+                vec![
+                    d(0x10_0000, 16, N, 1),
+                    d(0x10_1000, 512, N, 2),
+                    d(0x10_2000, 1, W, 0),
+                ],
+                Want::IoErr(0x10_2000),
+            ),
+            (
+                // Last sector + 1 more.
+                "read past the end",
+                Some((0x11_0000, T_IN, 7)),
+                vec![
+                    d(0x11_0000, 16, N, 4),
+                    d(0x11_1000, 1024, W | N, 5),
+                    d(0x11_2000, 1, W, 0),
+                ],
+                Want::IoErr(0x11_2000),
+            ),
+            (
+                // sector * 512 overflows.
+                "overflowing sector",
+                Some((0x12_0000, T_IN, u64::MAX / 4)),
+                vec![
+                    d(0x12_0000, 16, N, 7),
+                    d(0x12_1000, 512, W | N, 8),
+                    d(0x12_2000, 1, W, 0),
+                ],
+                Want::IoErr(0x12_2000),
+            ),
+            (
+                "length not a multiple of the sector size",
+                Some((0x13_0000, T_IN, 0)),
+                vec![
+                    d(0x13_0000, 16, N, 10),
+                    d(0x13_1000, 100, W | N, 11),
+                    d(0x13_2000, 1, W, 0),
+                ],
+                Want::IoErr(0x13_2000),
+            ),
+            (
+                "no status byte at all",
+                None,
+                vec![d(0x14_0000, 16, 0, 0)],
+                Want::Nothing,
+            ),
+            (
+                "header outside guest memory",
+                None,
+                vec![d(0x7fff_0000_0000, 16, N, 14), d(0x14_2000, 1, W, 0)],
+                Want::Nothing,
+            ),
+            (
+                "zero-length header",
+                None,
+                vec![d(0x15_0000, 0, N, 16), d(0x15_2000, 1, W, 0)],
+                Want::Nothing,
+            ),
+            (
+                "a loop",
+                None,
+                vec![d(0x16_0000, 16, N, 17), d(0x16_1000, 16, N, 17)],
+                Want::Returned,
+            ),
+        ];
+        for (_, header, _, _) in &cases {
+            if let &Some((at, kind, sector)) = header {
+                hdr(&mem, at, kind, sector);
+            }
+        }
+        let table: Vec<_> = cases.iter().flat_map(|c| c.2.iter().copied()).collect();
+        vq.add_desc_chains(&table, 0).unwrap();
         b.queue_notify(0, &test_ctl()).unwrap();
         let used = used_elems(&mem, &vq);
-        assert_eq!(used.len(), 8, "{used:?}");
-        for at in [0x10_2000, 0x11_2000, 0x12_2000, 0x13_2000] {
-            assert_eq!(status(&mem, at), S_IOERR, "{at:#x}");
-        }
-        assert_eq!(used[4].1, 0);
-        assert_eq!(used[5].1, 0);
-        assert_eq!(used[6].1, 0);
+        // Chain i comes back as used entry i.
+        check_cases(
+            cases.iter().enumerate().map(|(i, c)| (c.0, (i, &c.3))),
+            |(i, want)| {
+                let Some(&(_, len)) = used.get(i) else {
+                    panic!("chain not returned: {used:?}");
+                };
+                match *want {
+                    Want::IoErr(at) => assert_eq!(status(&mem, at), S_IOERR, "{at:#x}"),
+                    Want::Nothing => assert_eq!(len, 0),
+                    Want::Returned => {}
+                }
+            },
+        );
+        assert_eq!(used.len(), cases.len(), "{used:?}");
         // The disk is untouched.
         assert_eq!(std::fs::read(f.path()).unwrap()[..512], [0u8; 512]);
     }

@@ -16,7 +16,7 @@ use crate::config::{FS_TAG_MAX, FsConfig};
 use crate::devices::virtio::device::{
     ActivateContext, ActivateError, DeviceError, VirtioDevice, read_config_bytes,
 };
-use crate::devices::virtio::{TYPE_FS, VIRTIO_F_VERSION_1};
+use crate::devices::virtio::{Activation, TYPE_FS, VIRTIO_F_VERSION_1};
 use crate::event_loop::EventCtl;
 use crate::metrics::DeviceCounters;
 
@@ -24,14 +24,15 @@ use crate::metrics::DeviceCounters;
 const QUEUE_SIZE: u16 = 1024;
 const QUEUE_SIZES: [u16; 2] = [QUEUE_SIZE, QUEUE_SIZE];
 
-/// The running worker: stopping it means setting `stop` and kicking.
-struct Active {
+/// The handle on the worker thread, which owns the queues: stopping it means setting `stop`
+/// and kicking.
+struct RunningWorker {
     kick: Arc<EventFd>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl Drop for Active {
+impl Drop for RunningWorker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         let _ = self.kick.write(1);
@@ -46,7 +47,7 @@ pub struct Fs {
     config_space: Vec<u8>,
     server: Arc<FsServer>,
     counters: Arc<DeviceCounters>,
-    active: Option<Active>,
+    active: Activation<RunningWorker>,
 }
 
 impl Fs {
@@ -68,7 +69,7 @@ impl Fs {
             config_space,
             server: Arc::new(Server::new(Arc::new(fs))),
             counters,
-            active: None,
+            active: Activation::new(),
         })
     }
 }
@@ -92,12 +93,7 @@ impl VirtioDevice for Fs {
     }
 
     fn activate(&mut self, ctx: ActivateContext, _ctl: &EventCtl) -> Result<(), ActivateError> {
-        if ctx.queues.len() != QUEUE_SIZES.len() {
-            return Err(ActivateError::QueueCount {
-                expected: QUEUE_SIZES.len(),
-                got: ctx.queues.len(),
-            });
-        }
+        let ctx = ctx.expect_queues(QUEUE_SIZES.len())?;
         let view = memory_view(&ctx.mem).map_err(ActivateError::Other)?;
         let mut queues = Vec::new();
         for (i, q) in ctx.queues.iter().enumerate() {
@@ -123,7 +119,7 @@ impl VirtioDevice for Fs {
             .name(format!("hyper-{}", self.name))
             .spawn(move || worker.run())
             .map_err(ActivateError::Register)?;
-        self.active = Some(Active {
+        self.active.activate(RunningWorker {
             kick,
             stop,
             thread: Some(thread),
@@ -132,7 +128,7 @@ impl VirtioDevice for Fs {
     }
 
     fn queue_notify(&mut self, _index: usize, _ctl: &EventCtl) -> Result<(), DeviceError> {
-        if let Some(a) = &self.active {
+        if let Some(a) = self.active.get() {
             a.kick
                 .write(1)
                 .map_err(|e| DeviceError::Other(format!("cannot kick the fs worker: {e}")))?;
@@ -141,7 +137,7 @@ impl VirtioDevice for Fs {
     }
 
     fn reset(&mut self, _ctl: &EventCtl) {
-        // Dropping Active stops and joins the worker.
-        self.active = None;
+        // Dropping the RunningWorker stops and joins the thread.
+        self.active.reset();
     }
 }

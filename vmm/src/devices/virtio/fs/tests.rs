@@ -17,7 +17,7 @@ use super::device::Fs;
 use crate::config::{FsCacheMode, FsConfig};
 use crate::devices::virtio::device::{ActivateContext, VirtioDevice};
 use crate::devices::virtio::test_utils::{
-    VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, test_ctl, test_irq,
+    VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, check_cases, test_ctl, test_irq,
 };
 use crate::devices::virtio::{Interrupt, TYPE_FS};
 use crate::metrics::DeviceCounters;
@@ -432,6 +432,13 @@ fn extended_attributes_pass_through() {
     assert_eq!(&buf[..n.max(0) as usize], b"guest");
 }
 
+/// A hostile request and the checks on its answer, run against one driver in table order.
+type Case<'a> = (String, Box<dyn Fn(&mut Driver) + 'a>);
+
+fn case<'a>(name: &str, check: impl Fn(&mut Driver) + 'a) -> Case<'a> {
+    (name.to_string(), Box::new(check))
+}
+
 #[test]
 fn the_guest_cannot_leave_the_share() {
     let (d, share) = scratch();
@@ -439,66 +446,101 @@ fn the_guest_cannot_leave_the_share() {
     std::os::unix::fs::symlink("..", share.join("up")).unwrap();
     let mut drv = Driver::new(&share, FsCacheMode::None);
 
-    // ".." of the root is the root itself.
-    let root = drv.lookup(ROOT_ID, ".").unwrap();
-    let parent = drv.lookup(ROOT_ID, "..").unwrap();
-    assert_eq!(parent.attr.ino, root.attr.ino);
-    assert_eq!(
-        drv.lookup(parent.nodeid, "secret").unwrap_err(),
-        libc::ENOENT
-    );
-    // Names with a slash are not one component.
-    assert_eq!(drv.lookup(ROOT_ID, "../secret").unwrap_err(), libc::EINVAL);
-    assert_eq!(drv.lookup(ROOT_ID, "/etc").unwrap_err(), libc::EINVAL);
-    // Symlinks are never followed on the host.
-    let abs = drv.lookup(ROOT_ID, "abs").unwrap();
-    assert_eq!(abs.attr.mode & libc::S_IFMT, libc::S_IFLNK);
-    assert!(drv.lookup(abs.nodeid, "etc").is_err());
-    assert!(drv.open(abs.nodeid, libc::O_RDONLY).is_err());
-    let up = drv.lookup(ROOT_ID, "up").unwrap();
-    assert!(drv.lookup(up.nodeid, "secret").is_err());
-    assert!(drv.mkdir(up.nodeid, "x").is_err());
+    let cases = [
+        case("'..' of the root is the root itself", |drv| {
+            let root = drv.lookup(ROOT_ID, ".").unwrap();
+            let parent = drv.lookup(ROOT_ID, "..").unwrap();
+            assert_eq!(parent.attr.ino, root.attr.ino);
+            assert_eq!(
+                drv.lookup(parent.nodeid, "secret").unwrap_err(),
+                libc::ENOENT
+            );
+        }),
+        // Names with a slash are not one component.
+        case("lookup ../secret", |drv| {
+            assert_eq!(drv.lookup(ROOT_ID, "../secret").unwrap_err(), libc::EINVAL);
+        }),
+        case("lookup /etc", |drv| {
+            assert_eq!(drv.lookup(ROOT_ID, "/etc").unwrap_err(), libc::EINVAL);
+        }),
+        // Symlinks are never followed on the host.
+        case("through a symlink to /", |drv| {
+            let abs = drv.lookup(ROOT_ID, "abs").unwrap();
+            assert_eq!(abs.attr.mode & libc::S_IFMT, libc::S_IFLNK);
+            assert!(drv.lookup(abs.nodeid, "etc").is_err());
+            assert!(drv.open(abs.nodeid, libc::O_RDONLY).is_err());
+        }),
+        case("through a symlink to ..", |drv| {
+            let up = drv.lookup(ROOT_ID, "up").unwrap();
+            assert!(drv.lookup(up.nodeid, "secret").is_err());
+            assert!(drv.mkdir(up.nodeid, "x").is_err());
+        }),
+        // Nothing can be made, moved or linked out of the share.
+        case("mkdir ../escape", |drv| {
+            assert_eq!(drv.mkdir(ROOT_ID, "../escape").unwrap_err(), libc::EINVAL);
+        }),
+        case("mkdir ..", |drv| {
+            assert_eq!(drv.mkdir(ROOT_ID, "..").unwrap_err(), libc::EINVAL);
+        }),
+        case("create ../escape", |drv| {
+            assert_eq!(
+                drv.create_file(ROOT_ID, "../escape", b"x").unwrap_err(),
+                libc::EINVAL
+            );
+        }),
+        case("symlink ../escape", |drv| {
+            assert_eq!(
+                drv.symlink(ROOT_ID, "../escape", "/").unwrap_err(),
+                libc::EINVAL
+            );
+        }),
+        case("rename to ../moved", |drv| {
+            let mut rename = RenameIn { newdir: ROOT_ID }.as_slice().to_vec();
+            rename.extend(cstr("hello"));
+            rename.extend(cstr("../moved"));
+            assert_eq!(
+                drv.call(Opcode::Rename as u32, ROOT_ID, &rename).error,
+                -libc::EINVAL
+            );
+        }),
+        case("link as ../linked", |drv| {
+            let hello = drv.lookup(ROOT_ID, "hello").unwrap();
+            let mut link = LinkIn {
+                oldnodeid: hello.nodeid,
+            }
+            .as_slice()
+            .to_vec();
+            link.extend(cstr("../linked"));
+            assert_eq!(
+                drv.call(Opcode::Link as u32, ROOT_ID, &link).error,
+                -libc::EINVAL
+            );
+        }),
+        // Last, so it runs whatever failed before it.
+        case("nothing changed beside the share", |_| {
+            let entries: Vec<_> = std::fs::read_dir(d.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(
+                entries.len(),
+                2,
+                "nothing appeared beside the share: {entries:?}"
+            );
+            assert_eq!(std::fs::read(d.path().join("secret")).unwrap(), b"outside");
+            assert!(share.join("hello").exists());
+        }),
+    ];
+    check_cases(cases, |check| check(&mut drv));
+}
 
-    // Nothing can be made, moved or linked out of the share.
-    assert_eq!(drv.mkdir(ROOT_ID, "../escape").unwrap_err(), libc::EINVAL);
-    assert_eq!(drv.mkdir(ROOT_ID, "..").unwrap_err(), libc::EINVAL);
-    assert_eq!(
-        drv.create_file(ROOT_ID, "../escape", b"x").unwrap_err(),
-        libc::EINVAL
-    );
-    assert_eq!(
-        drv.symlink(ROOT_ID, "../escape", "/").unwrap_err(),
-        libc::EINVAL
-    );
-    let hello = drv.lookup(ROOT_ID, "hello").unwrap();
-    let mut rename = RenameIn { newdir: ROOT_ID }.as_slice().to_vec();
-    rename.extend(cstr("hello"));
-    rename.extend(cstr("../moved"));
-    assert_eq!(
-        drv.call(Opcode::Rename as u32, ROOT_ID, &rename).error,
-        -libc::EINVAL
-    );
-    let mut link = LinkIn {
-        oldnodeid: hello.nodeid,
+/// A LOOKUP of "hello" without its NUL, the header's length overwritten with `len`.
+fn lookup_with_len(drv: &mut Driver, len: Option<u32>) -> Vec<u8> {
+    let mut req = drv.request(Opcode::Lookup as u32, ROOT_ID, b"hello");
+    if let Some(len) = len {
+        req[0..4].copy_from_slice(&len.to_le_bytes());
     }
-    .as_slice()
-    .to_vec();
-    link.extend(cstr("../linked"));
-    assert_eq!(
-        drv.call(Opcode::Link as u32, ROOT_ID, &link).error,
-        -libc::EINVAL
-    );
-    let entries: Vec<_> = std::fs::read_dir(d.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(
-        entries.len(),
-        2,
-        "nothing appeared beside the share: {entries:?}"
-    );
-    assert_eq!(std::fs::read(d.path().join("secret")).unwrap(), b"outside");
-    assert!(share.join("hello").exists());
+    req
 }
 
 #[test]
@@ -507,65 +549,100 @@ fn hostile_requests_get_error_replies_and_the_device_keeps_serving() {
     let mut drv = Driver::new(&share, FsCacheMode::Auto);
 
     // Unknown and unassigned opcodes.
-    for op in [7u32, 19, 50, 4096, u32::MAX] {
-        assert_eq!(
-            drv.call(op, ROOT_ID, &[]).error,
-            -libc::ENOSYS,
-            "opcode {op}"
-        );
-    }
-    // Unknown inodes and handles.
-    assert!(drv.lookup(0xdead_beef, "x").is_err());
-    assert!(drv.call(Opcode::Getattr as u32, 0, &[0; 16]).error < 0);
-    assert_eq!(
-        drv.read(ROOT_ID, 0x1234_5678, 0, 10).unwrap_err(),
-        libc::EBADF
-    );
-    // A name without its NUL, a body shorter than its struct, a length that lies.
-    // Each gets an error reply, so a driver never waits for an answer that never comes.
-    let mut req = drv.request(Opcode::Lookup as u32, ROOT_ID, b"hello");
-    assert!(drv.raw(&req, REPLY_CAP).unwrap().error < 0);
-    let req2 = drv.request(Opcode::Mkdir as u32, ROOT_ID, &[1, 2]);
-    assert!(drv.raw(&req2, REPLY_CAP).unwrap().error < 0);
-    let mut xattr = SetxattrIn { size: 99, flags: 0 }.as_slice().to_vec();
-    xattr.extend(cstr("user.x"));
-    xattr.extend(b"short");
-    let req3 = drv.request(Opcode::Setxattr as u32, ROOT_ID, &xattr);
-    assert_eq!(drv.raw(&req3, REPLY_CAP).unwrap().error, -libc::EINVAL);
-    req[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
-    assert!(drv.raw(&req, REPLY_CAP).unwrap().error < 0);
-    req[0..4].copy_from_slice(&3u32.to_le_bytes());
-    assert!(drv.raw(&req, REPLY_CAP).unwrap().error < 0);
-    // A header cut short, and no reply room at all or too little.
-    assert!(drv.raw(&req[..10], REPLY_CAP).is_none());
-    let ok = drv.request(Opcode::Lookup as u32, ROOT_ID, &cstr("hello"));
-    assert!(drv.raw(&ok, 8).is_none());
-    let n = drv.submit(1, &[(REQ_BUF, ok.len() as u32, 0)]);
-    assert_eq!(n, 0);
-    // Buffers outside guest memory.
-    let n = drv.submit(
-        1,
-        &[
-            (0xffff_0000_0000, 64, VRING_DESC_F_NEXT),
-            (REPLY_BUF, 64, VRING_DESC_F_WRITE),
-        ],
-    );
-    assert_eq!(n, 0);
-    // A WRITE whose size field claims more than it carries.
-    let p = WriteIn {
-        fh: 1,
-        size: 1 << 20,
-        ..Default::default()
-    };
-    assert!(drv.call(Opcode::Write as u32, ROOT_ID, p.as_slice()).error < 0);
-    // Requests on the hiprio queue that need no reply.
-    let forget = drv.request(
-        Opcode::Forget as u32,
-        0xdead,
-        ForgetIn { nlookup: 5 }.as_slice(),
-    );
-    drv.mem.write_slice(&forget, GuestAddress(REQ_BUF)).unwrap();
-    assert_eq!(drv.submit(0, &[(REQ_BUF, forget.len() as u32, 0)]), 0);
+    let mut cases: Vec<Case> = [7u32, 19, 50, 4096, u32::MAX]
+        .into_iter()
+        .map(|op| {
+            case(&format!("opcode {op}"), move |drv| {
+                assert_eq!(
+                    drv.call(op, ROOT_ID, &[]).error,
+                    -libc::ENOSYS,
+                    "opcode {op}"
+                );
+            })
+        })
+        .collect();
+    cases.extend([
+        // Unknown inodes and handles.
+        case("lookup in an unknown inode", |drv| {
+            assert!(drv.lookup(0xdead_beef, "x").is_err());
+        }),
+        case("getattr of inode 0", |drv| {
+            assert!(drv.call(Opcode::Getattr as u32, 0, &[0; 16]).error < 0);
+        }),
+        case("read with an unknown handle", |drv| {
+            assert_eq!(
+                drv.read(ROOT_ID, 0x1234_5678, 0, 10).unwrap_err(),
+                libc::EBADF
+            );
+        }),
+        // Each of these gets an error reply, so a driver never waits for an answer that
+        // never comes.
+        case("a name without its NUL", |drv| {
+            let req = lookup_with_len(drv, None);
+            assert!(drv.raw(&req, REPLY_CAP).unwrap().error < 0);
+        }),
+        case("a body shorter than its struct", |drv| {
+            let req = drv.request(Opcode::Mkdir as u32, ROOT_ID, &[1, 2]);
+            assert!(drv.raw(&req, REPLY_CAP).unwrap().error < 0);
+        }),
+        case("an xattr value shorter than its size", |drv| {
+            let mut xattr = SetxattrIn { size: 99, flags: 0 }.as_slice().to_vec();
+            xattr.extend(cstr("user.x"));
+            xattr.extend(b"short");
+            let req = drv.request(Opcode::Setxattr as u32, ROOT_ID, &xattr);
+            assert_eq!(drv.raw(&req, REPLY_CAP).unwrap().error, -libc::EINVAL);
+        }),
+        case("a length past the request", |drv| {
+            let req = lookup_with_len(drv, Some(u32::MAX));
+            assert!(drv.raw(&req, REPLY_CAP).unwrap().error < 0);
+        }),
+        case("a length inside the header", |drv| {
+            let req = lookup_with_len(drv, Some(3));
+            assert!(drv.raw(&req, REPLY_CAP).unwrap().error < 0);
+        }),
+        case("a header cut short", |drv| {
+            let req = lookup_with_len(drv, Some(3));
+            assert!(drv.raw(&req[..10], REPLY_CAP).is_none());
+        }),
+        case("too little reply room", |drv| {
+            let ok = drv.request(Opcode::Lookup as u32, ROOT_ID, &cstr("hello"));
+            assert!(drv.raw(&ok, 8).is_none());
+        }),
+        case("no reply room at all", |drv| {
+            let ok = drv.request(Opcode::Lookup as u32, ROOT_ID, &cstr("hello"));
+            drv.mem.write_slice(&ok, GuestAddress(REQ_BUF)).unwrap();
+            let n = drv.submit(1, &[(REQ_BUF, ok.len() as u32, 0)]);
+            assert_eq!(n, 0);
+        }),
+        case("buffers outside guest memory", |drv| {
+            let n = drv.submit(
+                1,
+                &[
+                    (0xffff_0000_0000, 64, VRING_DESC_F_NEXT),
+                    (REPLY_BUF, 64, VRING_DESC_F_WRITE),
+                ],
+            );
+            assert_eq!(n, 0);
+        }),
+        case("a WRITE whose size claims more than it carries", |drv| {
+            let p = WriteIn {
+                fh: 1,
+                size: 1 << 20,
+                ..Default::default()
+            };
+            assert!(drv.call(Opcode::Write as u32, ROOT_ID, p.as_slice()).error < 0);
+        }),
+        case("FORGET on the hiprio queue gets no reply", |drv| {
+            let forget = drv.request(
+                Opcode::Forget as u32,
+                0xdead,
+                ForgetIn { nlookup: 5 }.as_slice(),
+            );
+            drv.mem.write_slice(&forget, GuestAddress(REQ_BUF)).unwrap();
+            assert_eq!(drv.submit(0, &[(REQ_BUF, forget.len() as u32, 0)]), 0);
+        }),
+    ]);
+    check_cases(cases, |check| check(&mut drv));
     assert!(
         drv.counters
             .errors

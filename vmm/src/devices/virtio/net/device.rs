@@ -5,8 +5,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use virtio_queue::QueueT;
 use vmm_sys_util::epoll::EventSet;
 
 use super::tap::open_tap;
@@ -14,7 +13,7 @@ use crate::config::{NetConfig, parse_mac};
 use crate::devices::virtio::device::{
     ActivateContext, ActivateError, DEVICE_SUB_BASE, DeviceError, VirtioDevice, read_config_bytes,
 };
-use crate::devices::virtio::{Interrupt, TYPE_NET, VIRTIO_F_VERSION_1};
+use crate::devices::virtio::{Activation, TYPE_NET, VIRTIO_F_VERSION_1};
 use crate::event_loop::EventCtl;
 use crate::metrics::{DeviceCounters, add, inc};
 
@@ -28,17 +27,11 @@ pub const NET_HDR_SIZE: usize = 12;
 pub const MAX_FRAME: usize = 65562;
 const TAP_SUB: u32 = DEVICE_SUB_BASE;
 
-struct Active {
-    mem: GuestMemoryMmap,
-    queues: Vec<Queue>,
-    interrupt: Arc<Interrupt>,
-}
-
 pub struct Net {
     name: String,
     tap: File,
     mac: Option<[u8; 6]>,
-    active: Option<Active>,
+    active: Activation<ActivateContext>,
     /// A frame read from the tap while the guest had no RX buffer.
     pending: Option<Vec<u8>>,
     tap_watched: bool,
@@ -85,7 +78,7 @@ impl Net {
             name: name.to_string(),
             tap,
             mac,
-            active: None,
+            active: Activation::new(),
             pending: None,
             tap_watched: false,
             counters,
@@ -106,7 +99,7 @@ impl Net {
 
     /// Moves frames from the tap into guest RX buffers until either runs out.
     fn process_rx(&mut self, ctl: &EventCtl) -> Result<(), DeviceError> {
-        let Some(a) = self.active.as_mut() else {
+        let Some(a) = self.active.get_mut() else {
             return Ok(());
         };
         let mut used = false;
@@ -166,7 +159,7 @@ impl Net {
     }
 
     fn process_tx(&mut self) -> Result<(), DeviceError> {
-        let Some(a) = self.active.as_mut() else {
+        let Some(a) = self.active.get_mut() else {
             return Ok(());
         };
         let mut used = false;
@@ -239,17 +232,7 @@ impl VirtioDevice for Net {
         read_config_bytes(&cfg, offset, data);
     }
     fn activate(&mut self, ctx: ActivateContext, ctl: &EventCtl) -> Result<(), ActivateError> {
-        if ctx.queues.len() != 2 {
-            return Err(ActivateError::QueueCount {
-                expected: 2,
-                got: ctx.queues.len(),
-            });
-        }
-        self.active = Some(Active {
-            mem: ctx.mem,
-            queues: ctx.queues,
-            interrupt: ctx.interrupt,
-        });
+        self.active.activate(ctx.expect_queues(2)?);
         self.watch_tap(ctl, true);
         Ok(())
     }
@@ -268,7 +251,7 @@ impl VirtioDevice for Net {
     }
     fn reset(&mut self, ctl: &EventCtl) {
         self.watch_tap(ctl, false);
-        self.active = None;
+        self.active.reset();
         self.pending = None;
     }
 }
@@ -276,6 +259,7 @@ impl VirtioDevice for Net {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio::Interrupt;
     use crate::devices::virtio::test_utils::*;
     use std::os::fd::IntoRawFd;
     use std::os::unix::net::UnixDatagram;

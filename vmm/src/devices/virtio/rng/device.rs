@@ -3,43 +3,37 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use virtio_queue::QueueT;
 
 use crate::devices::virtio::device::{ActivateContext, ActivateError, DeviceError, VirtioDevice};
-use crate::devices::virtio::{Interrupt, TYPE_RNG, VIRTIO_F_VERSION_1};
+use crate::devices::virtio::{Activation, TYPE_RNG, VIRTIO_F_VERSION_1};
 use crate::event_loop::EventCtl;
 use crate::metrics::{DeviceCounters, add, inc};
 
 const QUEUE_SIZE: u16 = 256;
 /// Most bytes we hand out per request, so one request cannot make us fill gigabytes.
 const MAX_REQUEST: usize = 64 * 1024;
-
-struct Active {
-    mem: GuestMemoryMmap,
-    queue: Queue,
-    interrupt: Arc<Interrupt>,
-}
+const REQUESTQ: usize = 0;
 
 pub struct Rng {
-    active: Option<Active>,
+    active: Activation<ActivateContext>,
     counters: Arc<DeviceCounters>,
 }
 
 impl Rng {
     pub fn new(counters: Arc<DeviceCounters>) -> Self {
         Rng {
-            active: None,
+            active: Activation::new(),
             counters,
         }
     }
 
     fn process_queue(&mut self) -> Result<(), DeviceError> {
-        let Some(a) = self.active.as_mut() else {
+        let Some(a) = self.active.get_mut() else {
             return Ok(());
         };
         let mut used = false;
-        while let Some(chain) = a.queue.pop_descriptor_chain(&a.mem) {
+        while let Some(chain) = a.queues[REQUESTQ].pop_descriptor_chain(&a.mem) {
             let head = chain.head_index();
             inc(&self.counters.requests);
             let written = match chain.writer(&a.mem) {
@@ -62,7 +56,7 @@ impl Rng {
                 }
             };
             add(&self.counters.rx_bytes, u64::from(written));
-            a.queue.add_used(&a.mem, head, written)?;
+            a.queues[REQUESTQ].add_used(&a.mem, head, written)?;
             used = true;
         }
         if used {
@@ -113,29 +107,25 @@ impl VirtioDevice for Rng {
         data.fill(0);
     }
     fn activate(&mut self, ctx: ActivateContext, _ctl: &EventCtl) -> Result<(), ActivateError> {
-        let (mem, queue, interrupt) = ctx.into_single_queue()?;
-        self.active = Some(Active {
-            mem,
-            queue,
-            interrupt,
-        });
+        self.active.activate(ctx.into_single_queue()?);
         Ok(())
     }
     fn queue_notify(&mut self, _index: usize, _ctl: &EventCtl) -> Result<(), DeviceError> {
         self.process_queue()
     }
     fn reset(&mut self, _ctl: &EventCtl) {
-        self.active = None;
+        self.active.reset();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio::Interrupt;
     use crate::devices::virtio::test_utils::*;
     use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
     use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::{Bytes, GuestAddress};
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
     fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
         RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
@@ -150,6 +140,16 @@ mod tests {
         rng.activate(ctx, &test_ctl()).unwrap();
     }
 
+    /// What a buffer must get back.
+    enum Want {
+        /// Filled with this many random bytes at this address.
+        Filled(u64, u32),
+        /// Returned with nothing written.
+        Nothing,
+        /// Returned (a loop has no length to check).
+        Returned,
+    }
+
     #[test]
     fn fills_buffers_and_survives_hostile_chains() {
         let mem = test_memory();
@@ -159,33 +159,54 @@ mod tests {
         activate(&mut rng, &mem, &vq);
 
         let w = VRING_DESC_F_WRITE;
-        vq.add_desc_chains(
-            &[
-                // A good 64-byte buffer.
+        // One descriptor per chain, put on the queue in this order for one notify.
+        let cases = [
+            (
+                "a good 64-byte buffer",
                 desc(0x10_0000, 64, w, 0),
-                // Outside guest memory.
+                Want::Filled(0x10_0000, 64),
+            ),
+            (
+                "outside guest memory",
                 desc(0xffff_0000_0000, 64, w, 0),
-                // Zero length.
-                desc(0x10_1000, 0, w, 0),
-                // Read-only buffer: nothing to fill.
+                Want::Nothing,
+            ),
+            ("zero length", desc(0x10_1000, 0, w, 0), Want::Nothing),
+            (
+                "read-only buffer: nothing to fill",
                 desc(0x10_2000, 16, 0, 0),
-                // A loop: next points to itself.
+                Want::Nothing,
+            ),
+            (
+                "a loop: next points to itself",
                 desc(0x10_3000, 16, w | VRING_DESC_F_NEXT, 4),
-            ],
-            0,
-        )
-        .unwrap();
+                Want::Returned,
+            ),
+        ];
+        let table: Vec<_> = cases.iter().map(|c| c.1).collect();
+        vq.add_desc_chains(&table, 0).unwrap();
         rng.queue_notify(0, &test_ctl()).unwrap();
 
         let used = used_elems(&mem, &vq);
-        assert_eq!(used.len(), 5);
-        assert_eq!(used[0], (0, 64));
-        assert_eq!(used[1].1, 0);
-        assert_eq!(used[2].1, 0);
-        assert_eq!(used[3].1, 0);
-        let mut buf = [0u8; 64];
-        mem.read_slice(&mut buf, GuestAddress(0x10_0000)).unwrap();
-        assert!(buf.iter().any(|&b| b != 0));
+        check_cases(
+            cases.iter().enumerate().map(|(i, c)| (c.0, (i, &c.2))),
+            |(i, want)| {
+                let Some(&(head, len)) = used.get(i) else {
+                    panic!("buffer not returned: {used:?}");
+                };
+                match *want {
+                    Want::Filled(at, n) => {
+                        assert_eq!((head, len), (i as u32, n));
+                        let mut buf = vec![0u8; n as usize];
+                        mem.read_slice(&mut buf, GuestAddress(at)).unwrap();
+                        assert!(buf.iter().any(|&b| b != 0));
+                    }
+                    Want::Nothing => assert_eq!(len, 0),
+                    Want::Returned => {}
+                }
+            },
+        );
+        assert_eq!(used.len(), cases.len());
         assert!(counters.errors.load(std::sync::atomic::Ordering::Relaxed) >= 1);
     }
 }

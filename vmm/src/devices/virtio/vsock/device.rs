@@ -6,8 +6,7 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
+use virtio_queue::{QueueOwnedT, QueueT};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::timerfd::TimerFd;
 
@@ -16,7 +15,7 @@ use super::unix::Muxer;
 use crate::devices::virtio::device::{
     ActivateContext, ActivateError, DeviceError, VirtioDevice, read_config_bytes,
 };
-use crate::devices::virtio::{Interrupt, TYPE_VSOCK, VIRTIO_F_VERSION_1};
+use crate::devices::virtio::{Activation, TYPE_VSOCK, VIRTIO_F_VERSION_1};
 use crate::event_loop::EventCtl;
 use crate::metrics::{DeviceCounters, inc};
 
@@ -29,17 +28,11 @@ const NUM_QUEUES: usize = 3;
 const TIMER_SUB: u32 = u32::MAX;
 const SWEEP_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
 
-struct Active {
-    mem: GuestMemoryMmap,
-    queues: Vec<Queue>,
-    interrupt: Arc<Interrupt>,
-}
-
 pub struct Vsock {
     cid: u64,
     muxer: Muxer,
     timer: TimerFd,
-    active: Option<Active>,
+    active: Activation<ActivateContext>,
     counters: Arc<DeviceCounters>,
 }
 
@@ -50,13 +43,13 @@ impl Vsock {
             cid,
             muxer: Muxer::new(cid, uds, counters.clone())?,
             timer: TimerFd::new().map_err(|e| io::Error::from_raw_os_error(e.errno()))?,
-            active: None,
+            active: Activation::new(),
             counters,
         })
     }
 
     fn process_tx(&mut self, ctl: &EventCtl) -> Result<(), DeviceError> {
-        let Some(a) = self.active.as_mut() else {
+        let Some(a) = self.active.get_mut() else {
             return Ok(());
         };
         let mut used = false;
@@ -79,7 +72,7 @@ impl Vsock {
     }
 
     fn process_rx(&mut self, ctl: &EventCtl) -> Result<(), DeviceError> {
-        let Some(a) = self.active.as_mut() else {
+        let Some(a) = self.active.get_mut() else {
             return Ok(());
         };
         let mut used = false;
@@ -139,23 +132,14 @@ impl VirtioDevice for Vsock {
         read_config_bytes(&self.cid.to_le_bytes(), offset, data);
     }
     fn activate(&mut self, ctx: ActivateContext, ctl: &EventCtl) -> Result<(), ActivateError> {
-        if ctx.queues.len() != NUM_QUEUES {
-            return Err(ActivateError::QueueCount {
-                expected: NUM_QUEUES,
-                got: ctx.queues.len(),
-            });
-        }
+        let ctx = ctx.expect_queues(NUM_QUEUES)?;
         self.muxer.activate(ctl).map_err(ActivateError::Register)?;
         self.timer
             .reset(SWEEP_PERIOD, Some(SWEEP_PERIOD))
             .map_err(|e| ActivateError::Register(io::Error::from_raw_os_error(e.errno())))?;
         ctl.add(self.timer.as_raw_fd(), EventSet::IN, TIMER_SUB)
             .map_err(ActivateError::Register)?;
-        self.active = Some(Active {
-            mem: ctx.mem,
-            queues: ctx.queues,
-            interrupt: ctx.interrupt,
-        });
+        self.active.activate(ctx);
         Ok(())
     }
     fn queue_notify(&mut self, index: usize, ctl: &EventCtl) -> Result<(), DeviceError> {
@@ -183,20 +167,21 @@ impl VirtioDevice for Vsock {
         ctl.remove(self.timer.as_raw_fd());
         let _ = self.timer.clear();
         self.muxer.reset(ctl);
-        self.active = None;
+        self.active.reset();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio::Interrupt;
     use crate::devices::virtio::test_utils::*;
     use crate::devices::virtio::vsock::packet::*;
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
     use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
     use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::{Bytes, GuestAddress};
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
     fn desc(addr: u64, len: u32, flags: u16) -> RawDescriptor {
         RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))

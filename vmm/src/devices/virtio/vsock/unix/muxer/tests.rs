@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::*;
+use crate::devices::virtio::test_utils::check_cases;
 use crate::event_loop::{EventHandler, EventLoop};
 
 const GUEST_CID: u64 = 3;
@@ -154,24 +155,29 @@ fn connect_handshake_and_data_both_ways() {
 #[test]
 fn bad_handshakes_are_closed() {
     let rig = Rig::new();
-    let mut garbage = rig.client(b"HELLO 12\n");
-    let mut too_long = rig.client(&[b'C'; MAX_CONNECT_LINE + 8]);
-    let mut not_a_port = rig.client(b"CONNECT 12x\n");
-    let mut empty = rig.client(b"CONNECT \n");
-    let mut overflow = rig.client(b"CONNECT 99999999999\n");
-    let mut hangup = rig.client(b"CONN");
-    hangup.shutdown(Shutdown::Write).unwrap();
+    // (name, what the client writes, whether it then stops writing)
+    let cases: [(&str, &[u8], bool); 6] = [
+        ("not CONNECT", b"HELLO 12\n", false),
+        ("line too long", &[b'C'; MAX_CONNECT_LINE + 8], false),
+        ("port not a number", b"CONNECT 12x\n", false),
+        ("empty port", b"CONNECT \n", false),
+        ("port overflows", b"CONNECT 99999999999\n", false),
+        ("hang-up mid-line", b"CONN", true),
+    ];
+    let mut clients: Vec<_> = cases
+        .iter()
+        .map(|&(name, line, hang_up)| {
+            let c = rig.client(line);
+            if hang_up {
+                c.shutdown(Shutdown::Write).unwrap();
+            }
+            (name, c)
+        })
+        .collect();
     rig.pump();
-    for s in [
-        &mut garbage,
-        &mut too_long,
-        &mut not_a_port,
-        &mut empty,
-        &mut overflow,
-        &mut hangup,
-    ] {
-        assert!(is_closed(s));
-    }
+    check_cases(clients.iter_mut().map(|(n, c)| (*n, c)), |c| {
+        assert!(is_closed(c))
+    });
     assert!(rig.recv().is_none(), "no packet for the guest");
     // Unknown guest port: the guest answers RST and the client is closed.
     let mut c = rig.client(b"CONNECT 4444\n");
@@ -327,30 +333,56 @@ fn guest_initiated_connections() {
 #[test]
 fn hostile_packets() {
     let rig = Rig::new();
-    // Wrong source CID: dropped silently.
-    let mut h = from_guest(OP_REQUEST, 1, 5000, 0, 0);
-    h.src_cid = 99;
-    rig.send(h, &[]);
-    assert!(rig.recv().is_none());
-    // Not a stream packet: RST.
-    let mut h = from_guest(OP_REQUEST, 1, 5000, 0, 0);
-    h.type_ = 2;
-    rig.send(h, &[]);
-    assert_eq!(rig.recv().unwrap().0.op, OP_RST);
+    type Case = Box<dyn Fn(&Rig)>;
+    let mut cases: Vec<(String, Case)> = vec![
+        (
+            "wrong source CID: dropped silently".into(),
+            Box::new(|rig| {
+                let mut h = from_guest(OP_REQUEST, 1, 5000, 0, 0);
+                h.src_cid = 99;
+                rig.send(h, &[]);
+                assert!(rig.recv().is_none());
+            }),
+        ),
+        (
+            "not a stream packet: RST".into(),
+            Box::new(|rig| {
+                let mut h = from_guest(OP_REQUEST, 1, 5000, 0, 0);
+                h.type_ = 2;
+                rig.send(h, &[]);
+                assert_eq!(rig.recv().unwrap().0.op, OP_RST);
+            }),
+        ),
+    ];
     // Data, shutdown or credit for a connection that does not exist: RST.
     for op in [OP_RW, OP_SHUTDOWN, OP_CREDIT_UPDATE, OP_RESPONSE, 77] {
-        rig.send(from_guest(op, 1, 5000, 0, 0), b"xx");
-        assert_eq!(rig.recv().unwrap().0.op, OP_RST, "op {op}");
+        cases.push((
+            format!("op {op} without a connection: RST"),
+            Box::new(move |rig| {
+                rig.send(from_guest(op, 1, 5000, 0, 0), b"xx");
+                assert_eq!(rig.recv().unwrap().0.op, OP_RST, "op {op}");
+            }),
+        ));
     }
-    // A stray RST gets no answer.
-    rig.send(from_guest(OP_RST, 1, 5000, 0, 0), &[]);
-    assert!(rig.recv().is_none());
-    // Data before RESPONSE on a host-initiated connection resets it.
-    let mut c = rig.client(b"CONNECT 9\n");
-    let (req, _) = rig.recv().unwrap();
-    rig.send(from_guest(OP_RW, 9, req.src_port, 4096, 0), b"early");
-    assert_eq!(rig.recv().unwrap().0.op, OP_RST);
-    assert!(is_closed(&mut c));
+    cases.push((
+        "a stray RST gets no answer".into(),
+        Box::new(|rig| {
+            rig.send(from_guest(OP_RST, 1, 5000, 0, 0), &[]);
+            assert!(rig.recv().is_none());
+        }),
+    ));
+    cases.push((
+        "data before RESPONSE on a host-initiated connection resets it".into(),
+        Box::new(|rig| {
+            let mut c = rig.client(b"CONNECT 9\n");
+            let (req, _) = rig.recv().unwrap();
+            rig.send(from_guest(OP_RW, 9, req.src_port, 4096, 0), b"early");
+            assert_eq!(rig.recv().unwrap().0.op, OP_RST);
+            assert!(is_closed(&mut c));
+        }),
+    ));
+    // One muxer for all, in this order, as a guest would send them.
+    check_cases(cases, |case| case(&rig));
 }
 
 #[test]
