@@ -1,16 +1,16 @@
 //! hyper-agent: the guest's PID 1 and the ttrpc server the shim talks to.
 //!
-//! As PID 1 it sets up the guest (see `init`) and serves on vsock port 1024.
+//! As PID 1 it sets up the guest (see `pid1`) and serves on vsock port 1024.
 //! Run as a normal process (tests, debugging) it serves on the address given with
 //! `--address unix:///path`. Run as `hyper-agent __init` it is the helper that creates
-//! one container process (see `container::init`).
+//! one container process (see `container::child`).
 mod cgroups;
 mod container;
 mod error;
-mod init;
 mod log_stream;
 mod mount;
 mod network;
+mod pid1;
 mod process;
 mod reaper;
 mod rpc;
@@ -19,21 +19,23 @@ mod seccomp;
 mod storage;
 
 use anyhow::{Context, Result};
-use hyper_agent_protocol::{AGENT_LOG_VSOCK_PORT, AGENT_VSOCK_PORT, READY_MARKER, agent_ttrpc};
+use hyper_agent_protocol::{
+    AGENT_LOG_VSOCK_PORT, AGENT_VSOCK_PORT, READY_MARKER, agent_ttrpc, guest,
+};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 fn main() {
-    if std::env::args().nth(1).as_deref() == Some(container::init::ARG) {
-        container::init::main();
+    if std::env::args().nth(1).as_deref() == Some(container::child::ARG) {
+        container::child::main();
     }
     let is_init = std::process::id() == 1;
     if let Err(e) = run(is_init) {
         eprintln!("hyper-agent: fatal: {e:#}");
         if is_init {
             // PID 1 must not exit: that panics the kernel and hides the message.
-            init::power_off();
+            pid1::power_off();
         }
         std::process::exit(1);
     }
@@ -63,11 +65,11 @@ fn run(is_init: bool) -> Result<()> {
         None => anyhow::bail!("not PID 1: give --address unix:///path/to/socket"),
     };
     if is_init {
-        if let Err(e) = init::leave_initramfs() {
+        if let Err(e) = pid1::leave_initramfs() {
             // Containers still work (chroot instead of pivot_root); say why.
             eprintln!("hyper-agent: staying on the initramfs: {e:#}");
         }
-        init::setup_guest().context("guest setup as PID 1")?;
+        pid1::setup_guest().context("guest setup as PID 1")?;
     }
     let log = log_stream::LogStream::default();
     let log_address = args
@@ -83,7 +85,7 @@ fn run(is_init: bool) -> Result<()> {
         )
         .init();
     let opts = sandbox::Options {
-        state_dir: args.state_dir.unwrap_or_else(|| "/run/hyper".into()),
+        state_dir: args.state_dir.unwrap_or_else(|| guest::STATE_DIR.into()),
         cgroup_root: args
             .cgroup_root
             .unwrap_or_else(|| "/sys/fs/cgroup/hyper".into()),
@@ -132,7 +134,7 @@ async fn serve(address: &str, opts: sandbox::Options) -> Result<()> {
     // The harness and the shim's console reader wait for this exact line.
     println!("{READY_MARKER} address={address}");
     if is_init {
-        init::signal_boot_done();
+        pid1::signal_boot_done();
     }
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
@@ -162,7 +164,7 @@ async fn serve(address: &str, opts: sandbox::Options) -> Result<()> {
     }
     sandbox.teardown().await;
     if is_init {
-        init::power_off();
+        pid1::power_off();
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), server.shutdown()).await;
     if let Some(p) = address.strip_prefix("unix://") {

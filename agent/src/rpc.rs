@@ -324,7 +324,7 @@ impl agent_ttrpc::AgentService for Agent {
         _: &TtrpcContext,
         req: agent::SetGuestDateTimeRequest,
     ) -> R<agent::Empty> {
-        map(crate::init::set_time(req.sec, req.usec)
+        map(crate::pid1::set_time(req.sec, req.usec)
             .map(|_| empty())
             .map_err(|e| {
                 if e.to_string().starts_with("sec/usec") {
@@ -340,7 +340,7 @@ impl agent_ttrpc::AgentService for Agent {
         _: &TtrpcContext,
         req: agent::ReseedRandomDevRequest,
     ) -> R<agent::Empty> {
-        map(crate::init::reseed_random(&req.data)
+        map(crate::pid1::reseed_random(&req.data)
             .map(|_| empty())
             .map_err(|e| {
                 if req.data.is_empty() {

@@ -2,6 +2,7 @@
 //! its containers, keyed by id.
 use crate::cgroups;
 use crate::container::config::{InitConfig, Kind, Ns, ProcessConfig};
+use crate::container::spawn;
 use crate::container::spec::{self, Inputs, PodContext};
 use crate::container::{Container, State};
 use crate::error::{AgentError, Result, check_id, internal, invalid};
@@ -245,7 +246,7 @@ impl Sandbox {
             process: ProcessConfig::default(),
             tty: false,
         };
-        let spawned = crate::process::spawn(cfg, dev_null()?).await?;
+        let spawned = spawn::spawn(cfg, dev_null()?).await?;
         let holder_pid = spawned.pid;
         let holder_exit = ExitWatch::new(spawned.exit, |code| {
             tracing::warn!(code, "sandbox namespace holder exited")
@@ -442,7 +443,7 @@ impl Sandbox {
             .map(|b| (b.height() as u16, b.width() as u16));
         let (streams, child) = Streams::new(cfg.tty, req.stdin, winsize)?;
         let seccomp = cfg.process.seccomp.clone();
-        let spawned = crate::process::spawn(cfg, child).await?;
+        let spawned = spawn::spawn(cfg, child).await?;
         let c = Container::new(id.clone(), cgroup, spawned, streams, storages, seccomp);
         undo.commit();
         if c.cgroup.is_some() {

@@ -3,6 +3,9 @@
 //! points must lie under the agent's state directory.
 use crate::mount::{self, PathError, parse_options};
 use hyper_agent_protocol::agent;
+use hyper_agent_protocol::guest::{
+    DRIVER_BIND, DRIVER_BLK, DRIVER_BLK_ALT, DRIVER_TMPFS, DRIVER_VIRTIOFS, DRIVER_VIRTIOFS_ALT,
+};
 use nix::mount::MsFlags;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -64,20 +67,23 @@ pub fn validate(
         ));
     }
     match s.driver.as_str() {
-        "virtiofs" | "virtio-fs" | "blk" | "virtio-blk" | "bind" => {
+        DRIVER_VIRTIOFS | DRIVER_VIRTIOFS_ALT | DRIVER_BLK | DRIVER_BLK_ALT | DRIVER_BIND => {
             if s.source.is_empty() {
                 return Err(invalid(&format!("{field}.source"), "empty"));
             }
         }
-        "tmpfs" => {}
+        DRIVER_TMPFS => {}
         other => {
             return Err(invalid(
                 &format!("{field}.driver"),
-                format!("unknown driver {other:?} (virtiofs, blk, tmpfs, bind)"),
+                format!(
+                    "unknown driver {other:?} \
+                     ({DRIVER_VIRTIOFS}, {DRIVER_BLK}, {DRIVER_TMPFS}, {DRIVER_BIND})"
+                ),
             ));
         }
     }
-    if matches!(s.driver.as_str(), "blk" | "virtio-blk") && s.fstype.is_empty() {
+    if matches!(s.driver.as_str(), DRIVER_BLK | DRIVER_BLK_ALT) && s.fstype.is_empty() {
         return Err(invalid(
             &format!("{field}.fstype"),
             "needed for a block device",
@@ -106,9 +112,9 @@ pub fn mount_storage(
     let data = opts.data.join(",");
     let data = (!data.is_empty()).then_some(data.as_str());
     let (source, fstype, flags): (String, Option<&str>, MsFlags) = match s.driver.as_str() {
-        "virtiofs" | "virtio-fs" => (s.source.clone(), Some("virtiofs"), opts.flags),
-        "tmpfs" => ("tmpfs".into(), Some("tmpfs"), opts.flags),
-        "blk" | "virtio-blk" => {
+        DRIVER_VIRTIOFS | DRIVER_VIRTIOFS_ALT => (s.source.clone(), Some("virtiofs"), opts.flags),
+        DRIVER_TMPFS => ("tmpfs".into(), Some("tmpfs"), opts.flags),
+        DRIVER_BLK | DRIVER_BLK_ALT => {
             let deadline = Instant::now() + Duration::from_secs(5);
             let dev = loop {
                 if let Some(d) = find_block_by_serial(Path::new("/sys/block"), &s.source) {

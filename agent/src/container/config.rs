@@ -1,6 +1,6 @@
 //! What the agent hands to its `__init` helper: a validated, self-contained description
 //! of one process to create (namespaces to join or create, cgroup, rootfs and mounts,
-//! credentials). Built from the OCI spec by `spec`, consumed by `init`.
+//! credentials). Built from the OCI spec by `spec`, sent by `spawn`, consumed by `child`.
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 

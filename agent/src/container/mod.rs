@@ -1,15 +1,21 @@
 //! A container: its init process (blocked until Start), exec'd processes, cgroup and
 //! storages, and the lifecycle operations on them.
+//!
+//! Its processes are created by the `__init` helper: `spec` turns the OCI spec into the
+//! helper's `config`, `spawn` runs the helper from the agent, and `child` is the helper
+//! itself, inside the new namespaces. The processes it yields are plain `process` ones.
+pub mod child;
 pub mod config;
-pub mod init;
+pub mod spawn;
 pub mod spec;
 
 use crate::cgroups::Cgroup;
 use crate::error::{AgentError, Result, internal, invalid};
-use crate::process::{ExitWatch, Process, Starter, Streams};
+use crate::process::{ExitWatch, Process, Streams};
 use config::{InitConfig, Kind, Ns};
 use hyper_agent_protocol::agent;
 use nix::sys::signal::Signal;
+use spawn::{Spawned, Starter};
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
@@ -64,7 +70,7 @@ impl Container {
     pub fn new(
         id: String,
         cgroup: Option<Cgroup>,
-        spawned: crate::process::Spawned,
+        spawned: Spawned,
         streams: Streams,
         storages: Vec<PathBuf>,
         seccomp: Vec<crate::seccomp::Program>,
@@ -228,7 +234,7 @@ impl Container {
             tty,
         };
         let (streams, child) = Streams::new(tty, req.stdin, winsize)?;
-        let spawned = crate::process::spawn(cfg, child).await?;
+        let spawned = spawn::spawn(cfg, child).await?;
         let pid = spawned.pid;
         let exec_id = req.exec_id.clone();
         let exit = ExitWatch::new(spawned.exit, move |code| {

@@ -1,5 +1,6 @@
-//! PID 1 duties: mount the pseudo file systems, set the clock, seed the RNG, power off.
-//! (Reaping is `reaper`'s job.)
+//! The agent's duties as the guest's PID 1: leave the initramfs, mount the pseudo file
+//! systems, report the boot to the VMM, set the clock, seed the RNG, power off.
+//! (Reaping is `reaper`'s job; a container's own setup is `container::child`.)
 use anyhow::{Context, Result};
 use nix::mount::{MsFlags, mount};
 use std::fs;

@@ -1,5 +1,5 @@
-//! The `__init` helper: the agent re-executes itself to get a fresh single-threaded
-//! process (setns into a mount namespace needs one), which then
+//! The `__init` helper, the child side of `spawn`: the agent re-executes itself to get a
+//! fresh single-threaded process (setns into a mount namespace needs one), which then
 //!
 //! * stage 1: reads its `InitConfig` (fd 3), moves into the cgroup, joins and creates
 //!   namespaces, forks stage 2, reports stage 2's pid (fd 4), waits for the agent's ack
@@ -31,7 +31,7 @@ pub const START_FD: i32 = 5;
 pub const ARG: &str = "__init";
 
 pub fn main() -> ! {
-    // SAFETY: the agent set up fds 3..=5 for us (see process::spawn); nothing else owns them.
+    // SAFETY: the agent set up fds 3..=5 for us (see spawn::spawn); nothing else owns them.
     let mut status = unsafe { File::from_raw_fd(STATUS_FD) };
     for fd in [CONFIG_FD, STATUS_FD, START_FD] {
         let _ = nix::fcntl::fcntl(
