@@ -4,9 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/hyper/config.toml";
+/// The resolved config as a pod's shim used it, kept in each container's bundle: `delete`
+/// after a shim crash must find that pod's state dir, whatever file the shim was given.
+pub const RECORDED_CONFIG: &str = "hyper-config.toml";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -25,7 +28,7 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub hypervisor: HypervisorConfig,
@@ -33,7 +36,7 @@ pub struct Config {
     pub runtime: RuntimeConfig,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HypervisorConfig {
     /// The VMM binary (`hyper-vmm`); a bare name is looked up on PATH.
@@ -58,7 +61,7 @@ pub struct HypervisorConfig {
     pub virtio_fs_cache: VirtioFsCache,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 pub enum SharedFs {
     #[default]
     #[serde(rename = "virtio-fs")]
@@ -67,7 +70,7 @@ pub enum SharedFs {
     None,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum VirtioFsCache {
     None,
@@ -86,7 +89,7 @@ impl VirtioFsCache {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
     /// Timeout of one agent call that is not expected to block (create, start, kill ...).
@@ -95,7 +98,7 @@ pub struct AgentConfig {
     pub create_container_timeout_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     /// error, warn, info, debug or trace.
@@ -209,6 +212,12 @@ impl Config {
         Ok(())
     }
 
+    /// The config `record` left in `bundle`, if any.
+    pub fn recorded(bundle: &Path) -> Option<Result<Self, ConfigError>> {
+        let path = bundle.join(RECORDED_CONFIG);
+        path.exists().then(|| Self::from_file(&path))
+    }
+
     pub fn boot_timeout(&self) -> Duration {
         Duration::from_millis(self.hypervisor.boot_timeout_ms)
     }
@@ -220,6 +229,13 @@ impl Config {
     pub fn create_container_timeout(&self) -> Duration {
         Duration::from_millis(self.agent.create_container_timeout_ms)
     }
+}
+
+/// Writes `config` into `bundle` for [`Config::recorded`].
+pub fn record(config: &Config, bundle: &Path) -> Result<(), String> {
+    let path = bundle.join(RECORDED_CONFIG);
+    let text = toml::to_string(config).map_err(|e| format!("serialise config: {e}"))?;
+    std::fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()))
 }
 
 #[cfg(test)]
@@ -305,6 +321,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("invalid type"), "{err}");
+    }
+
+    #[test]
+    fn a_recorded_config_reads_back_the_same() {
+        let bundle = tempfile::tempdir().unwrap();
+        assert!(Config::recorded(bundle.path()).is_none());
+        let mut config = parse("[runtime]\nstate_dir = \"/tmp/hyper\"\n[hypervisor]\nshared_fs = \"none\"\nvirtio_fs_cache = \"always\"\n").unwrap();
+        config.hypervisor.kernel_params = "a=b".into();
+        record(&config, bundle.path()).unwrap();
+        let back = Config::recorded(bundle.path()).unwrap().unwrap();
+        assert_eq!(back, config);
     }
 
     #[test]

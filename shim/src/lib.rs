@@ -1,14 +1,13 @@
 //! The host side of hyper: the containerd shim (`containerd-shim-hyper-v1`) and the
 //! `hyperctl` debugging CLI.
 //!
-//! service (containerd's task API) → sandbox (one VM per pod: hypervisor + agent +
-//! containers) → `hypervisor::Hypervisor` and the agent client.
+//! service (containerd's task API) → pod (containers and processes, the rules) →
+//! sandbox (one VM) → `hypervisor::Hypervisor` and `agent::Agent`.
 pub mod agent;
 pub mod command;
 pub mod config;
 pub mod hypervisor;
-pub mod io;
-pub mod process;
+pub mod pod;
 pub mod rootfs;
 pub mod sandbox;
 pub mod service;

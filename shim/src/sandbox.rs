@@ -1,14 +1,18 @@
-//! One pod = one VM: its hypervisor, its agent connection and where its state lives.
+//! One pod = one VM: its hypervisor, its agent, where its state lives, and the watchers
+//! that report the VM's death and the guest's OOM kills. Built from a [`SandboxBackend`]
+//! (hyper-vmm and ttrpc for real, fakes in tests); torn down once, by [`Sandbox::shutdown`].
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_agent_protocol::AGENT_VSOCK_PORT;
-use hyper_agent_protocol::agent::{
-    CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest, HealthRequest, Storage,
-    health_response,
-};
-use hyper_agent_protocol::agent_ttrpc::AgentServiceClient;
+use async_trait::async_trait;
+use hyper_agent_protocol::agent::{CreateContainerRequest, CreateSandboxRequest, Storage};
+use hyper_agent_protocol::{AGENT_VSOCK_PORT, guest};
+use tokio::sync::{Mutex, mpsc};
+use tokio::task::JoinHandle;
 
+use crate::agent::{Agent, AgentError, AgentTimeouts};
 use crate::config::{Config, SharedFs};
 use crate::hypervisor::{
     Disk, HyperVmm, Hypervisor, HypervisorError, SharedDir, VmSpec, process_alive,
@@ -29,11 +33,8 @@ pub enum SandboxError {
     },
     #[error("VMM (pid {pid}) exited while the guest was booting{console}")]
     VmmDied { pid: u32, console: String },
-    #[error("agent {call}: {cause}")]
-    Agent {
-        call: &'static str,
-        cause: ttrpc::Error,
-    },
+    #[error(transparent)]
+    Agent(#[from] AgentError),
     #[error(transparent)]
     Share(#[from] ShareError),
     #[error(transparent)]
@@ -46,8 +47,71 @@ pub enum SandboxError {
     Io(#[from] std::io::Error),
 }
 
-/// Guest directory under which each container's storages are mounted.
-const GUEST_CONTAINERS_DIR: &str = "/run/hyper/containers";
+/// What a sandbox is built from.
+#[async_trait]
+pub trait SandboxBackend: Send + Sync {
+    /// The hypervisor of a new VM whose sockets and logs go in `state_dir`.
+    fn hypervisor(&self, config: &Config, state_dir: &Path) -> Box<dyn Hypervisor>;
+    /// One attempt to reach the agent through the VM's vsock socket.
+    async fn connect_agent(
+        &self,
+        vsock_uds: &Path,
+        timeout: Duration,
+    ) -> Result<Arc<dyn Agent>, String>;
+    /// Called once the agent answers: start whatever else reads from the guest.
+    fn agent_ready(&self, _vsock_uds: &Path, _sandbox_id: &str) {}
+}
+
+/// hyper-vmm for the VM, ttrpc over hybrid vsock for the agent.
+pub struct HyperVmmBackend {
+    pub timeouts: AgentTimeouts,
+}
+
+impl HyperVmmBackend {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            timeouts: AgentTimeouts {
+                request: config.request_timeout(),
+                create_container: config.create_container_timeout(),
+            },
+        }
+    }
+}
+
+#[async_trait]
+impl SandboxBackend for HyperVmmBackend {
+    fn hypervisor(&self, config: &Config, state_dir: &Path) -> Box<dyn Hypervisor> {
+        Box::new(HyperVmm::new(
+            config.hypervisor.path.clone(),
+            state_dir.to_path_buf(),
+        ))
+    }
+
+    async fn connect_agent(
+        &self,
+        vsock_uds: &Path,
+        timeout: Duration,
+    ) -> Result<Arc<dyn Agent>, String> {
+        crate::agent::connect(vsock_uds, AGENT_VSOCK_PORT, timeout, self.timeouts)
+            .await
+            .map(|a| Arc::new(a) as Arc<dyn Agent>)
+            .map_err(|e| e.to_string())
+    }
+
+    fn agent_ready(&self, vsock_uds: &Path, sandbox_id: &str) {
+        crate::agent::log::spawn_relay(vsock_uds.to_path_buf(), sandbox_id.to_string());
+    }
+}
+
+/// What the sandbox's watchers saw.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SandboxEvent {
+    /// The VMM process is gone (not by `shutdown`).
+    VmDied,
+    /// The guest OOM-killed a process of this container.
+    Oom(String),
+}
+
 /// virtio-blk serial of the disk that carries the first container's rootfs.
 const ROOTFS_DISK_SERIAL: &str = "rootfs";
 
@@ -62,12 +126,12 @@ fn rootfs_disk(image: &Path) -> Disk {
 
 /// What the agent needs to create a container whose rootfs is on the `rootfs_disk`.
 fn disk_container_request(id: &str, spec_json: Vec<u8>, stdin: bool) -> CreateContainerRequest {
-    let guest_rootfs = format!("{GUEST_CONTAINERS_DIR}/{id}/rootfs");
+    let guest_rootfs = format!("{}/{id}/rootfs", guest::CONTAINERS_DIR);
     CreateContainerRequest {
         container_id: id.to_string(),
         oci_spec_json: spec_json,
         storages: vec![Storage {
-            driver: "blk".into(),
+            driver: guest::DRIVER_BLK.into(),
             source: ROOTFS_DISK_SERIAL.into(),
             fstype: "ext4".into(),
             mount_point: guest_rootfs.clone(),
@@ -87,33 +151,47 @@ enum RootfsPath {
     Disk { used: std::sync::atomic::AtomicBool },
 }
 
+/// Everything a VM boot needs besides the config.
+pub struct BootRequest<'a> {
+    pub id: &'a str,
+    pub hostname: &'a str,
+    /// The first container's rootfs on the host (copied into a disk without a share).
+    pub first_rootfs: &'a Path,
+    pub size: VmSize,
+}
+
 pub struct Sandbox {
     pub id: String,
     pub state_dir: PathBuf,
-    pub agent: AgentServiceClient,
-    hypervisor: Box<dyn Hypervisor>,
+    agent: Arc<dyn Agent>,
+    /// `None` once shut down: the lock makes concurrent shutdowns wait for the first.
+    hypervisor: Mutex<Option<Box<dyn Hypervisor>>>,
     rootfs_path: RootfsPath,
-    request_timeout: Duration,
+    vmm_pid: Option<u32>,
+    watchers: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// Lines of the guest console shown in boot errors.
 const CONSOLE_TAIL_LINES: usize = 30;
 
 impl Sandbox {
-    /// Boots the VM for a pod whose first container's rootfs is `first_rootfs`, waits for
-    /// the agent and creates the sandbox in the guest. On any failure the VMM is stopped
-    /// and nothing is left running or mounted.
+    /// Boots the VM, waits for the agent and creates the sandbox in the guest; then
+    /// reports VM death and OOM kills on `events`. On any failure nothing is left running
+    /// or mounted and the state dir is gone.
     pub async fn boot(
         config: &Config,
-        id: &str,
-        hostname: &str,
-        first_rootfs: &Path,
-        size: VmSize,
-    ) -> Result<Self, SandboxError> {
-        let state_dir = config.runtime.state_dir.join(id);
+        backend: &dyn SandboxBackend,
+        req: BootRequest<'_>,
+        events: mpsc::UnboundedSender<SandboxEvent>,
+    ) -> Result<Arc<Self>, SandboxError> {
+        let state_dir = config.runtime.state_dir.join(req.id);
         std::fs::create_dir_all(&state_dir)?;
-        match Self::boot_in(config, id, hostname, first_rootfs, size, &state_dir).await {
-            Ok(s) => Ok(s),
+        match Self::boot_in(config, backend, &req, &state_dir).await {
+            Ok(sandbox) => {
+                let sandbox = Arc::new(sandbox);
+                sandbox.spawn_watchers(events);
+                Ok(sandbox)
+            }
             Err(e) => {
                 remove_tree(&state_dir);
                 Err(e)
@@ -123,13 +201,10 @@ impl Sandbox {
 
     async fn boot_in(
         config: &Config,
-        id: &str,
-        hostname: &str,
-        first_rootfs: &Path,
-        size: VmSize,
+        backend: &dyn SandboxBackend,
+        req: &BootRequest<'_>,
         state_dir: &Path,
     ) -> Result<Self, SandboxError> {
-        let state_dir = state_dir.to_path_buf();
         let (rootfs_path, disks, shares, storages) = match config.hypervisor.shared_fs {
             SharedFs::VirtioFs => {
                 let share = Share::create(&state_dir.join("share"))?;
@@ -147,7 +222,7 @@ impl Sandbox {
             }
             SharedFs::None => {
                 let image = state_dir.join("rootfs.img");
-                rootfs::make_image(first_rootfs, &image).await?;
+                rootfs::make_image(req.first_rootfs, &image).await?;
                 let used = std::sync::atomic::AtomicBool::new(false);
                 (
                     RootfsPath::Disk { used },
@@ -157,53 +232,91 @@ impl Sandbox {
                 )
             }
         };
-        let console_log = state_dir.join("console.log");
         let spec = VmSpec {
             kernel: config.hypervisor.kernel.clone(),
             initrd: config.hypervisor.image.clone(),
             kernel_params: config.hypervisor.kernel_params.clone(),
-            vcpus: size.vcpus,
-            memory_mib: size.memory_mib,
+            vcpus: req.size.vcpus,
+            memory_mib: req.size.memory_mib,
             disks,
             shares,
-            console_log: config.hypervisor.debug_console.then(|| console_log.clone()),
+            console_log: config
+                .hypervisor
+                .debug_console
+                .then(|| state_dir.join("console.log")),
         };
-        let mut hypervisor: Box<dyn Hypervisor> = Box::new(HyperVmm::new(
-            config.hypervisor.path.clone(),
-            state_dir.clone(),
-        ));
+        let mut hypervisor = backend.hypervisor(config, state_dir);
         hypervisor.start(&spec).await?;
-        let agent =
-            match wait_for_agent(hypervisor.as_ref(), config.boot_timeout(), &state_dir).await {
-                Ok(agent) => agent,
-                Err(e) => {
-                    let _ = hypervisor.stop(Duration::ZERO).await;
-                    return Err(e);
-                }
-            };
-        crate::agent::log::spawn_relay(hypervisor.vsock_uds(), id.to_string());
-        let sandbox = Self {
-            id: id.to_string(),
+        let vmm_pid = hypervisor.pid();
+        if let Some(pid) = vmm_pid
+            && let Err(e) = std::fs::write(state_dir.join("vmm.pid"), pid.to_string())
+        {
+            // What `delete` after a shim crash kills, and what `hyperctl list` shows.
+            tracing::warn!(pod = %req.id, "write vmm.pid: {e}");
+        }
+        let agent = match wait_for_agent(
+            backend,
+            hypervisor.as_ref(),
+            config.boot_timeout(),
             state_dir,
-            agent,
-            hypervisor,
-            rootfs_path,
-            request_timeout: config.request_timeout(),
+        )
+        .await
+        {
+            Ok(agent) => agent,
+            Err(e) => {
+                let _ = hypervisor.stop(Duration::ZERO).await;
+                return Err(e);
+            }
         };
-        let req = CreateSandboxRequest {
-            sandbox_id: id.to_string(),
-            hostname: hostname.to_string(),
+        backend.agent_ready(&hypervisor.vsock_uds(), req.id);
+        let sandbox = Self {
+            id: req.id.to_string(),
+            state_dir: state_dir.to_path_buf(),
+            agent,
+            hypervisor: Mutex::new(Some(hypervisor)),
+            rootfs_path,
+            vmm_pid,
+            watchers: Default::default(),
+        };
+        let create = CreateSandboxRequest {
+            sandbox_id: req.id.to_string(),
+            hostname: req.hostname.to_string(),
             storages,
             ..Default::default()
         };
-        if let Err(cause) = sandbox.agent.create_sandbox(sandbox.ctx(), &req).await {
+        if let Err(e) = sandbox.agent.create_sandbox(create).await {
             sandbox.shutdown().await;
-            return Err(SandboxError::Agent {
-                call: "CreateSandbox",
-                cause,
-            });
+            return Err(e.into());
         }
         Ok(sandbox)
+    }
+
+    /// Reports the VMM's death (through its pidfd, whoever reaps it) and the guest's OOM
+    /// kills until `shutdown`.
+    fn spawn_watchers(self: &Arc<Self>, events: mpsc::UnboundedSender<SandboxEvent>) {
+        let mut watchers = self.watchers.lock().expect("watchers lock");
+        if let Some(pid) = self.vmm_pid {
+            let events = events.clone();
+            let id = self.id.clone();
+            watchers.push(tokio::spawn(async move {
+                if let Err(e) = wait_for_exit(pid).await {
+                    tracing::warn!(pod = %id, pid, "cannot watch the VMM: {e}");
+                    return;
+                }
+                tracing::warn!(pod = %id, pid, "VMM exited");
+                let _ = events.send(SandboxEvent::VmDied);
+            }));
+        }
+        let agent = self.agent.clone();
+        watchers.push(tokio::spawn(async move {
+            while let Ok(container_id) = agent.oom_event().await {
+                let _ = events.send(SandboxEvent::Oom(container_id));
+            }
+        }));
+    }
+
+    pub fn agent(&self) -> &Arc<dyn Agent> {
+        &self.agent
     }
 
     /// Makes container `id`'s rootfs and volumes visible to the guest and returns the
@@ -242,51 +355,86 @@ impl Sandbox {
         }
     }
 
-    /// True when more containers can join this VM.
-    pub fn takes_more_containers(&self) -> bool {
-        matches!(self.rootfs_path, RootfsPath::Shared(_))
-    }
-
-    /// A ttrpc context with the configured per-request timeout.
-    pub fn ctx(&self) -> ttrpc::context::Context {
-        ttrpc::context::with_timeout(self.request_timeout.as_nanos() as i64)
-    }
-
     pub fn vmm_pid(&self) -> Option<u32> {
-        self.hypervisor.pid()
+        self.vmm_pid
     }
 
     pub async fn pause(&self) -> Result<(), SandboxError> {
-        Ok(self.hypervisor.pause().await?)
+        match self.hypervisor.lock().await.as_ref() {
+            Some(h) => Ok(h.pause().await?),
+            None => Ok(()),
+        }
     }
 
     pub async fn resume(&self) -> Result<(), SandboxError> {
-        Ok(self.hypervisor.resume().await?)
+        match self.hypervisor.lock().await.as_ref() {
+            Some(h) => Ok(h.resume().await?),
+            None => Ok(()),
+        }
     }
 
-    /// Tears the pod down: sandbox in the guest, then the VM, then the state dir.
-    pub async fn shutdown(mut self) {
-        let req = DestroySandboxRequest {
-            sandbox_id: self.id.clone(),
-            ..Default::default()
+    /// True until `shutdown` has run.
+    pub async fn is_up(&self) -> bool {
+        self.hypervisor.lock().await.is_some()
+    }
+
+    /// Tears the pod down: the sandbox in the guest, the VM, the state dir. Idempotent;
+    /// a second caller waits for the first to finish. After a VM death it only cleans up.
+    pub async fn shutdown(&self) {
+        let mut hypervisor = self.hypervisor.lock().await;
+        let Some(mut h) = hypervisor.take() else {
+            return;
         };
-        if let Err(e) = self.agent.destroy_sandbox(self.ctx(), &req).await {
-            tracing::debug!("DestroySandbox: {e}");
+        // Stopped on purpose: this is no VM death to report.
+        for w in self.watchers.lock().expect("watchers lock").drain(..) {
+            w.abort();
         }
-        if let Err(e) = self.hypervisor.stop(Duration::from_secs(2)).await {
-            tracing::warn!("stop VM: {e}");
+        let alive = self.vmm_pid.is_none_or(process_alive);
+        if alive && let Err(e) = self.agent.destroy_sandbox(&self.id).await {
+            tracing::debug!(pod = %self.id, "DestroySandbox: {e}");
+        }
+        if let Err(e) = h.stop(Duration::from_secs(2)).await {
+            tracing::warn!(pod = %self.id, "stop VM: {e}");
         }
         remove_tree(&self.state_dir);
+        tracing::info!(pod = %self.id, "sandbox shut down");
     }
+}
+
+/// Waits until process `pid` has exited, through a pidfd: it works whoever reaps the
+/// process (in the shim, containerd-shim's SIGCHLD handler reaps every child).
+async fn wait_for_exit(pid: u32) -> std::io::Result<()> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        // Already gone (and reaped).
+        return if e.raw_os_error() == Some(libc::ESRCH) {
+            Ok(())
+        } else {
+            Err(e)
+        };
+    }
+    // SAFETY: the fd was just created and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // SAFETY: the AsyncFd owns the fd, which stays open until it is dropped.
+    let fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| e.into_parts().1)?;
+    // A pidfd turns readable when the process exits.
+    let _ = fd.readable().await?;
+    Ok(())
 }
 
 /// Retries the agent connection until it answers a health check, the VMM dies or the
 /// timeout passes, whichever comes first.
 async fn wait_for_agent(
+    backend: &dyn SandboxBackend,
     hypervisor: &dyn Hypervisor,
     timeout: Duration,
     state_dir: &Path,
-) -> Result<AgentServiceClient, SandboxError> {
+) -> Result<Arc<dyn Agent>, SandboxError> {
     let start = tokio::time::Instant::now();
     let uds = hypervisor.vsock_uds();
     let mut last_error = String::from("no attempt made");
@@ -300,19 +448,15 @@ async fn wait_for_agent(
             });
         }
         let left = timeout.saturating_sub(start.elapsed());
-        match crate::agent::connect(&uds, AGENT_VSOCK_PORT, left.min(Duration::from_secs(2))).await
+        match backend
+            .connect_agent(&uds, left.min(Duration::from_secs(2)))
+            .await
         {
-            Ok(agent) => {
-                let ctx = ttrpc::context::with_timeout(left.as_nanos() as i64);
-                match agent.health(ctx, &HealthRequest::default()).await {
-                    Ok(h) if h.status == health_response::Status::SERVING.into() => {
-                        return Ok(agent);
-                    }
-                    Ok(h) => last_error = format!("agent health is {:?}", h.status),
-                    Err(e) => last_error = format!("health check: {e}"),
-                }
-            }
-            Err(e) => last_error = e.to_string(),
+            Ok(agent) => match agent.health().await {
+                Ok(()) => return Ok(agent),
+                Err(e) => last_error = e.to_string(),
+            },
+            Err(e) => last_error = e,
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }

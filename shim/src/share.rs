@@ -1,5 +1,5 @@
 //! The pod's share: one host directory per sandbox that hyper-vmm serves to the guest with
-//! virtio-fs (tag [`SHARE_TAG`]) and the agent mounts at [`GUEST_SHARE_DIR`]. Each
+//! virtio-fs (tag [`SHARE_TAG`]) and the agent mounts at [`guest::SHARED_DIR`]. Each
 //! container gets `<share>/<id>/rootfs`, a bind of its rootfs, and
 //! `<share>/<id>/volumes/<n>`, a bind of the n-th mount of its spec when that is a bind of a
 //! host path; the spec the guest sees names those guest paths instead.
@@ -10,12 +10,11 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use hyper_agent_protocol::agent::Storage;
+use hyper_agent_protocol::guest;
 use nix::mount::{MntFlags, MsFlags};
 
 /// The virtio-fs tag of the pod's share.
 pub const SHARE_TAG: &str = "hypershare";
-/// Where the agent mounts the share in the guest (under its state dir).
-pub const GUEST_SHARE_DIR: &str = "/run/hyper/shared";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShareError {
@@ -79,10 +78,10 @@ impl Share {
     /// The storage that has the agent mount the share.
     pub fn storage() -> Storage {
         Storage {
-            driver: "virtiofs".into(),
+            driver: guest::DRIVER_VIRTIOFS.into(),
             source: SHARE_TAG.into(),
             fstype: "virtiofs".into(),
-            mount_point: GUEST_SHARE_DIR.into(),
+            mount_point: guest::SHARED_DIR.into(),
             ..Default::default()
         }
     }
@@ -122,7 +121,7 @@ impl Share {
         let target = dir.join("rootfs");
         std::fs::create_dir_all(&target).map_err(io_err(&target))?;
         bind(rootfs, &target, true)?;
-        let guest_dir = format!("{GUEST_SHARE_DIR}/{id}");
+        let guest_dir = format!("{}/{id}", guest::SHARED_DIR);
         if let Some(mounts) = spec.get_mut("mounts").and_then(|m| m.as_array_mut()) {
             for (i, m) in mounts.iter_mut().enumerate() {
                 let Some(source) = host_bind_source(m) else {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use hyper_agent_protocol::agent::{HealthRequest, HealthResponse, health_response};
 use hyper_agent_protocol::agent_ttrpc::{AgentService, create_agent_service};
-use hyper_shim::agent::{self, HybridVsockError};
+use hyper_shim::agent::{self, Agent, AgentTimeouts, HybridVsockError};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use ttrpc::r#async::{Server, TtrpcContext};
@@ -86,15 +86,11 @@ async fn handshake_then_ttrpc_reaches_the_agent() {
     let uds = dir.path().join("vsock.sock");
     spawn_muxer(uds.clone(), Some(agent_path), Muxer::Good).await;
 
-    let client = agent::connect(&uds, 1024, T).await.unwrap();
-    let r = client
-        .health(
-            ttrpc::context::with_timeout(2_000_000_000),
-            &HealthRequest::default(),
-        )
+    let client = agent::connect(&uds, 1024, T, AgentTimeouts::default())
         .await
         .unwrap();
-    assert_eq!(r.status, health_response::Status::SERVING.into());
+    // The real Agent over ttrpc: SERVING is Ok.
+    client.health().await.unwrap();
     server.shutdown().await.unwrap();
 }
 
@@ -109,7 +105,9 @@ async fn bad_replies_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let uds = dir.path().join("vsock.sock");
         spawn_muxer(uds.clone(), None, Muxer::Reply(reply)).await;
-        let err = agent::connect(&uds, 1024, T).await.expect_failure();
+        let err = agent::connect(&uds, 1024, T, AgentTimeouts::default())
+            .await
+            .expect_failure();
         assert!(
             matches!(err, HybridVsockError::BadReply { .. }),
             "{reply:?}: {err}"
@@ -124,7 +122,9 @@ async fn an_endless_reply_is_cut_off() {
     let uds = dir.path().join("vsock.sock");
     let long: &'static str = Box::leak("A".repeat(4096).into_boxed_str());
     spawn_muxer(uds.clone(), None, Muxer::Reply(long)).await;
-    let err = agent::connect(&uds, 1024, T).await.expect_failure();
+    let err = agent::connect(&uds, 1024, T, AgentTimeouts::default())
+        .await
+        .expect_failure();
     assert!(matches!(err, HybridVsockError::BadReply { .. }), "{err}");
 }
 
@@ -133,18 +133,27 @@ async fn closed_silent_and_missing_sockets_fail_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let closed = dir.path().join("closed.sock");
     spawn_muxer(closed.clone(), None, Muxer::Close).await;
-    let err = agent::connect(&closed, 1024, T).await.expect_failure();
+    let err = agent::connect(&closed, 1024, T, AgentTimeouts::default())
+        .await
+        .expect_failure();
     assert!(matches!(err, HybridVsockError::Refused { .. }), "{err}");
 
     let silent = dir.path().join("silent.sock");
     spawn_muxer(silent.clone(), None, Muxer::Silent).await;
-    let err = agent::connect(&silent, 1024, Duration::from_millis(200))
-        .await
-        .expect_failure();
+    let err = agent::connect(
+        &silent,
+        1024,
+        Duration::from_millis(200),
+        AgentTimeouts::default(),
+    )
+    .await
+    .expect_failure();
     assert!(matches!(err, HybridVsockError::Timeout { .. }), "{err}");
 
     let missing = dir.path().join("missing.sock");
-    let err = agent::connect(&missing, 1024, T).await.expect_failure();
+    let err = agent::connect(&missing, 1024, T, AgentTimeouts::default())
+        .await
+        .expect_failure();
     assert!(err.to_string().contains("missing.sock"), "{err}");
 }
 
@@ -158,21 +167,17 @@ async fn retry_waits_for_a_booting_guest() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         spawn_muxer(late, Some(agent_path), Muxer::Good).await;
     });
-    let client = agent::connect_with_retry(&uds, 1024, Duration::from_secs(5))
-        .await
-        .unwrap();
-    client
-        .health(
-            ttrpc::context::with_timeout(2_000_000_000),
-            &HealthRequest::default(),
-        )
-        .await
-        .unwrap();
+    let client =
+        agent::connect_with_retry(&uds, 1024, Duration::from_secs(5), AgentTimeouts::default())
+            .await
+            .unwrap();
+    client.health().await.unwrap();
     // And gives up with the last error once the deadline passes.
     let err = agent::connect_with_retry(
         &dir.path().join("never.sock"),
         1024,
         Duration::from_millis(200),
+        AgentTimeouts::default(),
     )
     .await
     .expect_failure();

@@ -8,13 +8,16 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use hyper_agent_protocol::agent_ttrpc::AgentServiceClient;
-use hyper_agent_protocol::{AGENT_VSOCK_PORT, agent};
+use std::sync::Arc;
+
+use hyper_agent_protocol::AGENT_VSOCK_PORT;
+use hyper_shim::agent::{Agent, AgentTimeouts, ProcessRef, TtrpcAgent};
 use hyper_shim::config::Config;
 use hyper_shim::hypervisor::process_alive;
-use hyper_shim::sandbox::Sandbox;
-use tokio::io::AsyncWriteExt;
-use ttrpc::context;
+use hyper_shim::pod::{Exit, NewContainer, Pod, PodEvents, Stdio};
+use hyper_shim::sandbox::HyperVmmBackend;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::unix::pipe;
 
 #[derive(Parser)]
 #[command(version, about = "Debugging CLI for hyper sandboxes")]
@@ -33,6 +36,9 @@ enum Command {
         /// Sandbox id (default: the bundle directory's name).
         #[arg(long)]
         id: Option<String>,
+        /// Pass our stdin to the process (EOF when ours ends).
+        #[arg(short = 'i', long)]
+        stdin: bool,
         /// Directory holding config.json and the rootfs.
         bundle: PathBuf,
     },
@@ -77,10 +83,6 @@ enum AgentCall {
     Version,
 }
 
-fn ctx() -> context::Context {
-    context::with_timeout(10_000_000_000)
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     // One readable line, not anyhow's debug form with a backtrace.
@@ -94,8 +96,8 @@ async fn real_main() -> Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Run { id, bundle } => {
-            let status = run_bundle(&config, id, &bundle).await?;
+        Command::Run { id, bundle, stdin } => {
+            let status = run_bundle(&config, id, &bundle, stdin).await?;
             std::process::exit(status);
         }
         Command::List => list(&config),
@@ -133,24 +135,22 @@ async fn real_main() -> Result<()> {
                 (None, None) => bail!("give --vsock-uds PATH or --sandbox ID"),
             };
             let wait = Duration::try_from_secs_f64(wait).context("--wait must be >= 0")?;
-            let client = hyper_shim::agent::connect_with_retry(&uds, port, wait).await?;
+            let client =
+                hyper_shim::agent::connect_with_retry(&uds, port, wait, AgentTimeouts::default())
+                    .await?;
             agent_call(&client, call).await
         }
     }
 }
 
-async fn agent_call(client: &AgentServiceClient, call: AgentCall) -> Result<()> {
+async fn agent_call(client: &TtrpcAgent, call: AgentCall) -> Result<()> {
     match call {
         AgentCall::Health => {
-            let r = client
-                .health(ctx(), &agent::HealthRequest::default())
-                .await?;
-            println!("{:?}", r.status.enum_value_or_default());
+            client.health().await?;
+            println!("SERVING");
         }
         AgentCall::Version => {
-            let r = client
-                .version(ctx(), &agent::VersionRequest::default())
-                .await?;
+            let r = client.version().await?;
             println!(
                 "agent {} protocol {} kernel {}",
                 r.agent_version, r.protocol_version, r.kernel_release
@@ -183,104 +183,91 @@ fn list(config: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Boots a VM for `bundle`, runs its process with our stdout/stderr, tears everything down.
-async fn run_bundle(config: &Config, id: Option<String>, bundle: &Path) -> Result<i32> {
+/// Runs `bundle` as the pod's only container through the same pod layer the shim uses,
+/// with stdio through FIFOs as containerd would; tears everything down.
+async fn run_bundle(
+    config: &Config,
+    id: Option<String>,
+    bundle: &Path,
+    stdin: bool,
+) -> Result<i32> {
     let bundle = bundle
         .canonicalize()
         .with_context(|| format!("bundle {}", bundle.display()))?;
-    let spec_path = bundle.join("config.json");
-    let spec = oci_spec::runtime::Spec::load(&spec_path)
-        .with_context(|| format!("OCI spec {}", spec_path.display()))?;
-    let spec_json = std::fs::read(&spec_path)?;
     let id = id.unwrap_or_else(|| {
         bundle
             .file_name()
             .map_or("hyperctl".into(), |n| n.to_string_lossy().into_owned())
     });
-    let root = spec
-        .root()
-        .as_ref()
-        .map_or_else(|| PathBuf::from("rootfs"), |r| r.path().clone());
-    let rootfs_dir = if root.is_absolute() {
-        root
-    } else {
-        bundle.join(root)
+    let fifos = tempfile::Builder::new().prefix("hyperctl-").tempdir()?;
+    let fifo = |name: &str| -> Result<String> {
+        let path = fifos.path().join(name);
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .with_context(|| format!("mkfifo {}", path.display()))?;
+        Ok(path.display().to_string())
     };
-    let hostname = spec.hostname().clone().unwrap_or_default();
-    let size = hyper_shim::sizing::vm_size(&config.hypervisor, &spec)?;
-    let sandbox = Sandbox::boot(config, &id, &hostname, &rootfs_dir, size).await?;
-    let result = run_in(&sandbox, config, &id, &rootfs_dir, spec_json).await;
-    sandbox.release_container(&id);
-    sandbox.shutdown().await;
-    result
+    let stdio = Stdio {
+        stdin: if stdin { fifo("stdin")? } else { String::new() },
+        stdout: fifo("stdout")?,
+        stderr: fifo("stderr")?,
+        terminal: false,
+    };
+    // Our read ends first: the pod opens the write ends at create.
+    let out = pipe::OpenOptions::new().open_receiver(&stdio.stdout)?;
+    let err = pipe::OpenOptions::new().open_receiver(&stdio.stderr)?;
+    let pod = Pod::new(
+        config.clone(),
+        Arc::new(HyperVmmBackend::new(config)),
+        Arc::new(NoEvents),
+    );
+    pod.create(NewContainer {
+        id: id.clone(),
+        bundle,
+        rootfs_mounts: Vec::new(),
+        stdio: stdio.clone(),
+    })
+    .await?;
+    let init = ProcessRef::new(&id, "");
+    let relays = [
+        tokio::spawn(relay(out, tokio::io::stdout())),
+        tokio::spawn(relay(err, tokio::io::stderr())),
+    ];
+    if stdin {
+        let input = pipe::OpenOptions::new().open_sender(&stdio.stdin)?;
+        let pod = pod.clone();
+        let init = init.clone();
+        tokio::spawn(async move {
+            relay(tokio::io::stdin(), input).await;
+            let _ = pod.close_stdin(&init).await;
+        });
+    }
+    let status = match pod.start(&init).await {
+        Ok(()) => Ok(pod.wait(&init).await?.status as i32),
+        Err(e) => Err(e),
+    };
+    for r in relays {
+        let _ = r.await;
+    }
+    pod.delete(&init).await?;
+    pod.shutdown().await;
+    Ok(status?)
 }
 
-async fn run_in(
-    sandbox: &Sandbox,
-    config: &Config,
-    id: &str,
-    rootfs: &Path,
-    spec_json: Vec<u8>,
-) -> Result<i32> {
-    let agent = &sandbox.agent;
-    let create_ctx = context::with_timeout(config.create_container_timeout().as_nanos() as i64);
-    let create = sandbox.container_request(id, rootfs, spec_json, false)?;
-    agent.create_container(create_ctx, &create).await?;
-    let start = agent::StartContainerRequest {
-        container_id: id.to_string(),
-        ..Default::default()
-    };
-    agent.start_container(sandbox.ctx(), &start).await?;
-    let out = tokio::spawn(relay(agent.clone(), id.to_string(), false));
-    let err = tokio::spawn(relay(agent.clone(), id.to_string(), true));
-    let wait = agent::WaitProcessRequest {
-        container_id: id.to_string(),
-        ..Default::default()
-    };
-    let status = agent
-        .wait_process(context::Context::default(), &wait)
-        .await?
-        .status;
-    for h in [out, err] {
-        let _ = tokio::time::timeout(Duration::from_secs(2), h).await;
+/// The pod's events need no one here: `run` waits for its process itself.
+struct NoEvents;
+
+#[async_trait::async_trait]
+impl PodEvents for NoEvents {
+    async fn exited(&self, _: &ProcessRef, _: Exit) {}
+    async fn oom(&self, container_id: &str) {
+        eprintln!("hyperctl: container {container_id} was OOM-killed");
     }
-    let remove = agent::RemoveContainerRequest {
-        container_id: id.to_string(),
-        ..Default::default()
-    };
-    let _ = agent.remove_container(sandbox.ctx(), &remove).await;
-    Ok(status)
 }
 
-/// Copies the container's stdout (or stderr) to ours until the stream ends.
-async fn relay(agent: AgentServiceClient, id: String, stderr: bool) {
-    let req = agent::ReadStreamRequest {
-        container_id: id,
-        len: 32 * 1024,
-        ..Default::default()
-    };
-    let mut stdout = tokio::io::stdout();
-    let mut errout = tokio::io::stderr();
-    loop {
-        let ctx = context::Context::default();
-        let r = if stderr {
-            agent.read_stderr(ctx, &req).await
-        } else {
-            agent.read_stdout(ctx, &req).await
-        };
-        match r {
-            Ok(r) if !r.data.is_empty() => {
-                let w = if stderr {
-                    errout.write_all(&r.data).await
-                } else {
-                    stdout.write_all(&r.data).await
-                };
-                if w.is_err() {
-                    break;
-                }
-            }
-            _ => break,
-        }
+/// Copies `from` to `to` until `from` ends.
+async fn relay(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin) {
+    if let Err(e) = tokio::io::copy(&mut from, &mut to).await {
+        tracing::debug!("relay: {e}");
     }
-    let _ = stdout.flush().await;
+    let _ = to.flush().await;
 }

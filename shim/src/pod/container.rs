@@ -3,9 +3,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use tokio::task::JoinHandle;
-
-use crate::process::Process;
+use super::process::Process;
 
 pub struct Container {
     pub id: String,
@@ -14,8 +12,6 @@ pub struct Container {
     pub host_rootfs: Option<PathBuf>,
     pub init: Process,
     pub execs: HashMap<String, Process>,
-    /// IO copy tasks per exec id ("" for init), awaited before an exit is reported.
-    pub io: HashMap<String, Vec<JoinHandle<()>>>,
 }
 
 impl Container {
@@ -32,6 +28,18 @@ impl Container {
             Some(&mut self.init)
         } else {
             self.execs.get_mut(exec_id)
+        }
+    }
+
+    /// Every process of the container, init first.
+    pub fn processes_mut(&mut self) -> impl Iterator<Item = &mut Process> {
+        std::iter::once(&mut self.init).chain(self.execs.values_mut())
+    }
+
+    /// Unmounts what `Create` mounted on the host, once.
+    pub fn unmount_rootfs(&mut self) {
+        if let Some(r) = self.host_rootfs.take() {
+            crate::rootfs::unmount(&r);
         }
     }
 }

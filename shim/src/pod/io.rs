@@ -1,113 +1,163 @@
-//! containerd's stdio FIFOs ↔ the agent's process streams.
+//! containerd's stdio FIFOs ↔ the agent's process streams, losing no byte either way.
 //!
-//! One task per stream: stdout/stderr pull from the agent (`ReadStdout`/`ReadStderr`
-//! block until data or end of stream) and write to the FIFO; stdin reads the FIFO and
-//! pushes with `WriteStdin`, then `CloseStdin` at EOF. The agent bounds its buffers and
-//! each loop has one request in flight, so a slow reader slows the process, no more.
+//! Output: one task per stream pulls from the agent (`read_stream` blocks until data or
+//! the end) and writes to the FIFO. Input: the FIFO is opened with a writer of our own
+//! kept open, as containerd's runc shim does, so the copy sees EOF only once the client
+//! closed its end *and* `CloseIO` dropped ours; then every byte read has been taken by
+//! the process before its stdin is closed. Each loop has one request in flight, so a
+//! slow reader or writer slows the process, no more.
+use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use hyper_agent_protocol::agent::{CloseStdinRequest, ReadStreamRequest, WriteStreamRequest};
-use hyper_agent_protocol::agent_ttrpc::AgentServiceClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::task::JoinHandle;
 
-/// Bytes asked for in one read call.
-const CHUNK: u32 = 32 * 1024;
+use crate::agent::{Agent, OutStream, ProcessRef};
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum OutStream {
-    Stdout,
-    Stderr,
+/// Bytes asked for in one call.
+const CHUNK: usize = 32 * 1024;
+
+/// A running copy of one output stream to its FIFO.
+pub struct OutputCopy {
+    task: JoinHandle<()>,
+    /// Bumped on every read from the guest and write to the FIFO.
+    progress: Arc<AtomicU64>,
 }
 
-/// Copies one output stream of a guest process to a FIFO until the stream ends.
-/// Returns the handle so the caller can wait for the last bytes before reporting exit.
-pub fn copy_output(
-    agent: AgentServiceClient,
-    container_id: String,
-    exec_id: String,
-    which: OutStream,
-    fifo: &str,
-) -> std::io::Result<JoinHandle<()>> {
-    let mut out = pipe::OpenOptions::new().open_sender(Path::new(fifo))?;
-    Ok(tokio::spawn(async move {
-        let req = ReadStreamRequest {
-            container_id: container_id.clone(),
-            exec_id: exec_id.clone(),
-            len: CHUNK,
-            ..Default::default()
-        };
+impl OutputCopy {
+    /// Waits for the stream to end. A stream that makes no progress for `idle` (a
+    /// process the guest never lets end, or a reader that stopped reading) is closed,
+    /// which is containerd's end of output; returns false then.
+    pub async fn drain(mut self, idle: Duration) -> bool {
         loop {
-            let ctx = ttrpc::context::Context::default();
-            let read = match which {
-                OutStream::Stdout => agent.read_stdout(ctx, &req).await,
-                OutStream::Stderr => agent.read_stderr(ctx, &req).await,
-            };
-            match read {
-                Ok(r) if r.data.is_empty() => break,
-                Ok(r) => {
-                    if let Err(e) = out.write_all(&r.data).await {
-                        tracing::warn!(%container_id, %exec_id, "{which:?} reader went away: {e}");
-                        break;
-                    }
+            let before = self.progress.load(Ordering::Relaxed);
+            match tokio::time::timeout(idle, &mut self.task).await {
+                Ok(_) => return true,
+                Err(_) if self.progress.load(Ordering::Relaxed) == before => {
+                    self.task.abort();
+                    return false;
                 }
+                Err(_) => continue,
+            }
+        }
+    }
+
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+}
+
+/// Starts copying `which` of process `p` into the FIFO at `fifo` until the stream ends.
+pub fn copy_output(
+    agent: Arc<dyn Agent>,
+    p: ProcessRef,
+    which: OutStream,
+    fifo: &Path,
+) -> std::io::Result<OutputCopy> {
+    let mut out = pipe::OpenOptions::new().open_sender(fifo)?;
+    let progress = Arc::new(AtomicU64::new(0));
+    let seen = progress.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let data = match agent.read_stream(&p, which, CHUNK as u32).await {
+                Ok(d) if d.is_empty() => break,
+                Ok(d) => d,
                 Err(e) => {
-                    tracing::debug!(%container_id, %exec_id, "{which:?} ended: {e}");
+                    tracing::debug!(container = %p.container_id, exec = %p.exec_id, "{which:?} ended: {e}");
                     break;
                 }
+            };
+            seen.fetch_add(1, Ordering::Relaxed);
+            let mut rest = &data[..];
+            while !rest.is_empty() {
+                match out.write(rest).await {
+                    Ok(n) => {
+                        rest = &rest[n..];
+                        seen.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        tracing::warn!(container = %p.container_id, exec = %p.exec_id, "{which:?} reader went away: {e}");
+                        return;
+                    }
+                }
             }
         }
-    }))
+        let _ = out.flush().await;
+    });
+    Ok(OutputCopy { task, progress })
 }
 
-/// Copies a stdin FIFO into the guest process until EOF, then closes its stdin.
-pub fn copy_input(
-    agent: AgentServiceClient,
-    container_id: String,
-    exec_id: String,
-    fifo: &str,
-) -> JoinHandle<()> {
-    let fifo = fifo.to_string();
-    tokio::spawn(async move {
-        // A blocking read-only open waits for the writer, so EOF later means the writer
-        // really closed (a non-blocking open would read EOF before anyone connected).
-        let opened = tokio::task::spawn_blocking(move || std::fs::File::open(&fifo)).await;
-        let mut input = match opened {
-            Ok(Ok(f)) => match pipe::Receiver::from_file(f) {
-                Ok(r) => r,
-                Err(e) => return tracing::warn!(%container_id, "stdin is not a FIFO: {e}"),
-            },
-            Ok(Err(e)) => return tracing::warn!(%container_id, "open stdin: {e}"),
-            Err(e) => return tracing::warn!(%container_id, "open stdin: {e}"),
-        };
-        let mut buf = vec![0u8; CHUNK as usize];
-        loop {
-            let n = match input.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            let req = WriteStreamRequest {
-                container_id: container_id.clone(),
-                exec_id: exec_id.clone(),
-                data: buf[..n].to_vec(),
-                ..Default::default()
-            };
-            if let Err(e) = agent
-                .write_stdin(ttrpc::context::Context::default(), &req)
-                .await
-            {
-                tracing::debug!(%container_id, %exec_id, "stdin closed by the guest: {e}");
-                return;
+/// The copy of a stdin FIFO into a process.
+pub struct StdinCopy {
+    /// Our writer on the FIFO; dropping it lets the copy reach EOF.
+    keeper: std::sync::Mutex<Option<File>>,
+    task: JoinHandle<()>,
+}
+
+impl StdinCopy {
+    /// Opens the FIFO at `fifo` (without waiting for the client) and copies it into the
+    /// process's stdin; at EOF closes the process's stdin.
+    pub fn start(agent: Arc<dyn Agent>, p: ProcessRef, fifo: &Path) -> std::io::Result<Self> {
+        let reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(fifo)?;
+        // Opens at once: there is a reader now.
+        let keeper = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(fifo)?;
+        let mut input = pipe::Receiver::from_file(reader)?;
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                let n = match input.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::warn!(container = %p.container_id, exec = %p.exec_id, "read stdin: {e}");
+                        break;
+                    }
+                };
+                let mut rest = &buf[..n];
+                while !rest.is_empty() {
+                    match agent.write_stdin(&p, rest).await {
+                        Ok(0) => {
+                            tracing::warn!(container = %p.container_id, exec = %p.exec_id, "agent took no stdin bytes");
+                            return;
+                        }
+                        Ok(k) => rest = &rest[k.min(rest.len())..],
+                        Err(e) => {
+                            tracing::debug!(container = %p.container_id, exec = %p.exec_id, "stdin closed by the guest: {e}");
+                            return;
+                        }
+                    }
+                }
             }
-        }
-        let req = CloseStdinRequest {
-            container_id,
-            exec_id,
-            ..Default::default()
-        };
-        let _ = agent
-            .close_stdin(ttrpc::context::Context::default(), &req)
-            .await;
-    })
+            if let Err(e) = agent.close_stdin(&p).await {
+                tracing::debug!(container = %p.container_id, exec = %p.exec_id, "close stdin: {e}");
+            }
+        });
+        Ok(Self {
+            keeper: std::sync::Mutex::new(Some(keeper)),
+            task,
+        })
+    }
+
+    /// containerd's `CloseIO`: once the client's end is closed too, the copy sends what
+    /// is left and then EOF.
+    pub fn close(&self) {
+        self.keeper.lock().expect("stdin keeper lock").take();
+    }
+}
+
+impl Drop for StdinCopy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

@@ -1,9 +1,11 @@
 //! What the shim knows about one process of a task: a container's init (empty exec id)
-//! or an exec'd process. The guest owns the real process; this is its host-side record.
+//! or an exec'd process. The guest owns the real process; this is its host-side record,
+//! with the copies of its stdio.
 use std::time::SystemTime;
 
-use containerd_shim_protos::api::Status;
 use tokio::sync::watch;
+
+use super::io::{OutputCopy, StdinCopy};
 
 /// containerd's stdio paths for a process (FIFOs or a terminal), empty when unused.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -23,13 +25,15 @@ pub struct Exit {
 /// Exit status of a task whose VM died under it (what Kata and runc-in-a-VM report).
 pub const VM_DIED_EXIT_STATUS: u32 = 255;
 
-#[derive(Debug)]
 pub struct Process {
     pub exec_id: String,
     pub stdio: Stdio,
     pub state: State,
     /// The OCI process (JSON) of an exec, kept from Exec until Start.
     pub exec_spec: Option<Vec<u8>>,
+    /// Output copies, drained before the exit is reported.
+    pub outputs: Vec<OutputCopy>,
+    pub stdin: Option<StdinCopy>,
     exit_tx: watch::Sender<Option<Exit>>,
 }
 
@@ -48,6 +52,8 @@ impl Process {
             stdio,
             state: State::Created,
             exec_spec: None,
+            outputs: Vec::new(),
+            stdin: None,
             exit_tx: watch::channel(None).0,
         }
     }
@@ -75,13 +81,17 @@ impl Process {
         self.exit_tx.subscribe()
     }
 
-    pub fn status(&self) -> Status {
-        match self.state {
-            State::Created => Status::CREATED,
-            State::Running => Status::RUNNING,
-            State::Paused => Status::PAUSED,
-            State::Stopped => Status::STOPPED,
+    /// Still to be started, or running (paused included).
+    pub fn is_live(&self) -> bool {
+        self.state != State::Stopped
+    }
+
+    /// Stops every stdio copy (the FIFOs close).
+    pub fn abort_io(&mut self) {
+        for o in self.outputs.drain(..) {
+            o.abort();
         }
+        self.stdin = None;
     }
 }
 
@@ -108,7 +118,7 @@ mod tests {
     #[tokio::test]
     async fn exit_is_recorded_once_and_seen_by_waiters() {
         let mut p = Process::new("", Stdio::default());
-        assert_eq!(p.status(), Status::CREATED);
+        assert!(p.is_live());
         let waiter = tokio::spawn(wait_exit(p.exit_watch()));
         p.state = State::Running;
         assert!(p.set_exited(3));
@@ -118,7 +128,8 @@ mod tests {
         );
         assert_eq!(waiter.await.unwrap().status, 3);
         assert_eq!(p.exit().unwrap().status, 3);
-        assert_eq!(p.status(), Status::STOPPED);
+        assert_eq!(p.state, State::Stopped);
+        assert!(!p.is_live());
         // A waiter that comes after the exit returns at once.
         assert_eq!(wait_exit(p.exit_watch()).await.status, 3);
     }

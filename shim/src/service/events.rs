@@ -73,3 +73,38 @@ impl Events {
         }
     }
 }
+
+/// The pod's own events (exits, OOM kills) as containerd task events.
+pub struct TaskEvents(pub std::sync::Arc<Events>);
+
+#[async_trait::async_trait]
+impl crate::pod::PodEvents for TaskEvents {
+    async fn exited(&self, p: &crate::agent::ProcessRef, exit: crate::pod::Exit) {
+        let id = if p.exec_id.is_empty() {
+            &p.container_id
+        } else {
+            &p.exec_id
+        };
+        self.0
+            .publish(Event::Exit(TaskExit {
+                container_id: p.container_id.clone(),
+                id: id.clone(),
+                pid: std::process::id(),
+                exit_status: exit.status,
+                exited_at: containerd_shim::protos::protobuf::MessageField::some(timestamp(
+                    exit.at,
+                )),
+                ..Default::default()
+            }))
+            .await;
+    }
+
+    async fn oom(&self, container_id: &str) {
+        self.0
+            .publish(Event::Oom(TaskOOM {
+                container_id: container_id.to_string(),
+                ..Default::default()
+            }))
+            .await;
+    }
+}

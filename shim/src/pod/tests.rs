@@ -1,0 +1,739 @@
+//! The pod's rules on the bare machine: a fake agent, and a fake hypervisor whose "VMM"
+//! is a real process (`sleep`), so VM death is a real process dying. Shares, binds and
+//! FIFOs are real (these tests run as root, as CI does).
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hyper_agent_protocol::agent::{
+    CreateContainerRequest, CreateSandboxRequest, StatsContainerResponse,
+};
+use tokio::sync::watch;
+
+use super::*;
+use crate::agent::{Agent, AgentError, OutStream, ProcessRef};
+use crate::config::{Config, SharedFs};
+use crate::hypervisor::{Hypervisor, HypervisorError, VmSpec};
+use crate::sandbox::SandboxBackend;
+
+/// What the fakes saw, in order: "vmm start", "CreateContainer c1", …
+type Log = Arc<StdMutex<Vec<String>>>;
+
+fn push(log: &Log, entry: impl Into<String>) {
+    log.lock().unwrap().push(entry.into());
+}
+
+#[derive(Default)]
+struct FakeAgent {
+    log: Log,
+    /// Calls that fail with INTERNAL.
+    fail: StdMutex<HashSet<&'static str>>,
+    exits: StdMutex<HashMap<ProcessRef, watch::Sender<Option<u32>>>>,
+    /// Output handed out by `read_stream`, in chunks.
+    stdout: StdMutex<HashMap<ProcessRef, Vec<Vec<u8>>>>,
+    stdin: StdMutex<Vec<u8>>,
+    /// Most bytes one `write_stdin` takes (0: all), like a pipe with little room.
+    max_write: usize,
+}
+
+impl FakeAgent {
+    fn call(&self, name: &'static str, what: &str) -> Result<(), AgentError> {
+        push(&self.log, format!("{name} {what}").trim_end().to_string());
+        if self.fail.lock().unwrap().contains(name) {
+            return Err(AgentError::new(name, ttrpc::Code::INTERNAL, "injected"));
+        }
+        Ok(())
+    }
+
+    fn exit_tx(&self, p: &ProcessRef) -> watch::Sender<Option<u32>> {
+        self.exits
+            .lock()
+            .unwrap()
+            .entry(p.clone())
+            .or_insert_with(|| watch::channel(None).0)
+            .clone()
+    }
+
+    /// The process exits in the guest with `status`.
+    fn exit(&self, p: &ProcessRef, status: u32) {
+        self.exit_tx(p).send_replace(Some(status));
+    }
+
+    fn exited(&self, p: &ProcessRef) -> bool {
+        self.exit_tx(p).borrow().is_some()
+    }
+}
+
+#[async_trait]
+impl Agent for FakeAgent {
+    async fn health(&self) -> Result<(), AgentError> {
+        Ok(())
+    }
+    async fn create_sandbox(&self, r: CreateSandboxRequest) -> Result<(), AgentError> {
+        self.call("CreateSandbox", &r.sandbox_id)
+    }
+    async fn destroy_sandbox(&self, id: &str) -> Result<(), AgentError> {
+        self.call("DestroySandbox", id)
+    }
+    async fn create_container(&self, r: CreateContainerRequest) -> Result<(), AgentError> {
+        self.call("CreateContainer", &r.container_id)
+    }
+    async fn start_container(&self, id: &str) -> Result<(), AgentError> {
+        self.call("StartContainer", id)
+    }
+    async fn remove_container(&self, id: &str) -> Result<(), AgentError> {
+        self.call("RemoveContainer", id)
+    }
+    async fn pause_container(&self, id: &str) -> Result<(), AgentError> {
+        self.call("PauseContainer", id)
+    }
+    async fn resume_container(&self, id: &str) -> Result<(), AgentError> {
+        self.call("ResumeContainer", id)
+    }
+    async fn update_container(&self, id: &str, _: Vec<u8>) -> Result<(), AgentError> {
+        self.call("UpdateContainer", id)
+    }
+    async fn stats_container(&self, id: &str) -> Result<StatsContainerResponse, AgentError> {
+        self.call("StatsContainer", id)?;
+        Ok(StatsContainerResponse::default())
+    }
+    async fn list_processes(&self, id: &str) -> Result<Vec<u32>, AgentError> {
+        self.call("ListProcesses", id)?;
+        Ok(vec![1])
+    }
+    async fn exec_process(&self, p: &ProcessRef, _: Vec<u8>, _: bool) -> Result<(), AgentError> {
+        self.call("ExecProcess", &format!("{}/{}", p.container_id, p.exec_id))
+    }
+    async fn remove_process(&self, p: &ProcessRef) -> Result<(), AgentError> {
+        self.call(
+            "RemoveProcess",
+            &format!("{}/{}", p.container_id, p.exec_id),
+        )
+    }
+    async fn signal_process(&self, p: &ProcessRef, signal: u32, _: bool) -> Result<(), AgentError> {
+        self.call(
+            "SignalProcess",
+            &format!("{}/{} {signal}", p.container_id, p.exec_id),
+        )?;
+        if signal == 9 || signal == 15 {
+            self.exit(p, 128 + signal);
+        }
+        Ok(())
+    }
+    async fn wait_process(&self, p: &ProcessRef) -> Result<u32, AgentError> {
+        let mut rx = self.exit_tx(p).subscribe();
+        let status = *rx.wait_for(Option::is_some).await.expect("sender kept");
+        Ok(status.expect("waited for Some"))
+    }
+    async fn resize_tty(&self, _: &ProcessRef, _: u32, _: u32) -> Result<(), AgentError> {
+        Ok(())
+    }
+    async fn write_stdin(&self, p: &ProcessRef, data: &[u8]) -> Result<usize, AgentError> {
+        if self.exited(p) {
+            return Err(AgentError::new(
+                "WriteStdin",
+                ttrpc::Code::NOT_FOUND,
+                "exited",
+            ));
+        }
+        let n = match self.max_write {
+            0 => data.len(),
+            m => data.len().min(m),
+        };
+        self.stdin.lock().unwrap().extend_from_slice(&data[..n]);
+        Ok(n)
+    }
+    async fn close_stdin(&self, p: &ProcessRef) -> Result<(), AgentError> {
+        let got = self.stdin.lock().unwrap().len();
+        self.call(
+            "CloseStdin",
+            &format!("{}/{} after {got} bytes", p.container_id, p.exec_id),
+        )
+    }
+    async fn read_stream(
+        &self,
+        p: &ProcessRef,
+        which: OutStream,
+        _max: u32,
+    ) -> Result<Vec<u8>, AgentError> {
+        loop {
+            if which == OutStream::Stdout
+                && let Some(chunks) = self.stdout.lock().unwrap().get_mut(p)
+                && !chunks.is_empty()
+            {
+                return Ok(chunks.remove(0));
+            }
+            if self.exited(p) {
+                return Ok(Vec::new());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    async fn oom_event(&self) -> Result<String, AgentError> {
+        std::future::pending().await
+    }
+}
+
+/// A "VMM" that is a `sleep` process.
+struct FakeHypervisor {
+    dir: PathBuf,
+    child: Option<std::process::Child>,
+    log: Log,
+}
+
+#[async_trait]
+impl Hypervisor for FakeHypervisor {
+    async fn start(&mut self, _spec: &VmSpec) -> Result<(), HypervisorError> {
+        let child = std::process::Command::new("sleep")
+            .arg("1000")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        push(&self.log, "vmm start");
+        Ok(())
+    }
+    async fn stop(&mut self, _grace: Duration) -> Result<(), HypervisorError> {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            push(&self.log, "vmm stop");
+        }
+        Ok(())
+    }
+    async fn pause(&self) -> Result<(), HypervisorError> {
+        Ok(())
+    }
+    async fn resume(&self) -> Result<(), HypervisorError> {
+        Ok(())
+    }
+    fn vsock_uds(&self) -> PathBuf {
+        self.dir.join("vsock.sock")
+    }
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+}
+
+impl Drop for FakeHypervisor {
+    /// A pod a test leaves running must not leave its "VMM" behind.
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+struct FakeBackend {
+    agent: Arc<FakeAgent>,
+    log: Log,
+}
+
+#[async_trait]
+impl SandboxBackend for FakeBackend {
+    fn hypervisor(&self, _config: &Config, state_dir: &Path) -> Box<dyn Hypervisor> {
+        Box::new(FakeHypervisor {
+            dir: state_dir.to_path_buf(),
+            child: None,
+            log: self.log.clone(),
+        })
+    }
+    async fn connect_agent(&self, _: &Path, _: Duration) -> Result<Arc<dyn Agent>, String> {
+        Ok(self.agent.clone())
+    }
+}
+
+#[derive(Default)]
+struct Recorder {
+    exits: StdMutex<Vec<(ProcessRef, u32)>>,
+}
+
+#[async_trait]
+impl PodEvents for Recorder {
+    async fn exited(&self, p: &ProcessRef, exit: Exit) {
+        self.exits.lock().unwrap().push((p.clone(), exit.status));
+    }
+    async fn oom(&self, _: &str) {}
+}
+
+struct Rig {
+    dir: tempfile::TempDir,
+    pod: Arc<Pod>,
+    agent: Arc<FakeAgent>,
+    log: Log,
+    events: Arc<Recorder>,
+}
+
+fn rig_with(shared_fs: SharedFs, agent: FakeAgent) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.runtime.state_dir = dir.path().join("state");
+    config.hypervisor.shared_fs = shared_fs;
+    let log = agent.log.clone();
+    let agent = Arc::new(agent);
+    let backend = Arc::new(FakeBackend {
+        agent: agent.clone(),
+        log: log.clone(),
+    });
+    let events = Arc::new(Recorder::default());
+    let pod = Pod::new(config, backend, events.clone());
+    Rig {
+        dir,
+        pod,
+        agent,
+        log,
+        events,
+    }
+}
+
+fn rig() -> Rig {
+    rig_with(SharedFs::VirtioFs, FakeAgent::default())
+}
+
+fn init(id: &str) -> ProcessRef {
+    ProcessRef::new(id, "")
+}
+
+impl Rig {
+    /// A bundle with a spec and a rootfs holding one file.
+    fn bundle(&self, id: &str) -> PathBuf {
+        let bundle = self.dir.path().join("bundles").join(id);
+        std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
+        std::fs::write(bundle.join("rootfs/hello"), "hi").unwrap();
+        let spec = oci_spec::runtime::Spec::default();
+        std::fs::write(
+            bundle.join("config.json"),
+            serde_json::to_vec(&spec).unwrap(),
+        )
+        .unwrap();
+        bundle
+    }
+
+    async fn create_with(&self, id: &str, stdio: Stdio) -> PodResult<()> {
+        self.pod
+            .create(NewContainer {
+                id: id.into(),
+                bundle: self.bundle(id),
+                rootfs_mounts: Vec::new(),
+                stdio,
+            })
+            .await
+    }
+
+    async fn create(&self, id: &str) -> PodResult<()> {
+        self.create_with(id, Stdio::default()).await
+    }
+
+    fn state_root(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Pod state dirs that still exist.
+    fn pod_dirs(&self) -> Vec<String> {
+        std::fs::read_dir(self.state_root())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn logged(&self, entry: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| *e == entry)
+            .count()
+    }
+
+    async fn exits(&self, n: usize) -> Vec<(ProcessRef, u32)> {
+        for _ in 0..500 {
+            let exits = self.events.exits.lock().unwrap().clone();
+            if exits.len() >= n {
+                return exits;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "fewer than {n} exits: {:?}",
+            self.events.exits.lock().unwrap()
+        );
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        // Whatever a failing test left mounted must not outlive it.
+        crate::share::remove_tree(&self.state_root());
+    }
+}
+
+#[tokio::test]
+async fn a_failed_first_create_undoes_everything() {
+    let mut failures = Vec::new();
+    for failing in ["CreateSandbox", "CreateContainer"] {
+        let agent = FakeAgent::default();
+        agent.fail.lock().unwrap().insert(failing);
+        let r = rig_with(SharedFs::VirtioFs, agent);
+        let err = r.create("c1").await.err();
+        let mut check = |ok: bool, what: String| {
+            if !ok {
+                failures.push(format!("{failing} fails: {what}"));
+            }
+        };
+        check(
+            err.as_ref()
+                .is_some_and(|e| e.to_string().contains(failing)),
+            format!("error should name {failing}, got {err:?}"),
+        );
+        check(
+            r.logged("vmm stop") == 1,
+            format!("VM not stopped: {:?}", r.log.lock().unwrap()),
+        );
+        check(
+            r.pod_dirs().is_empty(),
+            format!("state left: {:?}", r.pod_dirs()),
+        );
+        check(
+            crate::share::mounts_under(&r.state_root()).is_empty(),
+            "mounts left under the state dir".into(),
+        );
+        check(
+            matches!(r.pod.state(&init("c1")).await, Err(PodError::NotFound(_))),
+            "container record left".into(),
+        );
+        // The pod is usable again: the next create boots a fresh VM.
+        r.agent.fail.lock().unwrap().clear();
+        check(
+            r.create("c1").await.is_ok(),
+            "create after the failure failed".into(),
+        );
+        check(
+            r.logged("vmm start") == 2,
+            "no fresh VM for the retry".into(),
+        );
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[tokio::test]
+async fn a_failed_second_create_leaves_the_pod_running() {
+    let r = rig();
+    r.create("c1").await.unwrap();
+    r.pod.start(&init("c1")).await.unwrap();
+    r.agent.fail.lock().unwrap().insert("CreateContainer");
+    assert!(r.create("c2").await.is_err());
+    assert_eq!(r.logged("vmm stop"), 0, "the pod's VM must stay");
+    let share = r.state_root().join("c1/share");
+    assert!(
+        share.join("c1/rootfs/hello").exists(),
+        "c1's rootfs must stay shared"
+    );
+    assert!(!share.join("c2").exists(), "c2's share dir must go");
+    assert_eq!(
+        r.pod.state(&init("c1")).await.unwrap().state,
+        State::Running
+    );
+    r.agent.exit(&init("c1"), 0);
+    r.pod.wait(&init("c1")).await.unwrap();
+    r.pod.delete(&init("c1")).await.unwrap();
+    assert_eq!(r.logged("vmm stop"), 1);
+}
+
+#[tokio::test]
+async fn vm_death_makes_every_task_exit_255() {
+    let r = rig();
+    r.create("c1").await.unwrap();
+    r.pod.start(&init("c1")).await.unwrap();
+    let exec = ProcessRef::new("c1", "e1");
+    r.pod
+        .add_exec(&exec, Stdio::default(), b"{}".to_vec())
+        .await
+        .unwrap();
+    r.pod.start(&exec).await.unwrap();
+    let pid = r.pod.vmm_pid().await.expect("VMM pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let mut exits = r.exits(2).await;
+    exits.sort_by(|a, b| a.0.exec_id.cmp(&b.0.exec_id));
+    assert_eq!(exits, vec![(init("c1"), 255), (exec.clone(), 255)]);
+    assert_eq!(r.pod.wait(&init("c1")).await.unwrap().status, 255);
+    assert_eq!(r.pod.state(&exec).await.unwrap().state, State::Stopped);
+    assert!(r.pod_dirs().is_empty(), "state left: {:?}", r.pod_dirs());
+    assert_eq!(r.logged("DestroySandbox c1"), 0, "a dead VM is not asked");
+    // The stopped records can still be deleted, and the pod then shuts down.
+    r.pod.delete(&exec).await.unwrap();
+    r.pod.delete(&init("c1")).await.unwrap();
+    assert!(r.pod.shutdown().await);
+}
+
+#[tokio::test]
+async fn removing_the_last_container_stops_the_vm_and_removes_its_state() {
+    let r = rig();
+    for id in ["c1", "c2"] {
+        r.create(id).await.unwrap();
+        r.pod.start(&init(id)).await.unwrap();
+    }
+    assert_eq!(r.logged("vmm start"), 1, "one VM for the pod");
+    assert!(
+        !r.pod.shutdown().await,
+        "shutdown must wait for the containers"
+    );
+    for id in ["c1", "c2"] {
+        r.pod.kill(&init(id), 9, false).await.unwrap();
+        assert_eq!(r.pod.wait(&init(id)).await.unwrap().status, 137);
+    }
+    r.pod.delete(&init("c1")).await.unwrap();
+    assert_eq!(r.logged("vmm stop"), 0, "c2 still needs the VM");
+    assert_eq!(r.pod_dirs(), vec!["c1".to_string()]);
+    let exit = r.pod.delete(&init("c2")).await.unwrap();
+    assert_eq!(exit.map(|e| e.status), Some(137));
+    assert_eq!(r.logged("DestroySandbox c1"), 1);
+    assert_eq!(r.logged("vmm stop"), 1);
+    assert!(r.pod_dirs().is_empty(), "state left: {:?}", r.pod_dirs());
+    assert!(crate::share::mounts_under(&r.state_root()).is_empty());
+    assert!(r.pod.shutdown().await);
+}
+
+#[tokio::test]
+async fn a_second_container_without_a_share_is_refused_clearly() {
+    let r = rig_with(SharedFs::None, FakeAgent::default());
+    r.create("c1").await.unwrap();
+    let err = r.create("c2").await.unwrap_err();
+    assert!(matches!(err, PodError::Unimplemented(_)), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains("c2") && message.contains("shared_fs"),
+        "{message}"
+    );
+    assert_eq!(r.logged("vmm stop"), 0, "c1's VM must stay");
+    assert_eq!(r.logged("CreateContainer c2"), 0);
+    assert_eq!(
+        r.pod.state(&init("c1")).await.unwrap().state,
+        State::Created
+    );
+}
+
+#[tokio::test]
+async fn a_failed_start_stops_the_vm_when_nothing_else_can_run() {
+    // (other containers of the pod, expected VM stops)
+    let cases: &[(&[&str], usize)] = &[(&[], 1), (&["pause"], 0)];
+    let mut failures = Vec::new();
+    for (others, stops) in cases {
+        let r = rig();
+        for id in *others {
+            r.create(id).await.unwrap();
+            r.pod.start(&init(id)).await.unwrap();
+        }
+        r.create("bad").await.unwrap();
+        r.agent.fail.lock().unwrap().insert("StartContainer");
+        let case = format!("others {others:?}");
+        if r.pod.start(&init("bad")).await.is_ok() {
+            failures.push(format!("{case}: start should fail"));
+        }
+        // At once, before any Delete.
+        if r.logged("vmm stop") != *stops {
+            failures.push(format!(
+                "{case}: {} VM stops, expected {stops}",
+                r.logged("vmm stop")
+            ));
+        }
+        if *stops == 1 && !r.pod_dirs().is_empty() {
+            failures.push(format!("{case}: state left: {:?}", r.pod_dirs()));
+        }
+        match r.pod.state(&init("bad")).await {
+            Ok(s) if s.state == State::Stopped && s.exit.is_some() => {}
+            other => failures.push(format!("{case}: bad's state {other:?}")),
+        }
+        match r.pod.delete(&init("bad")).await {
+            Ok(Some(e)) if e.status == START_FAILED_EXIT_STATUS => {}
+            other => failures.push(format!("{case}: delete gave {other:?}")),
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[tokio::test]
+async fn exec_kill_wait_and_delete_keep_their_order() {
+    let r = rig();
+    r.create("c1").await.unwrap();
+    let e1 = ProcessRef::new("c1", "e1");
+    let expect = |what: &str, got: PodResult<()>, want: fn(&PodError) -> bool| match got {
+        Err(e) if want(&e) => {}
+        other => panic!("{what}: {other:?}"),
+    };
+    expect("start of an unknown exec", r.pod.start(&e1).await, |e| {
+        matches!(e, PodError::NotFound(_))
+    });
+    r.pod.start(&init("c1")).await.unwrap();
+    expect("second start", r.pod.start(&init("c1")).await, |e| {
+        matches!(e, PodError::Precondition(_))
+    });
+    r.pod
+        .add_exec(&e1, Stdio::default(), b"{}".to_vec())
+        .await
+        .unwrap();
+    expect(
+        "duplicate exec id",
+        r.pod.add_exec(&e1, Stdio::default(), b"{}".to_vec()).await,
+        |e| matches!(e, PodError::AlreadyExists(_)),
+    );
+    assert_eq!(r.pod.state(&e1).await.unwrap().state, State::Created);
+    r.pod.start(&e1).await.unwrap();
+    assert_eq!(r.pod.state(&e1).await.unwrap().state, State::Running);
+    // A waiter that comes before the exit sees it.
+    let waiter = {
+        let pod = r.pod.clone();
+        let e1 = e1.clone();
+        tokio::spawn(async move { pod.wait(&e1).await })
+    };
+    r.pod.kill(&e1, 15, false).await.unwrap();
+    assert_eq!(waiter.await.unwrap().unwrap().status, 143);
+    expect("kill after exit", r.pod.kill(&e1, 9, false).await, |e| {
+        e.to_string().contains("already finished")
+    });
+    expect(
+        "delete of a running container",
+        r.pod.delete(&init("c1")).await.map(drop),
+        |e| matches!(e, PodError::Precondition(_)),
+    );
+    assert_eq!(
+        r.pod.delete(&e1).await.unwrap().map(|e| e.status),
+        Some(143)
+    );
+    assert_eq!(r.logged("RemoveProcess c1/e1"), 1);
+    assert_eq!(r.exits(1).await, vec![(e1.clone(), 143)]);
+    r.pod.kill(&init("c1"), 9, false).await.unwrap();
+    r.pod.wait(&init("c1")).await.unwrap();
+    r.pod.delete(&init("c1")).await.unwrap();
+    let log = r.log.lock().unwrap().clone();
+    let pos = |e: &str| {
+        log.iter()
+            .position(|l| l == e)
+            .unwrap_or_else(|| panic!("{e} not in {log:?}"))
+    };
+    assert!(pos("StartContainer c1") < pos("ExecProcess c1/e1"));
+    assert!(pos("ExecProcess c1/e1") < pos("SignalProcess c1/e1 15"));
+    assert!(pos("RemoveContainer c1") < pos("vmm stop"));
+}
+
+fn mkfifo(path: &Path) {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+}
+
+#[tokio::test]
+async fn stdin_reaches_the_process_before_its_eof_even_when_closed_at_once() {
+    // The agent takes 1000 bytes per write: a pipe with little room.
+    let r = rig_with(
+        SharedFs::VirtioFs,
+        FakeAgent {
+            max_write: 1000,
+            ..Default::default()
+        },
+    );
+    let stdin = r.dir.path().join("stdin");
+    mkfifo(&stdin);
+    let stdio = Stdio {
+        stdin: stdin.display().to_string(),
+        ..Default::default()
+    };
+    r.create_with("c1", stdio).await.unwrap();
+    r.pod.start(&init("c1")).await.unwrap();
+    let sent: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let writer = {
+        let (stdin, sent) = (stdin.clone(), sent.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut f = std::fs::OpenOptions::new().write(true).open(stdin).unwrap();
+            f.write_all(&sent).unwrap();
+        })
+    };
+    // CloseIO as ctr sends it: while its last bytes may still be in flight.
+    r.pod.close_stdin(&init("c1")).await.unwrap();
+    writer.await.unwrap();
+    let closed = format!("CloseStdin c1/ after {} bytes", sent.len());
+    for _ in 0..1000 {
+        if r.logged(&closed) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(r.logged(&closed), 1, "{:?}", r.log.lock().unwrap().last());
+    assert!(*r.agent.stdin.lock().unwrap() == sent, "stdin bytes differ");
+}
+
+#[tokio::test]
+async fn all_output_reaches_a_slow_reader_before_the_exit() {
+    let r = rig();
+    let stdout = r.dir.path().join("stdout");
+    mkfifo(&stdout);
+    // containerd opens its read end before Create.
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&stdout)
+        .unwrap();
+    let chunks: Vec<Vec<u8>> = (0..64u8).map(|i| vec![i; 32 * 1024]).collect();
+    let sent: Vec<u8> = chunks.concat();
+    r.agent.stdout.lock().unwrap().insert(init("c1"), chunks);
+    let stdio = Stdio {
+        stdout: stdout.display().to_string(),
+        ..Default::default()
+    };
+    r.create_with("c1", stdio).await.unwrap();
+    r.pod.start(&init("c1")).await.unwrap();
+    // The process is done at once; its output is not.
+    r.agent.exit(&init("c1"), 0);
+    let read = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut reader = reader;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => return got,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("read: {e}"),
+            }
+            // A slow reader: about 2 MiB/s.
+            std::thread::sleep(Duration::from_millis(8));
+        }
+    });
+    let exit = r.pod.wait(&init("c1")).await.unwrap();
+    assert_eq!(exit.status, 0);
+    let got = read.await.unwrap();
+    assert_eq!(got.len(), sent.len());
+    assert!(got == sent, "stdout bytes differ");
+}
+
+#[test]
+fn pod_id_follows_cri_then_runc_annotations() {
+    let mut a = HashMap::new();
+    let mut cases = vec![("no annotations", None, "c1")];
+    a.insert("io.containerd.runc.v2.group".to_string(), "g".to_string());
+    cases.push(("runc group", Some(a.clone()), "g"));
+    a.insert(
+        "io.kubernetes.cri.sandbox-id".to_string(),
+        "pod".to_string(),
+    );
+    cases.push(("CRI sandbox first", Some(a), "pod"));
+    let failures: Vec<String> = cases
+        .into_iter()
+        .filter_map(|(name, a, want)| {
+            let got = pod_id("c1", a.as_ref());
+            (got != want).then(|| format!("{name}: got {got}, want {want}"))
+        })
+        .collect();
+    assert!(failures.is_empty(), "{failures:#?}");
+}
