@@ -171,6 +171,11 @@ pub struct Sandbox {
     watchers: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
+/// In the state dir: the pid of the process (shim or hyperctl) that runs the sandbox.
+pub const OWNER_PID_FILE: &str = "owner.pid";
+/// In the state dir: the pid of the VMM.
+pub const VMM_PID_FILE: &str = "vmm.pid";
+
 /// Lines of the guest console shown in boot errors.
 const CONSOLE_TAIL_LINES: usize = 30;
 
@@ -247,9 +252,16 @@ impl Sandbox {
         };
         let mut hypervisor = backend.hypervisor(config, state_dir);
         hypervisor.start(&spec).await?;
+        // Who runs this sandbox: `delete` must leave a pod alone while its shim lives.
+        if let Err(e) = std::fs::write(
+            state_dir.join(OWNER_PID_FILE),
+            std::process::id().to_string(),
+        ) {
+            tracing::warn!(pod = %req.id, "write {OWNER_PID_FILE}: {e}");
+        }
         let vmm_pid = hypervisor.pid();
         if let Some(pid) = vmm_pid
-            && let Err(e) = std::fs::write(state_dir.join("vmm.pid"), pid.to_string())
+            && let Err(e) = std::fs::write(state_dir.join(VMM_PID_FILE), pid.to_string())
         {
             // What `delete` after a shim crash kills, and what `hyperctl list` shows.
             tracing::warn!(pod = %req.id, "write vmm.pid: {e}");

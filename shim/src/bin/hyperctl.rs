@@ -169,7 +169,7 @@ fn list(config: &Config) -> Result<()> {
         Err(e) => return Err(e).with_context(|| format!("read {}", dir.display())),
     };
     for e in entries.flatten().filter(|e| e.path().is_dir()) {
-        let pid = std::fs::read_to_string(e.path().join("vmm.pid"))
+        let pid = std::fs::read_to_string(e.path().join(hyper_shim::sandbox::VMM_PID_FILE))
             .ok()
             .and_then(|t| t.trim().parse::<u32>().ok());
         let state = match pid {

@@ -6,7 +6,7 @@ pub mod stats;
 pub mod status;
 pub mod task;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -15,6 +15,7 @@ use containerd_shim::{Config as ShimConfig, DeleteResponse, Error, Flags, StartO
 
 use crate::config::Config;
 use crate::pod::{pod_id, read_spec};
+use crate::sandbox::{OWNER_PID_FILE, VMM_PID_FILE};
 pub use task::TaskService;
 
 pub const RUNTIME_ID: &str = "io.containerd.hyper.v1";
@@ -81,22 +82,33 @@ impl Shim for Service {
     }
 }
 
-/// Kills the VMM a dead shim left behind, if its pid file names a live hyper-vmm, and
-/// removes the pod's state (unmounting the share).
+/// The pid in `state_dir/file` if that process is alive and runs `binary`.
+fn live_pid(state_dir: &Path, file: &str, binary: &str) -> Option<i32> {
+    let pid = std::fs::read_to_string(state_dir.join(file))
+        .ok()?
+        .trim()
+        .parse::<i32>()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    String::from_utf8_lossy(&cmdline)
+        .contains(binary)
+        .then_some(pid)
+}
+
+/// Kills the VMM a dead shim left behind and removes the pod's state (unmounting the
+/// share). containerd also calls `delete` for each container of a pod whose shim lives
+/// on (it does after every task's connection closes): then the pod is left to that shim.
 fn kill_orphan_vmm(state_dir: &Path) {
-    let pid_file: PathBuf = state_dir.join("vmm.pid");
-    if let Some(pid) = std::fs::read_to_string(&pid_file)
-        .ok()
-        .and_then(|t| t.trim().parse::<i32>().ok())
-    {
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains("hyper-vmm") {
-            tracing::info!(pid, "killing the VMM of a dead shim");
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+    if let Some(owner) = live_pid(state_dir, OWNER_PID_FILE, "containerd-shim-hyper-v1") {
+        tracing::debug!(owner, "the pod's shim is alive: nothing to clean up");
+        return;
+    }
+    if let Some(pid) = live_pid(state_dir, VMM_PID_FILE, "hyper-vmm") {
+        tracing::info!(pid, "killing the VMM of a dead shim");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
     crate::share::remove_tree(state_dir);
 }
