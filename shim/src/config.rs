@@ -185,10 +185,14 @@ impl Config {
             message,
         };
         let h = &self.hypervisor;
-        if h.vcpus == 0 || h.vcpus > 64 {
+        let max_vcpus = u32::from(hyper_vmm_api::MAX_VCPUS);
+        if h.vcpus == 0 || h.vcpus > max_vcpus {
             return Err(invalid(
                 "hypervisor.vcpus",
-                format!("{} is not in 1..=64", h.vcpus),
+                format!(
+                    "{} is not in 1..={max_vcpus} (what hyper-vmm takes)",
+                    h.vcpus
+                ),
             ));
         }
         if h.memory_mib < 64 {

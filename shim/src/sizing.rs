@@ -15,10 +15,10 @@ const CRI_SANDBOX_MEMORY: &str = "io.kubernetes.cri.sandbox-memory";
 const CRI_SANDBOX_CPU_QUOTA: &str = "io.kubernetes.cri.sandbox-cpu-quota";
 const CRI_SANDBOX_CPU_PERIOD: &str = "io.kubernetes.cri.sandbox-cpu-period";
 
-/// hyper-vmm's limits.
-pub const MAX_VCPUS: u32 = 32;
+/// hyper-vmm's limits (from the contract, `hyper-vmm-api`); the minimum is the guest's.
+pub const MAX_VCPUS: u32 = hyper_vmm_api::MAX_VCPUS as u32;
 pub const MIN_MEMORY_MIB: u32 = 64;
-pub const MAX_MEMORY_MIB: u32 = 1 << 20;
+pub const MAX_MEMORY_MIB: u32 = hyper_vmm_api::MAX_MEMORY_MIB as u32;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SizingError {

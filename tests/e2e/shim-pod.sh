@@ -35,8 +35,9 @@ vmms=$(pids_matching "$VMM_RE" | wc -l)
 [ "$vmms" -eq 1 ] || fail "$vmms hyper-vmm processes for one pod: $(for p in $(pids_matching "$VMM_RE"); do tr '\0' ' ' < /proc/$p/cmdline; echo; done)"
 pids_matching "$VMM_RE" | xargs -I{} cat /proc/{}/cmdline | tr '\0' ' ' | grep -q /tmp/hyper/pod1/ \
   || fail "the VMM is not the pod's (no /tmp/hyper/pod1/ in its command line)"
-pids_matching "$VMM_RE" | xargs -I{} cat /proc/{}/cmdline | tr '\0' ' ' | grep -q -- '--memory-mib 384 ' \
-  || fail "the io.hyper.memory_mib=384 annotation did not size the VM"
+# The shim starts the VMM with --config /tmp/hyper/pod1/vm.json (a hyper_vmm_api::VmConfig).
+grep -Eq '"memory_mib": *384[^0-9]' /tmp/hyper/pod1/vm.json \
+  || fail "the io.hyper.memory_mib=384 annotation did not size the VM: $(cat /tmp/hyper/pod1/vm.json)"
 mem_kb=$(gexec c1 "awk '/MemTotal/ { print \$2 }' /proc/meminfo")
 (( mem_kb > 300 * 1024 && mem_kb <= 384 * 1024 )) || fail "the guest has $mem_kb kB, not about 384 MiB"
 log "VM sized by the pod's annotation: 384 MiB (guest MemTotal $mem_kb kB)"

@@ -28,7 +28,8 @@ tctr 300 run -d --runtime io.containerd.hyper.v1 --runtime-config-path $CTD-hype
 wait_status fs RUNNING 120
 grep -q 'virtiofs' <<<"$(gexec 'cat /proc/mounts')" || fail "no virtiofs mount in the guest"
 # The container's 64 MiB memory limit comes on top of the VM's 256 MiB default.
-pids_matching '^/usr/local/bin/hyper-vmm .*--memory-mib 320 ' | grep -q . || fail "the VM was not sized 256 + 64 MiB for the container's limit"
+grep -Eq '"memory_mib": *320[^0-9]' /tmp/hyper/fs/vm.json \
+  || fail "the VM was not sized 256 + 64 MiB for the container's limit: $(cat /tmp/hyper/fs/vm.json)"
 log "container running; its mounts come over virtio-fs"
 
 # The host's file, then the host's change to it.

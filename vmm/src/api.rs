@@ -2,7 +2,8 @@
 //!
 //! Requests are `{"cmd":"ping"}` (or just the word `ping`); the commands are ping, pause,
 //! resume, stop and metrics. Every request gets one JSON line back: `{"ok":true,...}` or
-//! `{"ok":false,"error":"..."}`. This module parses and frames; the VMM decides.
+//! `{"ok":false,"error":"..."}`. The types are the contract in `hyper-vmm-api`
+//! ([`Request`], [`Reply`]); this module parses and frames, the VMM decides.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -10,7 +11,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use serde_json::{Value, json};
+pub use hyper_vmm_api::{Reply, Request, VmState};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::event_loop::EventCtl;
@@ -23,54 +24,10 @@ pub const LISTENER_SUB: u32 = 2;
 const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(200);
 pub const CONN_SUB_BASE: u32 = 16;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Request {
-    Ping,
-    Pause,
-    Resume,
-    Stop,
-    Metrics,
-    /// Unparseable or unknown; the string says why.
-    Invalid(String),
-}
-
-pub fn parse_request(line: &str) -> Request {
-    let line = line.trim();
-    let cmd = if line.starts_with('{') {
-        match serde_json::from_str::<Value>(line) {
-            Ok(v) => match v
-                .get("cmd")
-                .or_else(|| v.get("action"))
-                .and_then(Value::as_str)
-            {
-                Some(c) => c.to_string(),
-                None => return Request::Invalid("missing \"cmd\"".into()),
-            },
-            Err(e) => return Request::Invalid(format!("bad JSON: {e}")),
-        }
-    } else {
-        line.to_string()
-    };
-    match cmd.as_str() {
-        "ping" => Request::Ping,
-        "pause" => Request::Pause,
-        "resume" => Request::Resume,
-        "stop" => Request::Stop,
-        "metrics" => Request::Metrics,
-        other => Request::Invalid(format!("unknown command {other:?}")),
-    }
-}
-
-pub fn ok(extra: Value) -> Value {
-    let mut v = json!({"ok": true});
-    if let (Some(o), Value::Object(e)) = (v.as_object_mut(), extra) {
-        o.extend(e);
-    }
-    v
-}
-
-pub fn error(msg: &str) -> Value {
-    json!({"ok": false, "error": msg})
+/// One request line: `{"cmd":"ping"}`, `{"action":"ping"}` or the bare word `ping`. An
+/// unknown or malformed request is an `Err` saying why, for the error reply.
+pub fn parse_request(line: &str) -> Result<Request, String> {
+    Request::from_line(line)
 }
 
 struct Conn {
@@ -129,8 +86,9 @@ impl ApiServer {
         }
     }
 
-    /// Reads what a connection sent and returns its complete requests.
-    pub fn read_requests(&mut self, sub: u32, ctl: &EventCtl) -> Vec<Request> {
+    /// Reads what a connection sent and returns its complete requests, each parsed or
+    /// the reason it could not be.
+    pub fn read_requests(&mut self, sub: u32, ctl: &EventCtl) -> Vec<Result<Request, String>> {
         let Some(conn) = self.conns.get_mut(&sub) else {
             return Vec::new();
         };
@@ -163,7 +121,7 @@ impl ApiServer {
         if conn.buf.len() > MAX_REQUEST_LINE {
             let _ = conn
                 .stream
-                .write_all(format!("{}\n", error("request line too long")).as_bytes());
+                .write_all(Reply::error("request line too long").to_line().as_bytes());
             closed = true;
         }
         if closed && reqs.is_empty() {
@@ -173,7 +131,7 @@ impl ApiServer {
     }
 
     /// Sends one reply line; a client that does not take it is disconnected.
-    pub fn respond(&mut self, sub: u32, v: &Value, ctl: &EventCtl) {
+    pub fn respond(&mut self, sub: u32, reply: &Reply, ctl: &EventCtl) {
         let Some(conn) = self.conns.get_mut(&sub) else {
             return;
         };
@@ -181,7 +139,7 @@ impl ApiServer {
         // loop for longer than the write timeout.
         let _ = conn.stream.set_nonblocking(false);
         let _ = conn.stream.set_write_timeout(Some(REPLY_TIMEOUT));
-        let sent = conn.stream.write_all(format!("{v}\n").as_bytes());
+        let sent = conn.stream.write_all(reply.to_line().as_bytes());
         let _ = conn.stream.set_nonblocking(true);
         if sent.is_err() {
             self.close(sub, ctl);
@@ -219,7 +177,7 @@ mod tests {
         let _ = client.write(flood.as_bytes());
         api.accept(&ctl);
         let sub = *api.conns.keys().next().unwrap();
-        let big = json!({"pad": "x".repeat(4096)});
+        let big = Reply::error("x".repeat(4096));
         let t = std::time::Instant::now();
         while api.conns.contains_key(&sub) {
             for _ in api.read_requests(sub, &ctl) {
@@ -235,13 +193,45 @@ mod tests {
 
     #[test]
     fn request_parsing() {
-        assert_eq!(parse_request("ping\n"), Request::Ping);
-        assert_eq!(parse_request(r#"{"cmd":"pause"}"#), Request::Pause);
-        assert_eq!(parse_request(r#"{"action":"stop"}"#), Request::Stop);
-        assert_eq!(parse_request(" metrics "), Request::Metrics);
-        assert!(matches!(parse_request("{"), Request::Invalid(_)));
-        assert!(matches!(parse_request(r#"{"x":1}"#), Request::Invalid(_)));
-        assert!(matches!(parse_request("reboot"), Request::Invalid(_)));
-        assert_eq!(ok(json!({"a":1})), json!({"ok":true,"a":1}));
+        assert_eq!(parse_request("ping\n"), Ok(Request::Ping));
+        assert_eq!(parse_request(r#"{"cmd":"pause"}"#), Ok(Request::Pause));
+        assert_eq!(parse_request(r#"{"action":"stop"}"#), Ok(Request::Stop));
+        assert_eq!(parse_request(" metrics "), Ok(Request::Metrics));
+        for bad in ["{", r#"{"x":1}"#, "reboot", r#"{"cmd":"reboot"}"#] {
+            assert!(parse_request(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn requests_are_framed_by_lines_and_a_bad_one_is_answered() {
+        use crate::event_loop::EventLoop;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        let el = EventLoop::new().unwrap();
+        let ctl = el.own_ctl();
+        let mut api = ApiServer::bind(&path, &ctl).unwrap();
+        let mut client = UnixStream::connect(&path).unwrap();
+        client
+            .write_all(b"ping\n\n{\"cmd\":\"pause\"}\nbogus\n{\"cmd\":")
+            .unwrap();
+        api.accept(&ctl);
+        let sub = *api.conns.keys().next().unwrap();
+        let reqs = api.read_requests(sub, &ctl);
+        assert_eq!(reqs.len(), 3, "{reqs:?}");
+        assert_eq!(reqs[0], Ok(Request::Ping));
+        assert_eq!(reqs[1], Ok(Request::Pause));
+        let why = reqs[2].clone().unwrap_err();
+        assert!(why.contains("bogus"), "{why}");
+        api.respond(sub, &Reply::error(why), &ctl);
+        client.write_all(b"\"resume\"}\n").unwrap();
+        assert_eq!(api.read_requests(sub, &ctl), vec![Ok(Request::Resume)]);
+        api.respond(sub, &Reply::done(), &ctl);
+        let mut r = std::io::BufReader::new(client);
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut r, &mut line).unwrap();
+        assert!(!Reply::from_line(&line).unwrap().is_ok(), "{line}");
+        line.clear();
+        std::io::BufRead::read_line(&mut r, &mut line).unwrap();
+        assert_eq!(line, "{\"ok\":true}\n");
     }
 }

@@ -14,7 +14,7 @@ use crate::arch::x86_64::e820::e820_map;
 use crate::arch::x86_64::kernel;
 use crate::arch::x86_64::layout::{CMDLINE_ADDR, CMDLINE_MAX_SIZE, MMIO_GAP_START};
 use crate::arch::x86_64::mptable::{self, MptableError};
-use crate::config::{ConfigError, SerialOutputConfig, VmConfig};
+use crate::config::{ConfigError, SerialOutputConfig, Validate, VmConfig};
 use crate::device_manager::DeviceManagerError;
 use crate::devices::legacy::SerialOutput;
 use crate::devices::virtio::block::Block;

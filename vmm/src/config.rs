@@ -1,20 +1,20 @@
-//! The VM's configuration: what `--config FILE.json` holds and what the flags fill in.
+//! The VM's configuration: the types are the shim <-> VMM contract in `hyper-vmm-api`
+//! (what `--config FILE.json` holds); this module checks them against the VMM's limits and
+//! parses the flags that fill them in.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+pub use hyper_vmm_api::{
+    BlockConfig, DEFAULT_CMDLINE, DEFAULT_MEMORY_MIB, DEFAULT_STOP_TIMEOUT_MS, DEFAULT_VCPUS,
+    FS_TAG_MAX, FsCacheMode, FsConfig, MAX_MEMORY_MIB, NetConfig, SerialOutputConfig, VmConfig,
+    VsockConfig,
+};
 
 use crate::arch::x86_64::layout::MIN_MEMORY_MIB;
 use crate::arch::x86_64::mptable::MAX_CPUS;
 
-/// Used when no command line is given: a serial console, reboot through the keyboard
-/// controller (so the VMM sees it), and no slow i8042 probing.
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1";
-pub const DEFAULT_VCPUS: u8 = 1;
-pub const DEFAULT_MEMORY_MIB: u64 = 128;
-pub const DEFAULT_STOP_TIMEOUT_MS: u64 = 5000;
-/// Largest guest we accept (the memfd and page tables could take more; this is a sanity cap).
-pub const MAX_MEMORY_MIB: u64 = 1 << 20;
+// The contract states the VMM's vCPU limit; it is the MP table's.
+const _: () = assert!(MAX_CPUS == hyper_vmm_api::MAX_VCPUS);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -38,178 +38,23 @@ pub enum ConfigError {
     File { path: String, why: String },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum SerialOutputConfig {
-    #[default]
-    Stdout,
-    None,
-    #[serde(untagged)]
-    File(PathBuf),
+/// Reads a `--config` file.
+pub fn load_file(path: &Path) -> Result<VmConfig, ConfigError> {
+    let err = |why: String| ConfigError::File {
+        path: path.display().to_string(),
+        why,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    VmConfig::from_json(&text).map_err(|e| err(e.to_string()))
 }
 
-impl SerialOutputConfig {
-    pub fn parse(s: &str) -> Self {
-        match s {
-            "stdout" => SerialOutputConfig::Stdout,
-            "none" => SerialOutputConfig::None,
-            path => SerialOutputConfig::File(PathBuf::from(path)),
-        }
-    }
+/// The checks a config must pass before the VMM builds from it.
+pub trait Validate {
+    fn validate(&self) -> Result<(), ConfigError>;
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VsockConfig {
-    /// The host-side unix socket; guest-initiated connections go to `<uds>_<port>`.
-    pub uds: PathBuf,
-    pub cid: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BlockConfig {
-    pub path: PathBuf,
-    #[serde(default)]
-    pub read_only: bool,
-    /// Returned to the guest by VIRTIO_BLK_T_GET_ID (at most 20 bytes).
-    #[serde(default)]
-    pub serial: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NetConfig {
-    /// Name of an existing tap interface to open.
-    #[serde(default)]
-    pub tap: Option<String>,
-    /// An already-open tap fd inherited from the parent.
-    #[serde(default)]
-    pub fd: Option<i32>,
-    /// Guest MAC address, "aa:bb:cc:dd:ee:ff".
-    #[serde(default)]
-    pub mac: Option<String>,
-}
-
-/// How long the guest may cache what it learnt of the share (virtiofsd's cache modes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum FsCacheMode {
-    /// Nothing cached: every access asks the host (for shares the host changes often).
-    None,
-    /// Attributes and entries for a second, page cache dropped on open.
-    #[default]
-    Auto,
-    /// Everything cached for long (for shares only this guest changes).
-    Always,
-}
-
-impl std::str::FromStr for FsCacheMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "none" | "never" => Ok(FsCacheMode::None),
-            "auto" => Ok(FsCacheMode::Auto),
-            "always" => Ok(FsCacheMode::Always),
-            _ => Err(format!("cache mode {s:?} is not none, auto or always")),
-        }
-    }
-}
-
-/// A host directory shared into the guest with virtio-fs (`mount -t virtiofs TAG`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FsConfig {
-    /// The name the guest mounts (at most 36 bytes, the virtio-fs limit).
-    pub tag: String,
-    pub shared_dir: PathBuf,
-    #[serde(default)]
-    pub cache: FsCacheMode,
-    /// Let the guest page cache hold dirty data (safe only for shares nobody else writes).
-    #[serde(default)]
-    pub writeback: bool,
-    /// Pass extended attributes through.
-    #[serde(default = "default_true")]
-    pub xattr: bool,
-}
-
-/// Longest virtio-fs tag (virtio 1.2, 5.11.4).
-pub const FS_TAG_MAX: usize = 36;
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VmConfig {
-    pub kernel: PathBuf,
-    #[serde(default)]
-    pub initrd: Option<PathBuf>,
-    /// The kernel command line; virtio_mmio.device= entries are appended to it.
-    #[serde(default)]
-    pub cmdline: Option<String>,
-    #[serde(default = "default_vcpus")]
-    pub vcpus: u8,
-    #[serde(default = "default_memory")]
-    pub memory_mib: u64,
-    #[serde(default)]
-    pub serial: SerialOutputConfig,
-    #[serde(default)]
-    pub vsock: Option<VsockConfig>,
-    #[serde(default)]
-    pub block: Vec<BlockConfig>,
-    #[serde(default)]
-    pub net: Vec<NetConfig>,
-    #[serde(default)]
-    pub fs: Vec<FsConfig>,
-    #[serde(default)]
-    pub rng: bool,
-    #[serde(default)]
-    pub api_socket: Option<PathBuf>,
-    /// How long `stop` waits for the guest to react to Ctrl-Alt-Del before a hard stop.
-    #[serde(default = "default_stop_timeout")]
-    pub stop_timeout_ms: u64,
-}
-
-fn default_true() -> bool {
-    true
-}
-fn default_vcpus() -> u8 {
-    DEFAULT_VCPUS
-}
-fn default_memory() -> u64 {
-    DEFAULT_MEMORY_MIB
-}
-fn default_stop_timeout() -> u64 {
-    DEFAULT_STOP_TIMEOUT_MS
-}
-
-impl VmConfig {
-    pub fn new(kernel: PathBuf) -> Self {
-        VmConfig {
-            kernel,
-            initrd: None,
-            cmdline: None,
-            vcpus: DEFAULT_VCPUS,
-            memory_mib: DEFAULT_MEMORY_MIB,
-            serial: SerialOutputConfig::Stdout,
-            vsock: None,
-            block: Vec::new(),
-            net: Vec::new(),
-            fs: Vec::new(),
-            rng: false,
-            api_socket: None,
-            stop_timeout_ms: DEFAULT_STOP_TIMEOUT_MS,
-        }
-    }
-
-    pub fn from_json_file(path: &std::path::Path) -> Result<Self, ConfigError> {
-        let err = |why: String| ConfigError::File {
-            path: path.display().to_string(),
-            why,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        serde_json::from_str(&text).map_err(|e| err(e.to_string()))
-    }
-
-    pub fn validate(&self) -> Result<(), ConfigError> {
+impl Validate for VmConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
         if self.kernel.as_os_str().is_empty() {
             return Err(ConfigError::NoKernel);
         }
@@ -274,11 +119,6 @@ impl VmConfig {
             }
         }
         Ok(())
-    }
-
-    /// The command line the guest gets before device entries are appended.
-    pub fn base_cmdline(&self) -> &str {
-        self.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE)
     }
 }
 
@@ -462,22 +302,22 @@ mod tests {
     }
 
     #[test]
-    fn json_round_trip_and_defaults() {
-        let c: VmConfig = serde_json::from_str(
-            r#"{"kernel":"/k","serial":"/tmp/console.log","vsock":{"uds":"/v.sock","cid":3},"block":[{"path":"/d","read_only":true}],"rng":true}"#,
-        )
-        .unwrap();
-        assert_eq!(c.vcpus, 1);
-        assert_eq!(c.memory_mib, 128);
+    fn config_files_load_and_their_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.json");
+        std::fs::write(&path, r#"{"kernel":"/k","vcpus":2,"rng":true}"#).unwrap();
+        let c = load_file(&path).unwrap();
         assert_eq!(
-            c.serial,
-            SerialOutputConfig::File("/tmp/console.log".into())
+            (c.vcpus, c.rng, c.memory_mib),
+            (2, true, DEFAULT_MEMORY_MIB)
         );
-        assert!(c.rng);
-        let s: VmConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
-        assert_eq!(s, c);
-        let none: VmConfig = serde_json::from_str(r#"{"kernel":"/k","serial":"none"}"#).unwrap();
-        assert_eq!(none.serial, SerialOutputConfig::None);
-        assert!(serde_json::from_str::<VmConfig>(r#"{"kernel":"/k","bogus":1}"#).is_err());
+        assert!(c.validate().is_ok());
+        std::fs::write(&path, r#"{"kernel":"/k","bogus":1}"#).unwrap();
+        let e = load_file(&path).unwrap_err().to_string();
+        assert!(e.contains("vm.json") && e.contains("unknown field"), "{e}");
+        let e = load_file(&dir.path().join("gone.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gone.json"), "{e}");
     }
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use hyper_vmm::config::{self, SerialOutputConfig, VmConfig, VsockConfig};
+use hyper_vmm::config::{self, SerialOutputConfig, Validate, VmConfig, VsockConfig};
 
 #[derive(Parser, Debug)]
 #[command(name = "hyper-vmm", version, about = "hyper's KVM microVM monitor")]
@@ -58,7 +58,7 @@ struct Cli {
 /// The config file first, then every flag given on top of it.
 fn to_config(cli: Cli) -> anyhow::Result<VmConfig> {
     let mut cfg = match &cli.config {
-        Some(p) => VmConfig::from_json_file(p)?,
+        Some(p) => config::load_file(p)?,
         None => VmConfig::new(PathBuf::new()),
     };
     if let Some(k) = cli.kernel {

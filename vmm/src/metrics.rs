@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde_json::{Value, json};
+use hyper_vmm_api::{DeviceMetrics, ExitMetrics, Metrics as MetricsReport};
 
 /// vCPU exits by reason, summed over all vCPUs.
 #[derive(Default)]
@@ -66,44 +66,43 @@ impl Metrics {
         map.insert(name.to_string(), counters);
     }
 
-    pub fn to_json(&self) -> Value {
+    /// The counters now, as the `metrics` reply carries them.
+    pub fn snapshot(&self) -> MetricsReport {
         let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let e = &self.exits;
-        let devices: serde_json::Map<String, Value> = self
+        let devices = self
             .devices
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .map(|(name, d)| {
-                (
-                    name.clone(),
-                    json!({
-                        "tx_bytes": r(&d.tx_bytes),
-                        "rx_bytes": r(&d.rx_bytes),
-                        "requests": r(&d.requests),
-                        "errors": r(&d.errors),
-                    }),
-                )
+                let counts = DeviceMetrics {
+                    tx_bytes: r(&d.tx_bytes),
+                    rx_bytes: r(&d.rx_bytes),
+                    requests: r(&d.requests),
+                    errors: r(&d.errors),
+                };
+                (name.clone(), counts)
             })
             .collect();
-        json!({
-            "boot_time_us": r(&self.boot_time_us),
-            "exits": {
-                "io_in": r(&e.io_in),
-                "io_out": r(&e.io_out),
-                "mmio_read": r(&e.mmio_read),
-                "mmio_write": r(&e.mmio_write),
-                "unhandled_io": r(&e.unhandled_io),
-                "unhandled_mmio": r(&e.unhandled_mmio),
-                "hlt": r(&e.hlt),
-                "intr": r(&e.intr),
-                "shutdown": r(&e.shutdown),
-                "system_event": r(&e.system_event),
-                "fail_entry": r(&e.fail_entry),
-                "internal_error": r(&e.internal_error),
-                "other": r(&e.other),
+        MetricsReport {
+            boot_time_us: r(&self.boot_time_us),
+            exits: ExitMetrics {
+                io_in: r(&e.io_in),
+                io_out: r(&e.io_out),
+                mmio_read: r(&e.mmio_read),
+                mmio_write: r(&e.mmio_write),
+                unhandled_io: r(&e.unhandled_io),
+                unhandled_mmio: r(&e.unhandled_mmio),
+                hlt: r(&e.hlt),
+                intr: r(&e.intr),
+                shutdown: r(&e.shutdown),
+                system_event: r(&e.system_event),
+                fail_entry: r(&e.fail_entry),
+                internal_error: r(&e.internal_error),
+                other: r(&e.other),
             },
-            "devices": devices,
-        })
+            devices,
+        }
     }
 }

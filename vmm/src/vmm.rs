@@ -11,7 +11,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::api::{self, ApiServer, CONN_SUB_BASE, LISTENER_SUB, Request};
+use crate::api::{ApiServer, CONN_SUB_BASE, LISTENER_SUB, Reply, Request, VmState};
 use crate::builder::BuildError;
 use crate::device_manager::DeviceManager;
 use crate::devices::bus::lock;
@@ -211,7 +211,10 @@ impl Vmm {
                     None => return,
                 };
                 for req in reqs {
-                    let reply = self.handle_request(req);
+                    let reply = match req {
+                        Ok(req) => self.handle_request(req),
+                        Err(why) => Reply::error(why),
+                    };
                     if let Some(api) = self.api.as_mut() {
                         api.respond(s, &reply, &ctl);
                     }
@@ -222,29 +225,30 @@ impl Vmm {
     }
 
     /// Answers one control request.
-    pub fn handle_request(&mut self, req: Request) -> serde_json::Value {
+    pub fn handle_request(&mut self, req: Request) -> Reply {
         match req {
-            Request::Ping => api::ok(serde_json::json!({
-                "state": if self.control.is_paused() { "paused" } else { "running" }
-            })),
-            Request::Metrics => api::ok(serde_json::json!({"metrics": self.metrics.to_json()})),
+            Request::Ping => Reply::with_state(if self.control.is_paused() {
+                VmState::Paused
+            } else {
+                VmState::Running
+            }),
+            Request::Metrics => Reply::with_metrics(self.metrics.snapshot()),
             Request::Pause => match &self.running {
-                Some(set) if set.pause(PAUSE_TIMEOUT) => api::ok(serde_json::json!({})),
-                Some(_) => api::error("vCPUs did not pause in time"),
-                None => api::error("VM is not running"),
+                Some(set) if set.pause(PAUSE_TIMEOUT) => Reply::done(),
+                Some(_) => Reply::error("vCPUs did not pause in time"),
+                None => Reply::error("VM is not running"),
             },
             Request::Resume => match &self.running {
                 Some(set) => {
                     set.resume();
-                    api::ok(serde_json::json!({}))
+                    Reply::done()
                 }
-                None => api::error("VM is not running"),
+                None => Reply::error("VM is not running"),
             },
             Request::Stop => {
                 self.request_stop();
-                api::ok(serde_json::json!({}))
+                Reply::done()
             }
-            Request::Invalid(why) => api::error(&why),
         }
     }
 

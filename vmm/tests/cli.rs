@@ -5,6 +5,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use hyper_vmm::config::{BlockConfig, SerialOutputConfig, VmConfig, VsockConfig};
+
 fn vmm(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_hyper-vmm"))
         .args(args)
@@ -160,20 +162,22 @@ fn tiny_elf_kernel_boots_in_long_mode_and_resets() {
     std::fs::write(&img, vec![0u8; 4096]).unwrap();
     let uds = dir.path().join("v.sock");
     let cfg = dir.path().join("vm.json");
-    std::fs::write(
-        &cfg,
-        serde_json::json!({
-            "kernel": dir.path().join("vmlinux"),
-            "serial": dir.path().join("console2.log"),
-            "vcpus": 2,
-            "memory_mib": 64,
-            "vsock": {"uds": uds, "cid": 3},
-            "block": [{"path": img, "read_only": true, "serial": "d0"}],
-            "rng": true,
-        })
-        .to_string(),
-    )
-    .unwrap();
+    // Written the way the shim writes it: a VmConfig from the contract crate.
+    let mut vm = VmConfig::new(dir.path().join("vmlinux"));
+    vm.serial = SerialOutputConfig::File(dir.path().join("console2.log"));
+    vm.vcpus = 2;
+    vm.memory_mib = 64;
+    vm.vsock = Some(VsockConfig {
+        uds: uds.clone(),
+        cid: 3,
+    });
+    vm.block.push(BlockConfig {
+        path: img,
+        read_only: true,
+        serial: Some("d0".into()),
+    });
+    vm.rng = true;
+    std::fs::write(&cfg, vm.to_json().unwrap()).unwrap();
     let o = vmm(&["--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let console = std::fs::read_to_string(dir.path().join("console2.log")).unwrap();

@@ -10,6 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hyper_vmm::api::{Reply, Request, VmState};
 use hyper_vmm::devices::legacy::SerialOutput;
 use hyper_vmm::devices::virtio::rng::Rng;
 use hyper_vmm::metrics::DeviceCounters;
@@ -176,8 +177,8 @@ fn serial_output_then_i8042_reset_exits_cleanly() {
     assert_eq!(why, VmExit::Reset);
     assert_eq!(why.exit_code(), 0);
     assert_eq!(console.text(), "Hi");
-    let m = vmm.metrics.to_json();
-    assert!(m["exits"]["io_out"].as_u64().unwrap() >= 3, "{m}");
+    let m = vmm.metrics.snapshot();
+    assert!(m.exits.io_out >= 3, "{m:?}");
 }
 
 #[test]
@@ -201,10 +202,10 @@ fn boot_timer_and_virtio_mmio_registers() {
     vmm.start().unwrap();
     assert_eq!(vmm.run(), VmExit::Reset);
     assert_eq!(console.text(), "YYYYNY");
-    let m = vmm.metrics.to_json();
-    assert!(m["boot_time_us"].as_u64().unwrap() > 0, "{m}");
-    assert!(m["exits"]["mmio_read"].as_u64().unwrap() >= 6, "{m}");
-    assert!(m["exits"]["unhandled_mmio"].as_u64().unwrap() >= 1, "{m}");
+    let m = vmm.metrics.snapshot();
+    assert!(m.boot_time_us > 0, "{m:?}");
+    assert!(m.exits.mmio_read >= 6, "{m:?}");
+    assert!(m.exits.unhandled_mmio >= 1, "{m:?}");
 }
 
 #[test]
@@ -251,14 +252,19 @@ fn pause_resume_and_stop_with_timeout() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    use hyper_vmm::api::Request;
-    assert_eq!(vmm.handle_request(Request::Pause)["ok"], true);
-    assert_eq!(vmm.handle_request(Request::Ping)["state"], "paused");
-    assert_eq!(vmm.handle_request(Request::Resume)["ok"], true);
-    assert_eq!(vmm.handle_request(Request::Ping)["state"], "running");
+    assert_eq!(vmm.handle_request(Request::Pause), Reply::done());
+    assert_eq!(
+        vmm.handle_request(Request::Ping).state(),
+        Some(VmState::Paused)
+    );
+    assert_eq!(vmm.handle_request(Request::Resume), Reply::done());
+    assert_eq!(
+        vmm.handle_request(Request::Ping).state(),
+        Some(VmState::Running)
+    );
     // The spinning guest ignores Ctrl-Alt-Del, so the hard stop follows the timeout.
     let t = Instant::now();
-    assert_eq!(vmm.handle_request(Request::Stop)["ok"], true);
+    assert_eq!(vmm.handle_request(Request::Stop), Reply::done());
     assert_eq!(vmm.run(), VmExit::Stopped);
     assert!(t.elapsed() >= Duration::from_millis(250));
 }
@@ -283,14 +289,15 @@ fn control_socket_end_to_end() {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut r = BufReader::new(s.try_clone().unwrap());
         let mut w = s;
-        let mut ask = |line: &str| -> serde_json::Value {
+        // Raw lines on purpose: this is the wire format, including the hand-typed forms.
+        let mut ask = |line: &str| -> Reply {
             w.write_all(format!("{line}\n").as_bytes()).unwrap();
             let mut resp = String::new();
             r.read_line(&mut resp).unwrap();
-            serde_json::from_str(&resp).unwrap()
+            Reply::from_line(&resp).unwrap_or_else(|e| panic!("reply {resp:?}: {e}"))
         };
         let mut replies = vec![
-            ask(r#"{"cmd":"ping"}"#),
+            ask(Request::Ping.to_line().trim_end()),
             ask("pause"),
             ask(r#"{"cmd":"ping"}"#),
             ask("resume"),
@@ -303,14 +310,23 @@ fn control_socket_end_to_end() {
     });
     assert_eq!(vmm.run(), VmExit::Stopped);
     let replies = client.join().unwrap();
-    assert_eq!(replies[0]["ok"], true);
-    assert_eq!(replies[1]["ok"], true);
-    assert_eq!(replies[2]["state"], "paused");
-    assert_eq!(replies[3]["ok"], true);
-    assert!(replies[4]["metrics"]["exits"].is_object());
-    assert_eq!(replies[5]["ok"], false);
-    assert_eq!(replies[6]["ok"], false);
-    assert_eq!(replies[7]["ok"], true);
+    assert_eq!(replies[0].state(), Some(VmState::Running));
+    assert_eq!(replies[1], Reply::done());
+    assert_eq!(replies[2].state(), Some(VmState::Paused));
+    assert_eq!(replies[3], Reply::done());
+    let metrics = replies[4].clone().into_result().unwrap().metrics;
+    assert!(metrics.is_some(), "{:?}", replies[4]);
+    assert!(
+        matches!(&replies[5], Reply::Error(e) if e.contains("bogus")),
+        "{:?}",
+        replies[5]
+    );
+    assert!(
+        matches!(&replies[6], Reply::Error(e) if e.contains("bad JSON")),
+        "{:?}",
+        replies[6]
+    );
+    assert_eq!(replies[7], Reply::done());
 }
 
 #[test]

@@ -1,21 +1,33 @@
 //! `hyper-vmm` as a separate process per pod: a VM escape or a VMM crash must not take
-//! the shim down. Configured with command-line flags, controlled over its API socket.
+//! the shim down. Configured with one JSON file (`<run_dir>/vm.json`, a
+//! `hyper_vmm_api::VmConfig`), controlled over its API socket with typed requests
+//! (`hyper_vmm_api::Request` out, `hyper_vmm_api::Reply` back, one JSON line each).
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use hyper_vmm_api::{
+    BASE_CMDLINE, BlockConfig, FsCacheMode, FsConfig, MAX_VCPUS, Reply, Request,
+    SerialOutputConfig, Success, VmConfig, VsockConfig,
+};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use super::{Hypervisor, HypervisorError, VmSpec, process_alive};
 
 /// Guest CID of every VM: each VM has its own vsock device, so they need not differ.
 pub const GUEST_CID: u32 = 3;
+/// How long a control request may take, connect to reply, before it is an error.
+pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest reply line read from the VMM (a `metrics` reply is a few KiB).
+const MAX_REPLY_LINE: u64 = 64 << 10;
 
 pub struct HyperVmm {
     binary: PathBuf,
-    /// Per-VM directory for the sockets (and the console log, if kept).
+    /// Per-VM directory for the config, the sockets (and the console log, if kept).
     run_dir: PathBuf,
     child: Option<Child>,
 }
@@ -33,94 +45,166 @@ impl HyperVmm {
         self.run_dir.join("vmm.sock")
     }
 
-    /// The command line for `spec`; separate from `start` so it can be tested.
-    pub fn command_args(&self, spec: &VmSpec) -> Vec<String> {
-        let mut args = vec![
-            "--kernel".into(),
-            spec.kernel.display().to_string(),
-            "--initrd".into(),
-            spec.initrd.display().to_string(),
-            "--vcpus".into(),
-            spec.vcpus.to_string(),
-            "--memory-mib".into(),
-            spec.memory_mib.to_string(),
-            "--vsock-uds".into(),
-            self.vsock_uds().display().to_string(),
-            "--vsock-cid".into(),
-            GUEST_CID.to_string(),
-            "--api-socket".into(),
-            self.api_socket().display().to_string(),
-            "--rng".into(),
-            "--serial".into(),
-            spec.console_log
-                .as_ref()
-                .map_or_else(|| "none".to_string(), |p| p.display().to_string()),
-        ];
-        let quiet = if spec.console_log.is_some() {
-            ""
-        } else {
-            " quiet"
-        };
-        args.push("--cmdline".into());
-        args.push(
-            format!(
-                "console=ttyS0 reboot=k panic=-1{quiet} i8042.noaux i8042.nomux i8042.nopnp \
-             i8042.dumbkbd 8250.nr_uarts=1 {}",
-                spec.kernel_params
-            )
-            .trim_end()
-            .to_string(),
-        );
-        for f in &spec.shares {
-            args.push("--fs".into());
-            args.push(format!(
-                "tag={},path={},cache={}",
-                f.tag,
-                f.path.display(),
-                f.cache
-            ));
-        }
-        for d in &spec.disks {
-            args.push("--block".into());
-            args.push(format!(
-                "path={},ro={},serial={}",
-                d.path.display(),
-                d.read_only,
-                d.serial
-            ));
-        }
-        args
+    /// Where `start` writes the VM's config (`hyper-vmm --config` reads it).
+    pub fn config_path(&self) -> PathBuf {
+        self.run_dir.join("vm.json")
     }
 
-    async fn control(&self, command: &str) -> Result<String, HypervisorError> {
-        control(&self.api_socket(), command).await
+    /// The VMM's config for `spec`; separate from `start` so it can be tested.
+    pub fn vm_config(&self, spec: &VmSpec) -> Result<VmConfig, HypervisorError> {
+        let vcpus = u8::try_from(spec.vcpus)
+            .ok()
+            .filter(|v| (1..=MAX_VCPUS).contains(v))
+            .ok_or_else(|| {
+                invalid(format!(
+                    "vcpus {} is not in 1..={MAX_VCPUS} (hyper-vmm's limit)",
+                    spec.vcpus
+                ))
+            })?;
+        let mut cfg = VmConfig::new(spec.kernel.clone());
+        cfg.initrd = Some(spec.initrd.clone());
+        cfg.cmdline = Some(kernel_cmdline(spec));
+        cfg.vcpus = vcpus;
+        cfg.memory_mib = u64::from(spec.memory_mib);
+        cfg.serial = match &spec.console_log {
+            Some(p) => SerialOutputConfig::File(p.clone()),
+            None => SerialOutputConfig::None,
+        };
+        cfg.vsock = Some(VsockConfig {
+            uds: self.vsock_uds(),
+            cid: u64::from(GUEST_CID),
+        });
+        cfg.api_socket = Some(self.api_socket());
+        cfg.rng = true;
+        cfg.block = spec
+            .disks
+            .iter()
+            .map(|d| BlockConfig {
+                path: d.path.clone(),
+                read_only: d.read_only,
+                serial: (!d.serial.is_empty()).then(|| d.serial.clone()),
+            })
+            .collect();
+        cfg.fs = spec
+            .shares
+            .iter()
+            .map(|f| {
+                Ok(FsConfig {
+                    tag: f.tag.clone(),
+                    shared_dir: f.path.clone(),
+                    cache: f
+                        .cache
+                        .parse::<FsCacheMode>()
+                        .map_err(|e| invalid(format!("share {:?}: {e}", f.tag)))?,
+                    writeback: false,
+                    xattr: true,
+                })
+            })
+            .collect::<Result<_, HypervisorError>>()?;
+        Ok(cfg)
+    }
+
+    /// Writes `cfg` to [`Self::config_path`], readable by its owner only (it names every
+    /// path of the pod).
+    fn write_config(&self, cfg: &VmConfig) -> Result<PathBuf, HypervisorError> {
+        let path = self.config_path();
+        let json = cfg
+            .to_json()
+            .map_err(|e| invalid(format!("VM config: {e}")))?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?;
+        // `mode` applies only when the file is created; a stale one keeps its own.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        file.write_all(json.as_bytes())?;
+        file.write_all(b"\n")?;
+        Ok(path)
+    }
+
+    async fn request(&self, req: Request) -> Result<Success, HypervisorError> {
+        request(&self.api_socket(), req, CONTROL_TIMEOUT).await
     }
 }
 
-/// Sends `command` (ping, pause, resume, stop, metrics) to a hyper-vmm control socket and
-/// returns its JSON answer line; an answer without `"ok":true` is an error.
-pub async fn control(socket: &Path, command: &str) -> Result<String, HypervisorError> {
+/// The guest's kernel command line for `spec`, built here only: the contract's base line,
+/// `quiet` unless the console is kept, then the user's `kernel_params`. (The VMM appends
+/// its device entries.)
+pub fn kernel_cmdline(spec: &VmSpec) -> String {
+    let mut cmdline = BASE_CMDLINE.to_string();
+    if spec.console_log.is_none() {
+        cmdline.push_str(" quiet");
+    }
+    let extra = spec.kernel_params.trim();
+    if !extra.is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(extra);
+    }
+    cmdline
+}
+
+fn invalid(message: String) -> HypervisorError {
+    HypervisorError::Io(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        message,
+    ))
+}
+
+/// Sends `req` to a hyper-vmm control socket as one JSON line and parses the one reply
+/// line. Everything from connect to reply must take less than `timeout`. The error names
+/// the request and why it failed: connect, send, read, timeout, a malformed reply, or the
+/// VMM's own message for `{"ok":false}`.
+pub async fn request(
+    socket: &Path,
+    req: Request,
+    timeout: Duration,
+) -> Result<Success, HypervisorError> {
     let err = |message: String| HypervisorError::Control {
         path: socket.to_path_buf(),
-        message,
+        message: format!("{req}: {message}"),
     };
-    let request = format!("{{\"cmd\":\"{command}\"}}\n");
-    let mut stream = UnixStream::connect(socket)
+    let exchange = async {
+        let mut stream = UnixStream::connect(socket)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        stream
+            .write_all(req.to_line().as_bytes())
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        let mut line = String::new();
+        let n = BufReader::new(stream.take(MAX_REPLY_LINE))
+            .read_line(&mut line)
+            .await
+            .map_err(|e| format!("read reply: {e}"))?;
+        if n == 0 {
+            return Err("the VMM closed the connection without a reply".to_string());
+        }
+        Ok(line)
+    };
+    let line = tokio::time::timeout(timeout, exchange)
         .await
-        .map_err(|e| err(format!("connect: {e}")))?;
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| err(format!("send {command}: {e}")))?;
-    let mut line = String::new();
-    BufReader::new(stream)
-        .read_line(&mut line)
-        .await
-        .map_err(|e| err(format!("read answer to {command}: {e}")))?;
-    if !line.replace(' ', "").contains("\"ok\":true") {
-        return Err(err(format!("{command} failed: {}", line.trim())));
-    }
-    Ok(line)
+        .map_err(|_| err(format!("no reply within {timeout:?}")))?
+        .map_err(err)?;
+    let reply = Reply::from_line(&line)
+        .map_err(|e| err(format!("malformed reply {:?}: {e}", line.trim())))?;
+    reply
+        .into_result()
+        .map_err(|why| err(format!("VMM error: {why}")))
+}
+
+/// [`request`] by the request's name (ping, pause, resume, stop, metrics), for `hyperctl
+/// vmm`: returns the reply as its JSON line.
+pub async fn control(socket: &Path, command: &str) -> Result<String, HypervisorError> {
+    let req: Request = command
+        .parse()
+        .map_err(|message| HypervisorError::Control {
+            path: socket.to_path_buf(),
+            message,
+        })?;
+    let success = request(socket, req, CONTROL_TIMEOUT).await?;
+    Ok(Reply::Ok(success).to_line())
 }
 
 fn check_file(what: &'static str, path: &Path) -> Result<(), HypervisorError> {
@@ -158,11 +242,13 @@ impl Hypervisor for HyperVmm {
         check_file("kernel", &spec.kernel)?;
         check_file("image", &spec.initrd)?;
         std::fs::create_dir_all(&self.run_dir)?;
+        let config = self.write_config(&self.vm_config(spec)?)?;
         let log = std::fs::File::create(self.run_dir.join("vmm.log"))?;
         // std, not tokio: the shim's SIGCHLD handler reaps every child and reports exits
         // through containerd-shim's monitor, which the sandbox watches.
         let child = Command::new(&binary)
-            .args(self.command_args(spec))
+            .arg("--config")
+            .arg(&config)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -181,7 +267,7 @@ impl Hypervisor for HyperVmm {
             return Ok(());
         };
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        if self.control("stop").await.is_ok() {
+        if self.request(Request::Stop).await.is_ok() {
             let deadline = tokio::time::Instant::now() + grace;
             while tokio::time::Instant::now() < deadline && process_alive(pid.as_raw() as u32) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -194,11 +280,11 @@ impl Hypervisor for HyperVmm {
     }
 
     async fn pause(&self) -> Result<(), HypervisorError> {
-        self.control("pause").await.map(|_| ())
+        self.request(Request::Pause).await.map(|_| ())
     }
 
     async fn resume(&self) -> Result<(), HypervisorError> {
-        self.control("resume").await.map(|_| ())
+        self.request(Request::Resume).await.map(|_| ())
     }
 
     fn vsock_uds(&self) -> PathBuf {
@@ -237,36 +323,135 @@ mod tests {
     }
 
     #[test]
-    fn command_line_carries_the_spec() {
+    fn the_vm_config_carries_the_spec() {
         let vmm = HyperVmm::new("hyper-vmm".into(), "/run/hyper/p1".into());
-        let args = vmm.command_args(&spec());
-        let joined = args.join(" ");
-        for want in [
-            "--kernel /k/vmlinux",
-            "--initrd /k/initrd",
-            "--vcpus 2",
-            "--memory-mib 512",
-            "--vsock-uds /run/hyper/p1/vsock.sock",
-            "--api-socket /run/hyper/p1/vmm.sock",
-            "--block path=/s/rootfs.img,ro=false,serial=c1-rootfs",
-            "--fs tag=hypershare,path=/run/hyper/p1/share,cache=auto",
-            "--serial none",
-        ] {
-            assert!(joined.contains(want), "{want} missing from {joined}");
-        }
-        let cmdline = &args[args.iter().position(|a| a == "--cmdline").unwrap() + 1];
-        assert!(cmdline.contains(" quiet "), "{cmdline}");
-        assert!(cmdline.ends_with("agent.log=debug"), "{cmdline}");
+        let got = vmm.vm_config(&spec()).unwrap();
+        let want = VmConfig {
+            kernel: "/k/vmlinux".into(),
+            initrd: Some("/k/initrd".into()),
+            cmdline: Some(format!("{BASE_CMDLINE} quiet agent.log=debug")),
+            vcpus: 2,
+            memory_mib: 512,
+            serial: SerialOutputConfig::None,
+            vsock: Some(VsockConfig {
+                uds: "/run/hyper/p1/vsock.sock".into(),
+                cid: 3,
+            }),
+            block: vec![BlockConfig {
+                path: "/s/rootfs.img".into(),
+                read_only: false,
+                serial: Some("c1-rootfs".into()),
+            }],
+            net: vec![],
+            fs: vec![FsConfig {
+                tag: "hypershare".into(),
+                shared_dir: "/run/hyper/p1/share".into(),
+                cache: FsCacheMode::Auto,
+                writeback: false,
+                xattr: true,
+            }],
+            rng: true,
+            api_socket: Some("/run/hyper/p1/vmm.sock".into()),
+            stop_timeout_ms: hyper_vmm_api::DEFAULT_STOP_TIMEOUT_MS,
+        };
+        assert_eq!(got, want);
+        // What the VMM reads back is what was built.
+        assert_eq!(VmConfig::from_json(&got.to_json().unwrap()).unwrap(), want);
+
+        let mut s = spec();
+        s.console_log = Some("/r/console.log".into());
+        let got = vmm.vm_config(&s).unwrap();
+        assert_eq!(
+            got.serial,
+            SerialOutputConfig::File("/r/console.log".into())
+        );
     }
 
     #[test]
-    fn a_console_log_turns_quiet_off() {
+    fn the_kernel_command_line_is_the_base_then_quiet_then_the_users() {
+        let cases = [
+            (
+                None,
+                "agent.log=debug",
+                format!("{BASE_CMDLINE} quiet agent.log=debug"),
+            ),
+            (None, "", format!("{BASE_CMDLINE} quiet")),
+            (None, "  a=1 b  ", format!("{BASE_CMDLINE} quiet a=1 b")),
+            (Some("/r/console.log"), "a=1", format!("{BASE_CMDLINE} a=1")),
+            (Some("/r/console.log"), "", BASE_CMDLINE.to_string()),
+        ];
+        for (console, params, want) in cases {
+            let mut s = spec();
+            s.console_log = console.map(PathBuf::from);
+            s.kernel_params = params.into();
+            assert_eq!(
+                kernel_cmdline(&s),
+                want,
+                "console {console:?}, params {params:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn specs_the_vmm_cannot_take_are_named() {
         let vmm = HyperVmm::new("hyper-vmm".into(), "/r".into());
+        type Change = fn(&mut VmSpec);
+        let cases: [(Change, &str); 3] = [
+            (|s| s.vcpus = 0, "vcpus 0 is not in 1..=32"),
+            (|s| s.vcpus = 300, "vcpus 300 is not in 1..=32"),
+            (
+                |s| s.shares[0].cache = "sometimes".into(),
+                "share \"hypershare\": cache mode \"sometimes\"",
+            ),
+        ];
+        for (change, want) in cases {
+            let mut s = spec();
+            change(&mut s);
+            let err = vmm.vm_config(&s).unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn start_writes_the_config_and_passes_only_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let run_dir = dir.path().join("p1");
+        let (kernel, initrd) = (dir.path().join("vmlinux"), dir.path().join("initrd"));
+        std::fs::write(&kernel, b"k").unwrap();
+        std::fs::write(&initrd, b"i").unwrap();
+        let fake = dir.path().join("fake-vmm");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\nprintf '%s\\n' \"$@\" > \"$(dirname \"$2\")/args\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // A stale config from an earlier VM, readable by all: rewritten, and private.
+        std::fs::create_dir_all(&run_dir).unwrap();
+        std::fs::write(run_dir.join("vm.json"), "stale").unwrap();
+        std::fs::set_permissions(
+            run_dir.join("vm.json"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+
+        let mut vmm = HyperVmm::new(fake, run_dir.clone());
         let mut s = spec();
-        s.console_log = Some("/r/console.log".into());
-        let args = vmm.command_args(&s);
-        assert!(args.join(" ").contains("--serial /r/console.log"));
-        assert!(!args.join(" ").contains("quiet"));
+        s.kernel = kernel;
+        s.initrd = initrd;
+        vmm.start(&s).await.unwrap();
+        assert!(vmm.child.take().unwrap().wait().unwrap().success());
+
+        let config = run_dir.join("vm.json");
+        let args = std::fs::read_to_string(run_dir.join("args")).unwrap();
+        assert_eq!(args, format!("--config\n{}\n", config.display()));
+        let mode = std::fs::metadata(&config).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        let text = std::fs::read_to_string(&config).unwrap();
+        assert_eq!(
+            VmConfig::from_json(&text).unwrap(),
+            vmm.vm_config(&s).unwrap()
+        );
     }
 
     #[tokio::test]
@@ -284,34 +469,125 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn control_sends_one_json_line_and_checks_the_answer() {
-        use tokio::net::UnixListener;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("api.sock");
-        let listener = UnixListener::bind(&path).unwrap();
+    /// What the fake VMM does with the one request line it reads.
+    enum Answer {
+        Line(&'static str),
+        Close,
+        Silence,
+    }
+
+    /// A control socket at `path` that takes one connection, checks its request line and
+    /// answers as told.
+    fn fake_vmm(path: &Path, want: &'static str, answer: Answer) {
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
         tokio::spawn(async move {
-            for answer in [
-                "{\"ok\":true,\"state\":\"running\"}\n",
-                "{\"ok\":false,\"error\":\"no\"}\n",
-            ] {
-                let (s, _) = listener.accept().await.unwrap();
-                let mut r = BufReader::new(s);
-                let mut line = String::new();
-                r.read_line(&mut line).await.unwrap();
-                assert_eq!(line, "{\"cmd\":\"ping\"}\n");
-                r.into_inner().write_all(answer.as_bytes()).await.unwrap();
+            let (s, _) = listener.accept().await.unwrap();
+            let mut r = BufReader::new(s);
+            let mut line = String::new();
+            r.read_line(&mut line).await.unwrap();
+            assert_eq!(line, want);
+            match answer {
+                Answer::Line(l) => r.into_inner().write_all(l.as_bytes()).await.unwrap(),
+                Answer::Close => drop(r),
+                Answer::Silence => {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    drop(r);
+                }
             }
         });
-        let ok = control(&path, "ping").await.unwrap();
-        assert!(ok.contains("running"), "{ok}");
-        let err = control(&path, "ping").await.unwrap_err().to_string();
-        assert!(err.contains("ping failed") && err.contains("no"), "{err}");
-        let err = control(&dir.path().join("gone.sock"), "stop")
+    }
+
+    #[tokio::test]
+    async fn control_sends_one_json_line_and_checks_the_answer() {
+        use hyper_vmm_api::VmState;
+        let dir = tempfile::tempdir().unwrap();
+        let short = Duration::from_millis(200);
+        /// Ok(the state the reply carries) or Err(parts of the error message).
+        type Want = Result<Option<VmState>, &'static [&'static str]>;
+        // (request, the line the VMM must get, its answer, what `request` returns)
+        let cases: Vec<(Request, &str, Answer, Want)> = vec![
+            (
+                Request::Ping,
+                "{\"cmd\":\"ping\"}\n",
+                Answer::Line("{\"ok\":true,\"state\":\"running\"}\n"),
+                Ok(Some(VmState::Running)),
+            ),
+            (
+                Request::Pause,
+                "{\"cmd\":\"pause\"}\n",
+                Answer::Line("{\"ok\": true}\n"),
+                Ok(None),
+            ),
+            (
+                Request::Resume,
+                "{\"cmd\":\"resume\"}\n",
+                Answer::Line("{\"ok\":false,\"error\":\"VM is not running\"}\n"),
+                Err(&["resume: VMM error: VM is not running"]),
+            ),
+            (
+                Request::Stop,
+                "{\"cmd\":\"stop\"}\n",
+                Answer::Line("yes\n"),
+                Err(&["stop: malformed reply \"yes\""]),
+            ),
+            (
+                Request::Pause,
+                "{\"cmd\":\"pause\"}\n",
+                Answer::Line("{\"ok\":false}\n"),
+                Err(&["pause: malformed reply", "no \"error\""]),
+            ),
+            (
+                Request::Metrics,
+                "{\"cmd\":\"metrics\"}\n",
+                Answer::Close,
+                Err(&["metrics: the VMM closed the connection without a reply"]),
+            ),
+            (
+                Request::Ping,
+                "{\"cmd\":\"ping\"}\n",
+                Answer::Silence,
+                Err(&["ping: no reply within 200ms"]),
+            ),
+        ];
+        for (i, (req, want_line, answer, want)) in cases.into_iter().enumerate() {
+            let path = dir.path().join(format!("api{i}.sock"));
+            fake_vmm(&path, want_line, answer);
+            let got = request(&path, req, short).await;
+            match (got, want) {
+                (Ok(s), Ok(state)) => assert_eq!(s.state, state, "case {i}"),
+                (Err(e), Err(parts)) => {
+                    let e = e.to_string();
+                    assert!(e.contains(&format!("api{i}.sock")), "case {i}: {e}");
+                    for p in parts {
+                        assert!(e.contains(p), "case {i}: {p:?} not in {e}");
+                    }
+                }
+                (got, want) => panic!("case {i}: got {got:?}, want {want:?}"),
+            }
+        }
+
+        let err = request(&dir.path().join("gone.sock"), Request::Stop, short)
             .await
             .unwrap_err()
             .to_string();
-        assert!(err.contains("gone.sock"), "{err}");
+        assert!(
+            err.contains("gone.sock") && err.contains("stop: connect"),
+            "{err}"
+        );
+
+        // By name, for hyperctl: the reply comes back as its line.
+        let path = dir.path().join("named.sock");
+        fake_vmm(
+            &path,
+            "{\"cmd\":\"ping\"}\n",
+            Answer::Line("{\"ok\":true,\"state\":\"paused\"}\n"),
+        );
+        assert_eq!(
+            control(&path, "ping").await.unwrap(),
+            "{\"ok\":true,\"state\":\"paused\"}\n"
+        );
+        let err = control(&path, "reboot").await.unwrap_err().to_string();
+        assert!(err.contains("unknown command \"reboot\""), "{err}");
     }
 
     #[test]
