@@ -651,12 +651,14 @@ async fn stdin_reaches_the_process_before_its_eof_even_when_closed_at_once() {
     r.create_with("c1", stdio).await.unwrap();
     r.pod.start(&init("c1")).await.unwrap();
     let sent: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+    // The client's end is open before CloseIO, as containerd's is before Create.
+    let mut client = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&stdin)
+        .unwrap();
     let writer = {
-        let (stdin, sent) = (stdin.clone(), sent.clone());
-        tokio::task::spawn_blocking(move || {
-            let mut f = std::fs::OpenOptions::new().write(true).open(stdin).unwrap();
-            f.write_all(&sent).unwrap();
-        })
+        let sent = sent.clone();
+        tokio::task::spawn_blocking(move || client.write_all(&sent).unwrap())
     };
     // CloseIO as ctr sends it: while its last bytes may still be in flight.
     r.pod.close_stdin(&init("c1")).await.unwrap();
