@@ -500,12 +500,17 @@ fn apply_caps_after_setuid(c: &CapsConfig) -> Result<()> {
     use caps::CapSet;
     // Every capset must keep effective within permitted: shrink effective first.
     caps::set(None, CapSet::Effective, &parse_caps(&c.effective)?).context("effective caps")?;
-    caps::set(None, CapSet::Inheritable, &parse_caps(&c.inheritable)?)
-        .context("inheritable caps")?;
-    caps::set(None, CapSet::Permitted, &parse_caps(&c.permitted)?).context("permitted caps")?;
+    let inheritable = parse_caps(&c.inheritable)?;
+    let permitted = parse_caps(&c.permitted)?;
+    caps::set(None, CapSet::Inheritable, &inheritable).context("inheritable caps")?;
+    caps::set(None, CapSet::Permitted, &permitted).context("permitted caps")?;
     caps::clear(None, CapSet::Ambient).context("clear ambient caps")?;
+    // The kernel takes an ambient cap only if it is permitted and inheritable; like runc,
+    // skip the others (`runc spec` lists ambient caps without inheritable ones).
     for cap in parse_caps(&c.ambient)? {
-        caps::raise(None, CapSet::Ambient, cap).with_context(|| format!("ambient {cap}"))?;
+        if inheritable.contains(&cap) && permitted.contains(&cap) {
+            caps::raise(None, CapSet::Ambient, cap).with_context(|| format!("ambient {cap}"))?;
+        }
     }
     Ok(())
 }
