@@ -385,11 +385,6 @@ impl Sandbox {
         }
     }
 
-    /// True until `shutdown` has run.
-    pub async fn is_up(&self) -> bool {
-        self.hypervisor.lock().await.is_some()
-    }
-
     /// Tears the pod down: the sandbox in the guest, the VM, the state dir. Idempotent;
     /// a second caller waits for the first to finish. After a VM death it only cleans up.
     pub async fn shutdown(&self) {

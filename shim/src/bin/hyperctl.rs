@@ -13,9 +13,11 @@ use std::sync::Arc;
 use hyper_agent_protocol::AGENT_VSOCK_PORT;
 use hyper_shim::agent::{Agent, AgentTimeouts, ProcessRef, TtrpcAgent};
 use hyper_shim::config::Config;
+use hyper_shim::hypervisor::hyper_vmm::{CONTROL_TIMEOUT, request};
 use hyper_shim::hypervisor::process_alive;
 use hyper_shim::pod::{Exit, NewContainer, Pod, PodEvents, Stdio};
 use hyper_shim::sandbox::HyperVmmBackend;
+use hyper_vmm_api::{Reply, Request};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::unix::pipe;
 
@@ -54,7 +56,7 @@ enum Command {
         /// A sandbox id from `hyperctl list` (its control socket is in the state dir).
         #[arg(long)]
         sandbox: Option<String>,
-        command: String,
+        command: Request,
     },
     /// Talk to the agent inside a running VM.
     Agent {
@@ -118,8 +120,8 @@ async fn real_main() -> Result<()> {
                 (None, Some(s)) => config.runtime.state_dir.join(s).join("vmm.sock"),
                 (None, None) => bail!("give --api-socket PATH or --sandbox ID"),
             };
-            let answer = hyper_shim::hypervisor::hyper_vmm::control(&socket, &command).await?;
-            print!("{answer}");
+            let success = request(&socket, command, CONTROL_TIMEOUT).await?;
+            print!("{}", Reply::Ok(success).to_line());
             Ok(())
         }
         Command::Agent {

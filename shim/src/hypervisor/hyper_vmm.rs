@@ -194,19 +194,6 @@ pub async fn request(
         .map_err(|why| err(format!("VMM error: {why}")))
 }
 
-/// [`request`] by the request's name (ping, pause, resume, stop, metrics), for `hyperctl
-/// vmm`: returns the reply as its JSON line.
-pub async fn control(socket: &Path, command: &str) -> Result<String, HypervisorError> {
-    let req: Request = command
-        .parse()
-        .map_err(|message| HypervisorError::Control {
-            path: socket.to_path_buf(),
-            message,
-        })?;
-    let success = request(socket, req, CONTROL_TIMEOUT).await?;
-    Ok(Reply::Ok(success).to_line())
-}
-
 fn check_file(what: &'static str, path: &Path) -> Result<(), HypervisorError> {
     if path.is_file() {
         Ok(())
@@ -574,20 +561,6 @@ mod tests {
             err.contains("gone.sock") && err.contains("stop: connect"),
             "{err}"
         );
-
-        // By name, for hyperctl: the reply comes back as its line.
-        let path = dir.path().join("named.sock");
-        fake_vmm(
-            &path,
-            "{\"cmd\":\"ping\"}\n",
-            Answer::Line("{\"ok\":true,\"state\":\"paused\"}\n"),
-        );
-        assert_eq!(
-            control(&path, "ping").await.unwrap(),
-            "{\"ok\":true,\"state\":\"paused\"}\n"
-        );
-        let err = control(&path, "reboot").await.unwrap_err().to_string();
-        assert!(err.contains("unknown command \"reboot\""), "{err}");
     }
 
     #[test]
