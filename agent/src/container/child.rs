@@ -15,7 +15,7 @@ use super::config::{
 use crate::mount::{parse_options, secure_join};
 use anyhow::{Context, Result, bail};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::sys::stat::{Mode, SFlag, makedev, mknod, umask};
+use nix::sys::stat::{Mode, umask};
 use nix::unistd::{ForkResult, Gid, Uid, chdir, fork, pivot_root};
 use std::ffi::CString;
 use std::fs::File;
@@ -239,33 +239,7 @@ fn setup_rootfs(r: &RootfsConfig, console: bool) -> Result<()> {
             dev_is_tmpfs = m.typ == "tmpfs";
         }
     }
-    if dev_is_tmpfs {
-        default_devices(root)?;
-    }
-    for d in &r.devices {
-        let path = secure_join(root, &d.path)?;
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        let kind = match d.kind {
-            'b' => SFlag::S_IFBLK,
-            'p' => SFlag::S_IFIFO,
-            _ => SFlag::S_IFCHR,
-        };
-        let _ = std::fs::remove_file(&path);
-        mknod(
-            &path,
-            kind,
-            Mode::from_bits_truncate(d.mode),
-            makedev(d.major, d.minor),
-        )
-        .with_context(|| format!("mknod {}", d.path.display()))?;
-        nix::unistd::chown(
-            &path,
-            Some(Uid::from_raw(d.uid)),
-            Some(Gid::from_raw(d.gid)),
-        )?;
-    }
+    super::devices::setup(root, &r.devices, dev_is_tmpfs)?;
     if console {
         bind_console(root)?;
     }
@@ -382,41 +356,6 @@ fn mount_one(root: &Path, m: &MountConfig) -> Result<()> {
     }
     for p in &opts.propagation {
         mount(none, &dest, none, *p, none).context("propagation")?;
-    }
-    Ok(())
-}
-
-fn default_devices(root: &Path) -> Result<()> {
-    for (name, major, minor) in [
-        ("null", 1, 3),
-        ("zero", 1, 5),
-        ("full", 1, 7),
-        ("random", 1, 8),
-        ("urandom", 1, 9),
-        ("tty", 5, 0),
-    ] {
-        let p = root.join("dev").join(name);
-        let _ = std::fs::remove_file(&p);
-        mknod(
-            &p,
-            SFlag::S_IFCHR,
-            Mode::from_bits_truncate(0o666),
-            makedev(major, minor),
-        )
-        .with_context(|| format!("mknod /dev/{name}"))?;
-    }
-    for (link, target) in [
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-        ("ptmx", "pts/ptmx"),
-    ] {
-        let p = root.join("dev").join(link);
-        if std::fs::symlink_metadata(&p).is_err() {
-            std::os::unix::fs::symlink(target, &p)
-                .with_context(|| format!("symlink /dev/{link}"))?;
-        }
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! itself, inside the new namespaces. The processes it yields are plain `process` ones.
 pub mod child;
 pub mod config;
+pub mod devices;
 pub mod spawn;
 pub mod spec;
 

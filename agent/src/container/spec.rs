@@ -114,13 +114,7 @@ pub fn container_config(spec: &Spec, inp: &Inputs) -> Result<InitConfig, SpecErr
     for (i, d) in linux.devices().as_deref().unwrap_or(&[]).iter().enumerate() {
         let field = format!("linux.devices[{i}]");
         let path = d.path();
-        if !path.is_absolute() || !path.starts_with("/dev") {
-            return Err(invalid(
-                format!("{field}.path"),
-                format!("{path:?} is not under /dev"),
-            ));
-        }
-        no_dotdot(&format!("{field}.path"), path)?;
+        device_path(&format!("{field}.path"), path)?;
         let kind = match d.typ() {
             LinuxDeviceType::C => 'c',
             LinuxDeviceType::B => 'b',
@@ -495,6 +489,19 @@ pub fn validate_hostname(field: &str, h: &str) -> Result<(), SpecError> {
     Ok(())
 }
 
+/// A device node's path: a name below /dev, no `..` (symlinks are refused when the node
+/// is made, see `devices`), short enough for the kernel.
+fn device_path(field: &str, p: &Path) -> Result<(), SpecError> {
+    no_dotdot(field, p)?;
+    if !p.is_absolute() || !p.starts_with("/dev") || p == Path::new("/dev") {
+        return Err(invalid(field, format!("{p:?} is not a name under /dev")));
+    }
+    if p.as_os_str().len() >= libc::PATH_MAX as usize {
+        return Err(invalid(field, "longer than PATH_MAX"));
+    }
+    Ok(())
+}
+
 fn no_dotdot(field: &str, p: &Path) -> Result<(), SpecError> {
     if p.components().any(|c| c == Component::ParentDir) {
         return Err(PathError::DotDot {
@@ -680,6 +687,41 @@ mod tests {
         let mut v = base();
         v.as_object_mut().unwrap().remove("process");
         assert!(err_of(v).starts_with("process"));
+    }
+
+    #[test]
+    fn device_paths_are_names_under_dev() {
+        let long = format!("/dev/{}", "a/".repeat(2100));
+        #[rustfmt::skip]
+        let cases: [(&str, Option<&str>); 10] = [
+            ("/dev/null", None),
+            ("/dev/net/tun", None),
+            ("/dev//ptmx", None),
+            ("../escape", Some("'..'")),
+            ("dev/null", Some("is not a name under /dev")),
+            ("/dev", Some("is not a name under /dev")),
+            ("/dev/", Some("is not a name under /dev")),
+            ("/devices/x", Some("is not a name under /dev")),
+            ("/dev/../etc/x", Some("'..'")),
+            (&long, Some("PATH_MAX")),
+        ];
+        for (path, want) in cases {
+            let mut v = base();
+            v["linux"]["devices"] =
+                serde_json::json!([{"path": path, "type": "c", "major": 1, "minor": 3}]);
+            let got = convert(v, &PodContext::default());
+            match (want, got) {
+                (None, Ok(c)) => assert_eq!(c.rootfs.unwrap().devices[0].path, Path::new(path)),
+                (Some(w), Err(e)) => {
+                    let e = e.to_string();
+                    assert!(
+                        e.starts_with("linux.devices[0].path") && e.contains(w),
+                        "{path}: {e}"
+                    );
+                }
+                (want, got) => panic!("{path}: wanted {want:?}, got {got:?}"),
+            }
+        }
     }
 
     #[test]
