@@ -43,12 +43,13 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    /// Binds `path` (replacing a stale socket file) and registers it with the loop.
+    /// Binds `path` (replacing a stale socket file) and registers it with the loop. The
+    /// socket is mode 0600: only our user may control the VM.
     pub fn bind(path: &Path, ctl: &EventCtl) -> io::Result<Self> {
         if path.exists() {
             std::fs::remove_file(path)?;
         }
-        let listener = UnixListener::bind(path)?;
+        let listener = crate::private_socket::bind_private(path)?;
         listener.set_nonblocking(true)?;
         ctl.add(listener.as_raw_fd(), EventSet::IN, LISTENER_SUB)?;
         Ok(ApiServer {
@@ -189,6 +190,21 @@ mod tests {
                 "server stuck on a client that never reads"
             );
         }
+    }
+
+    #[test]
+    fn control_socket_is_owner_only_even_under_umask_0() {
+        use crate::event_loop::EventLoop;
+        use crate::private_socket::{SOCKET_MODE, mode_of, with_umask};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        let el = EventLoop::new().unwrap();
+        let ctl = el.own_ctl();
+        let api = with_umask(0, || ApiServer::bind(&path, &ctl)).unwrap();
+        assert_eq!(mode_of(&path), SOCKET_MODE, "{:o}", mode_of(&path));
+        UnixStream::connect(&path).unwrap();
+        drop(api);
+        assert!(!path.exists(), "removed on drop");
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub mod device_manager;
 pub mod devices;
 pub mod event_loop;
 pub mod metrics;
+pub mod private_socket;
 pub mod privileges;
+pub mod rate_limit;
 pub mod vmm;
 pub mod vstate;

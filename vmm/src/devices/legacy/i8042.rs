@@ -116,14 +116,14 @@ impl I8042 {
             && self.control & CB_KBD_INT != 0
             && let Err(e) = self.irq.trigger()
         {
-            tracing::warn!("i8042: cannot raise IRQ 1: {e}");
+            crate::rate_limited_warn!("i8042: cannot raise IRQ 1: {e}");
         }
     }
 
     fn reset(&self) {
         tracing::info!("guest requested a reset through the i8042");
         if let Err(e) = self.reset_evt.write(1) {
-            tracing::error!("i8042: cannot signal reset: {e}");
+            crate::rate_limited_error!("i8042: cannot signal reset: {e}");
         }
     }
 

@@ -62,7 +62,7 @@ impl BusDevice for Serial {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let (Ok(off), Some(&value)) = (u8::try_from(offset), data.first()) {
             if let Err(e) = self.uart.write(off, value) {
-                tracing::debug!("serial write failed: {e}");
+                crate::rate_limited_debug!("serial write failed: {e}");
             }
             // Flush per line so a console file follows the guest closely.
             if off == 0 && value == b'\n' {

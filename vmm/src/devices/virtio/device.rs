@@ -28,7 +28,7 @@ impl Interrupt {
     pub fn trigger(&self, cause: u32) {
         self.status.fetch_or(cause, Ordering::SeqCst);
         if let Err(e) = self.irq.write(1) {
-            tracing::warn!("cannot raise virtio interrupt: {e}");
+            crate::rate_limited_warn!("cannot raise virtio interrupt: {e}");
         }
     }
 

@@ -152,7 +152,7 @@ impl MmioTransport {
                 f(q);
             }
         } else {
-            tracing::debug!("{}: queue config write ignored", self.device.name());
+            crate::rate_limited_debug!("{}: queue config write ignored", self.device.name());
         }
     }
 
@@ -182,7 +182,7 @@ impl MmioTransport {
         }
         // The driver may only add bits (apart from reset).
         if value & self.status != self.status {
-            tracing::warn!(
+            crate::rate_limited_warn!(
                 "{}: driver cleared status bits ({:#x} -> {value:#x})",
                 self.device.name(),
                 self.status
@@ -193,7 +193,10 @@ impl MmioTransport {
         if newly & STATUS_FEATURES_OK != 0 {
             // Refuse a driver that does not speak virtio 1.0.
             if self.driver_features & VIRTIO_F_VERSION_1 == 0 {
-                tracing::warn!("{}: driver did not accept VERSION_1", self.device.name());
+                crate::rate_limited_warn!(
+                    "{}: driver did not accept VERSION_1",
+                    self.device.name()
+                );
                 self.status = value & !(STATUS_FEATURES_OK | STATUS_DRIVER_OK);
                 if value & STATUS_DRIVER_OK != 0 {
                     self.fail("DRIVER_OK without FEATURES_OK".into());
@@ -247,7 +250,8 @@ impl MmioTransport {
     /// Marks the device broken: logged, NEEDS_RESET, and a config interrupt so the driver
     /// notices. The guest can recover by resetting the device.
     fn fail(&mut self, why: String) {
-        tracing::error!("{}: device broken: {why}", self.device.name());
+        // The guest can break and reset a device in a loop: rate-limited.
+        crate::rate_limited_error!("{}: device broken: {why}", self.device.name());
         self.broken = true;
         self.status |= STATUS_NEEDS_RESET;
         self.interrupt.trigger(INT_CONFIG);
@@ -280,7 +284,7 @@ impl MmioTransport {
             REG_STATUS => self.status,
             REG_CONFIG_GENERATION => self.config_generation,
             _ => {
-                tracing::debug!("{}: read of register {offset:#x}", self.device.name());
+                crate::rate_limited_debug!("{}: read of register {offset:#x}", self.device.name());
                 0
             }
         }
@@ -356,7 +360,7 @@ impl MmioTransport {
                 }
             }
             REG_QUEUE_USED_HIGH => self.update_queue(|q| q.set_used_ring_address(None, Some(v))),
-            _ => tracing::debug!(
+            _ => crate::rate_limited_debug!(
                 "{}: write of {v:#x} to register {offset:#x} ignored",
                 self.device.name()
             ),
@@ -394,7 +398,7 @@ impl BusDevice for MmioTransport {
         data.fill(0);
         // Registers are 32 bits wide and must be read whole.
         if data.len() != 4 || !offset.is_multiple_of(4) {
-            tracing::debug!("{}: bad register read size", self.device.name());
+            crate::rate_limited_debug!("{}: bad register read size", self.device.name());
             return;
         }
         let v = self.read_reg(offset);
@@ -410,7 +414,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            tracing::debug!("{}: bad register write size", self.device.name());
+            crate::rate_limited_debug!("{}: bad register write size", self.device.name());
             return;
         };
         if !offset.is_multiple_of(4) {

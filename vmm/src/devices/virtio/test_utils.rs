@@ -82,3 +82,30 @@ pub fn check_cases<N: Display, C>(
         failures.join("\n")
     );
 }
+
+/// Aborts the test binary if it is still alive when `limit` is up and the returned guard
+/// has not been dropped: a busy loop in the code under test then fails the run, naming
+/// `what`, instead of hanging it.
+pub fn watchdog(what: &'static str, limit: std::time::Duration) -> WatchdogGuard {
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = done.clone();
+    std::thread::spawn(move || {
+        let t = std::time::Instant::now();
+        while t.elapsed() < limit {
+            if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        eprintln!("watchdog: {what} did not return within {limit:?} (busy loop?)");
+        std::process::abort();
+    });
+    WatchdogGuard(done)
+}
+
+pub struct WatchdogGuard(std::sync::Arc<std::sync::atomic::AtomicBool>);
+impl Drop for WatchdogGuard {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}

@@ -142,7 +142,7 @@ impl Block {
                     }
                 }
                 Err(e) => {
-                    tracing::debug!("{}: bad request: {e}", self.name);
+                    crate::rate_limited_debug!("{}: bad request: {e}", self.name);
                     inc(&self.counters.errors);
                     0
                 }

@@ -88,7 +88,7 @@ impl Net {
     fn watch_tap(&mut self, ctl: &EventCtl, on: bool) {
         if on && !self.tap_watched {
             if let Err(e) = ctl.add(self.tap.as_raw_fd(), EventSet::IN, TAP_SUB) {
-                tracing::warn!("{}: cannot watch the tap: {e}", self.name);
+                crate::rate_limited_warn!("{}: cannot watch the tap: {e}", self.name);
                 return;
             }
         } else if !on && self.tap_watched {

@@ -50,7 +50,7 @@ impl Rng {
                     }
                 }
                 Err(e) => {
-                    tracing::debug!("rng: bad descriptor chain: {e}");
+                    crate::rate_limited_debug!("rng: bad descriptor chain: {e}");
                     inc(&self.counters.errors);
                     0
                 }
@@ -82,7 +82,7 @@ fn fill_random(buf: &mut [u8]) {
             if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
-            tracing::error!("rng: getrandom failed");
+            crate::rate_limited_error!("rng: getrandom failed");
             return;
         }
         off += n as usize;

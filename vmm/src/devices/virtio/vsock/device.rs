@@ -58,7 +58,7 @@ impl Vsock {
             match read_tx_packet(&a.mem, chain) {
                 Ok((hdr, data)) => self.muxer.send_pkt(&hdr, &data, ctl),
                 Err(e) => {
-                    tracing::debug!("vsock: dropping bad TX packet: {e}");
+                    crate::rate_limited_warn!("vsock: dropping bad TX packet: {e}");
                     inc(&self.counters.errors);
                 }
             }
@@ -84,7 +84,7 @@ impl Vsock {
             let cap = match rx_capacity(&a.mem, &chain) {
                 Ok(cap) => cap,
                 Err(e) => {
-                    tracing::debug!("vsock: unusable RX buffer: {e}");
+                    crate::rate_limited_warn!("vsock: unusable RX buffer: {e}");
                     inc(&self.counters.errors);
                     a.queues[RXQ].add_used(&a.mem, head, 0)?;
                     used = true;
@@ -92,6 +92,18 @@ impl Vsock {
                 }
             };
             let Some((hdr, data)) = self.muxer.recv_pkt(cap, ctl) else {
+                if cap == 0 && self.muxer.has_pending_rx() {
+                    // Payload is owed but this buffer only fits a header. The queue is
+                    // FIFO, so keeping it would stall every buffer behind it: hand it back
+                    // empty. The connection stays queued for the next buffer.
+                    crate::rate_limited_warn!(
+                        "vsock: RX buffer has no room for payload; returned unused"
+                    );
+                    inc(&self.counters.errors);
+                    a.queues[RXQ].add_used(&a.mem, head, 0)?;
+                    used = true;
+                    continue;
+                }
                 // Nothing to send after all: give the buffer back.
                 a.queues[RXQ].go_to_previous_position();
                 break;
@@ -99,7 +111,7 @@ impl Vsock {
             let len = match write_rx_packet(&a.mem, chain, &hdr, &data) {
                 Ok(n) => n,
                 Err(e) => {
-                    tracing::debug!("vsock: cannot write RX packet: {e}");
+                    crate::rate_limited_warn!("vsock: cannot write RX packet: {e}");
                     inc(&self.counters.errors);
                     0
                 }
@@ -179,6 +191,8 @@ mod tests {
     use crate::devices::virtio::vsock::packet::*;
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
     use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -197,13 +211,17 @@ mod tests {
     }
 
     fn rig(mem: &GuestMemoryMmap) -> Rig<'_> {
+        rig_on(mem, test_ctl())
+    }
+
+    /// A rig whose fds are registered on `ctl` (e.g. a real loop's own handle).
+    fn rig_on(mem: &GuestMemoryMmap, ctl: EventCtl) -> Rig<'_> {
         let dir = tempfile::tempdir().unwrap();
         let uds = dir.path().join("v.sock");
         let mut dev = Vsock::new(3, &uds, Arc::new(DeviceCounters::default())).unwrap();
         let rxq = MockSplitQueue::create(mem, GuestAddress(0), 16);
         let txq = MockSplitQueue::create(mem, GuestAddress(0x1_0000), 16);
         let evq = MockSplitQueue::create(mem, GuestAddress(0x2_0000), 16);
-        let ctl = test_ctl();
         let ctx = ActivateContext {
             mem: mem.clone(),
             queues: vec![
@@ -380,6 +398,108 @@ mod tests {
         assert_eq!(used, vec![(0, 0), (1, 0), (2, HDR_SIZE as u32)]);
         let mut hb = [0u8; HDR_SIZE];
         mem.read_slice(&mut hb, GuestAddress(0x20_1000)).unwrap();
+        assert_eq!(Header::from_bytes(&hb).op, OP_RST);
+    }
+
+    /// Forwards everything `el` reports within `ms` to the device; returns the events
+    /// that were not the device's 1 s timer.
+    fn pump(el: &crate::event_loop::EventLoop, r: &mut Rig, ms: i32) -> usize {
+        let mut others = 0;
+        for ev in el.run_once(ms).unwrap() {
+            if ev.sub != TIMER_SUB {
+                others += 1;
+            }
+            r.dev.handle_event(ev.sub, ev.events, &r.ctl).unwrap();
+        }
+        others
+    }
+
+    #[test]
+    fn header_only_rx_buffers_do_not_spin_and_lose_no_data() {
+        let mem = test_memory();
+        let el = crate::event_loop::EventLoop::new().unwrap();
+        let mut r = rig_on(&mem, el.own_ctl());
+        let listener =
+            std::os::unix::net::UnixListener::bind(format!("{}_52", r.uds.display())).unwrap();
+        let req = Header {
+            src_cid: 3,
+            dst_cid: 2,
+            src_port: 1000,
+            dst_port: 52,
+            type_: TYPE_STREAM,
+            op: OP_REQUEST,
+            buf_alloc: 4096,
+            ..Default::default()
+        };
+        write_hdr(&mem, 0x10_0000, req);
+        r.txq
+            .add_desc_chains(&[desc(0x10_0000, HDR_SIZE as u32, 0)], 0)
+            .unwrap();
+        r.rxq
+            .add_desc_chains(&[desc(0x20_0000, 4096, VRING_DESC_F_WRITE)], 0)
+            .unwrap();
+        r.dev.queue_notify(TXQ, &r.ctl).unwrap();
+        let (mut host, _) = listener.accept().unwrap();
+        // Host data is pending for the guest, and the guest has no RX buffer yet.
+        host.write_all(b"hello").unwrap();
+        assert!(
+            pump(&el, &mut r, 1000) > 0,
+            "the host stream became readable"
+        );
+
+        // Buffers that fit a header and no payload byte (the 44-byte buffers).
+        let small: Vec<_> = (0..4)
+            .map(|i| desc(0x30_0000 + i * 0x1000, HDR_SIZE as u32, VRING_DESC_F_WRITE))
+            .collect();
+        r.rxq.add_desc_chains(&small, 1).unwrap();
+        {
+            let _dog = watchdog(
+                "RX processing with header-only buffers",
+                Duration::from_secs(10),
+            );
+            r.dev.queue_notify(RXQ, &r.ctl).unwrap();
+        }
+        // (a) Each is handed back empty, counted as an error; the call returned, and the
+        // loop is quiet (the connection is not watched while it waits for a buffer).
+        let used = used_elems(&mem, &r.rxq);
+        assert_eq!(used[1..], [(1, 0), (2, 0), (3, 0), (4, 0)], "{used:?}");
+        assert_eq!(r.dev.counters.errors.load(Ordering::Relaxed), 4);
+        assert_eq!(
+            pump(&el, &mut r, 50),
+            0,
+            "no events while waiting for a buffer"
+        );
+
+        // (b) A real buffer gets the data, all of it.
+        r.rxq
+            .add_desc_chains(&[desc(0x40_0000, 4096, VRING_DESC_F_WRITE)], 5)
+            .unwrap();
+        r.dev.queue_notify(RXQ, &r.ctl).unwrap();
+        let used = used_elems(&mem, &r.rxq);
+        assert_eq!(used.last(), Some(&(5, HDR_SIZE as u32 + 5)), "{used:?}");
+        let mut hb = [0u8; HDR_SIZE];
+        mem.read_slice(&mut hb, GuestAddress(0x40_0000)).unwrap();
+        let h = Header::from_bytes(&hb);
+        assert_eq!((h.op, h.len, h.dst_port), (OP_RW, 5, 1000));
+        let mut data = [0u8; 5];
+        mem.read_slice(&mut data, GuestAddress(0x40_0000 + HDR_SIZE as u64))
+            .unwrap();
+        assert_eq!(&data, b"hello");
+
+        // A header-only buffer still carries a header-only packet (an RST here).
+        let mut rst = req;
+        rst.src_port = 1001;
+        rst.dst_port = 9;
+        write_hdr(&mem, 0x10_1000, rst);
+        r.rxq
+            .add_desc_chains(&[desc(0x50_0000, HDR_SIZE as u32, VRING_DESC_F_WRITE)], 6)
+            .unwrap();
+        r.txq
+            .add_desc_chains(&[desc(0x10_1000, HDR_SIZE as u32, 0)], 1)
+            .unwrap();
+        r.dev.queue_notify(TXQ, &r.ctl).unwrap();
+        assert_eq!(used_elems(&mem, &r.rxq).last(), Some(&(6, HDR_SIZE as u32)));
+        mem.read_slice(&mut hb, GuestAddress(0x50_0000)).unwrap();
         assert_eq!(Header::from_bytes(&hb).op, OP_RST);
     }
 }

@@ -173,8 +173,11 @@ impl Connection {
             && self.pending & PEND_RW == 0
     }
 
+    /// A connection being reset writes nothing more: watching a dead host stream for
+    /// room would wake the loop over and over (EPOLLHUP is level-triggered) until the
+    /// guest takes the RST.
     pub fn wants_write(&self) -> bool {
-        !self.txbuf.is_empty()
+        self.state != ConnState::Closing && !self.txbuf.is_empty()
     }
 
     /// Guest data for the host: written now if the stream takes it, buffered otherwise.

@@ -80,12 +80,13 @@ pub struct Muxer {
 }
 
 impl Muxer {
-    /// Binds `uds_path` (a stale socket file is replaced).
+    /// Binds `uds_path` (a stale socket file is replaced), mode 0600: only our user may
+    /// connect to the guest.
     pub fn new(guest_cid: u64, uds_path: &Path, counters: Arc<DeviceCounters>) -> io::Result<Self> {
         if std::fs::symlink_metadata(uds_path).is_ok() {
             std::fs::remove_file(uds_path)?;
         }
-        let listener = UnixListener::bind(uds_path)?;
+        let listener = crate::private_socket::bind_private(uds_path)?;
         listener.set_nonblocking(true)?;
         Ok(Muxer {
             guest_cid,
@@ -256,7 +257,7 @@ impl Muxer {
                 ctl.modify(fd, want, e.sub)
             };
             if let Err(err) = r {
-                tracing::warn!("vsock: cannot watch host stream: {err}");
+                crate::rate_limited_warn!("vsock: cannot watch host stream: {err}");
             }
             e.interest = want;
         }
@@ -298,7 +299,7 @@ impl Muxer {
             return;
         }
         if hdr.src_cid != self.guest_cid || hdr.dst_cid != HOST_CID {
-            tracing::debug!(
+            crate::rate_limited_debug!(
                 "vsock: dropping packet {} -> {} (guest cid {})",
                 hdr.src_cid,
                 hdr.dst_cid,
@@ -372,15 +373,20 @@ impl Muxer {
                 self.insert(conn, ctl);
             }
             Err(e) => {
-                tracing::debug!("vsock: guest connect to {path} failed: {e}");
+                crate::rate_limited_debug!("vsock: guest connect to {path} failed: {e}");
                 self.queue_rst_reply(hdr);
             }
         }
     }
 
     /// The next packet for the guest, with at most `max_data` payload bytes.
+    ///
+    /// Each queued item is looked at once per call: a connection with nothing that fits
+    /// (data owed but `max_data` is 0) goes back to the end of the queue to wait for a
+    /// bigger buffer, and must not be popped again here, or this would never return.
     pub fn recv_pkt(&mut self, max_data: usize, ctl: &EventCtl) -> Option<(Header, Vec<u8>)> {
-        while let Some(item) = self.rxq.pop_front() {
+        for _ in 0..self.rxq.len() {
+            let item = self.rxq.pop_front()?;
             let key = match item {
                 RxItem::Rst(h) => return Some((h, Vec::new())),
                 RxItem::Conn(key) => key,

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::*;
-use crate::devices::virtio::test_utils::check_cases;
+use crate::devices::virtio::test_utils::{check_cases, watchdog};
 use crate::event_loop::{EventHandler, EventLoop};
 
 const GUEST_CID: u64 = 3;
@@ -463,4 +463,70 @@ fn stale_handshakes_and_unanswered_connects_time_out() {
     assert_eq!((rst.op, rst.src_port), (OP_RST, req.src_port));
     assert!(is_closed(&mut waiting));
     assert_eq!(rig.mux.lock().unwrap().connection_count(), 0);
+}
+
+#[test]
+fn a_buffer_with_no_room_for_payload_leaves_the_data_queued() {
+    let rig = Rig::new();
+    let (mut with_data, hport) = connect(&rig, 1024, 65536);
+    with_data.write_all(b"hello").unwrap();
+    rig.pump();
+    // A second connection owes the guest a header-only packet (its REQUEST).
+    let _waiting = rig.client(b"CONNECT 2048\n");
+    rig.pump();
+    let recv_no_room = || {
+        let _dog = watchdog("recv_pkt with no room for payload", Duration::from_secs(10));
+        rig.mux.lock().unwrap().recv_pkt(0, &rig.ctl)
+    };
+    // One pass: the REQUEST fits, the data does not and waits.
+    let (h, d) = recv_no_room().expect("the REQUEST fits a header-only buffer");
+    assert_eq!((h.op, h.dst_port, d.len()), (OP_REQUEST, 2048, 0));
+    assert!(recv_no_room().is_none());
+    assert!(recv_no_room().is_none());
+    assert!(
+        rig.mux.lock().unwrap().has_pending_rx(),
+        "the data is still owed"
+    );
+    let (h, d) = rig.recv().expect("data, once a buffer has room");
+    assert_eq!(
+        (h.op, h.src_port, d.as_slice()),
+        (OP_RW, hport, &b"hello"[..])
+    );
+    assert!(rig.recv().is_none());
+}
+
+#[test]
+fn a_reset_connection_to_a_dead_host_stream_is_not_watched() {
+    let rig = Rig::new();
+    let (c, hport) = connect(&rig, 1024, 1 << 20);
+    // The host reads nothing, so guest data piles up in our buffer...
+    let chunk = vec![1u8; 32 * 1024];
+    for _ in 0..8 {
+        rig.send(from_guest(OP_RW, 1024, hport, 1 << 20, 0), &chunk);
+    }
+    let key = (hport, 1024);
+    assert!(rig.mux.lock().unwrap().conns[&key].conn.txbuf_len() > 0);
+    // ...then the host hangs up; the guest posts no RX buffer, so the RST waits.
+    drop(c);
+    rig.pump();
+    let mux = rig.mux.lock().unwrap();
+    let e = &mux.conns[&key];
+    assert_eq!(e.conn.state, ConnState::Closing);
+    assert!(e.interest.is_empty(), "still watched: {:?}", e.interest);
+}
+
+#[test]
+fn host_socket_is_owner_only_even_under_umask_0() {
+    use crate::private_socket::{SOCKET_MODE, mode_of, with_umask};
+    let dir = tempfile::tempdir().unwrap();
+    let uds = dir.path().join("v.sock");
+    // A stale file in the way is replaced, and its mode is not inherited.
+    std::fs::write(&uds, b"").unwrap();
+    std::fs::set_permissions(&uds, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let mode = with_umask(0, || {
+        let _mux = Muxer::new(GUEST_CID, &uds, Arc::new(DeviceCounters::default())).unwrap();
+        mode_of(&uds)
+    });
+    assert_eq!(mode, SOCKET_MODE, "{mode:o}");
+    assert!(!uds.exists(), "removed on drop");
 }
