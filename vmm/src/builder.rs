@@ -23,6 +23,7 @@ use crate::devices::virtio::net::Net;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
 use crate::metrics::DeviceCounters;
+use crate::seccomp::{Filters, SeccompError};
 use crate::vmm::Vmm;
 use crate::vstate::kvm::KvmError;
 use crate::vstate::memory::MemoryError;
@@ -85,6 +86,8 @@ pub enum BuildError {
     },
     #[error("cannot set up {device}: {why}")]
     Device { device: String, why: String },
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     #[error("cannot bind the control socket {path}: {source}")]
     Api {
         path: String,
@@ -146,6 +149,9 @@ pub fn build(cfg: &VmConfig, start: Instant) -> Result<Vmm, BuildError> {
     let mut vmm = Vmm::new(mem_size, cfg.vcpus, serial, start)?;
     tracing::debug!("KVM, memory and vCPUs: {} µs", start.elapsed().as_micros());
     vmm.stop_timeout = Duration::from_millis(cfg.stop_timeout_ms);
+    if cfg.seccomp {
+        vmm.seccomp = Some(Filters::compile()?);
+    }
     vmm.metrics.insert_device("serial", serial_counters);
 
     // Kernel.
@@ -207,10 +213,12 @@ pub fn build(cfg: &VmConfig, start: Instant) -> Result<Vmm, BuildError> {
     }
     for (i, f) in cfg.fs.iter().enumerate() {
         let name = format!("fs{i}");
-        let dev = Fs::new(&name, f, vmm.metrics.device(&name)).map_err(|e| BuildError::Device {
-            device: name.clone(),
-            why: e.to_string(),
-        })?;
+        let (dev, worker) =
+            Fs::new(&name, f, vmm.metrics.device(&name)).map_err(|e| BuildError::Device {
+                device: name.clone(),
+                why: e.to_string(),
+            })?;
+        vmm.fs_workers.push(worker);
         vmm.devices
             .add_virtio(&vmm.vm, &mem, &mut vmm.event_loop, Box::new(dev))?;
     }

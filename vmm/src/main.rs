@@ -50,6 +50,9 @@ struct Cli {
     /// Control socket (line-based JSON: ping, pause, resume, stop, metrics).
     #[arg(long = "api-socket")]
     api_socket: Option<PathBuf>,
+    /// Run without seccomp filters (debugging only).
+    #[arg(long = "no-seccomp")]
+    no_seccomp: bool,
     /// JSON config file; flags given as well override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -97,6 +100,9 @@ fn to_config(cli: Cli) -> anyhow::Result<VmConfig> {
     if cli.api_socket.is_some() {
         cfg.api_socket = cli.api_socket;
     }
+    if cli.no_seccomp {
+        cfg.seccomp = false;
+    }
     cfg.validate()?;
     Ok(cfg)
 }
@@ -116,7 +122,14 @@ fn process_cpu_us() -> u64 {
 
 fn run(start: Instant) -> anyhow::Result<i32> {
     let cfg = to_config(Cli::parse())?;
+    // Jailed, only the child comes back from here; the parent waits for it and exits.
+    if let Some(jail) = &cfg.jail {
+        hyper_vmm::jail::enter(&cfg, jail).context("jail")?;
+    }
     hyper_vmm::vmm::install_termination_handlers().context("cannot install signal handlers")?;
+    if cfg.jail.is_some() {
+        hyper_vmm::jail::termination_signals_ready();
+    }
     let mut vmm = hyper_vmm::builder::build(&cfg, start).context("cannot build the VM")?;
     if !cfg.fs.is_empty() {
         let n = hyper_vmm::privileges::raise_open_files_limit();
@@ -132,6 +145,11 @@ fn run(start: Instant) -> anyhow::Result<i32> {
         start.elapsed().as_micros(),
         process_cpu_us()
     );
+    if !cfg.seccomp {
+        tracing::warn!("seccomp is off: debugging only, a compromised VMM is unconfined");
+    }
+    vmm.lock_down_main_thread()
+        .context("cannot install the main thread's seccomp filter")?;
     let why = vmm.run();
     match &why {
         hyper_vmm::vstate::vcpu::VmExit::Error(msg) => tracing::error!("VM failed: {msg}"),

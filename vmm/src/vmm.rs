@@ -16,14 +16,28 @@ use crate::builder::BuildError;
 use crate::device_manager::DeviceManager;
 use crate::devices::bus::lock;
 use crate::devices::legacy::SerialOutput;
+use crate::devices::virtio::fs::FsWorker;
 use crate::event_loop::EventLoop;
 use crate::metrics::Metrics;
+use crate::seccomp::{Filters, SeccompError, ThreadKind};
 use crate::vstate::kvm::open_kvm;
 use crate::vstate::memory::create_guest_memory;
 use crate::vstate::vcpu::{
     Vcpu, VcpuContext, VcpuError, VcpuSet, VmControl, VmExit, install_kick_handler,
 };
 use crate::vstate::vm::Vm;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("cannot start the {name} worker thread: {source}")]
+    Worker {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 const SUB_EXIT: u32 = 0;
 const SUB_RESET: u32 = 1;
@@ -40,6 +54,10 @@ pub struct Vmm {
     pub control: Arc<VmControl>,
     pub metrics: Arc<Metrics>,
     pub vcpus: Vec<Vcpu>,
+    /// Device threads `start` spawns (parked until their device is activated).
+    pub fs_workers: Vec<FsWorker>,
+    /// The per-thread seccomp filters; `None` runs unfiltered (tests, `--no-seccomp`).
+    pub seccomp: Option<Filters>,
     running: Option<VcpuSet>,
     reset_evt: EventFd,
     api: Option<ApiServer>,
@@ -114,6 +132,8 @@ impl Vmm {
             control,
             metrics,
             vcpus,
+            fs_workers: Vec::new(),
+            seccomp: None,
             running: None,
             reset_evt,
             api: None,
@@ -126,8 +146,18 @@ impl Vmm {
         self.api = Some(api);
     }
 
-    /// Starts every vCPU thread.
-    pub fn start(&mut self) -> Result<(), VcpuError> {
+    /// Starts the device worker threads, then every vCPU thread, each under its seccomp
+    /// filter when `seccomp` is set. Call on the main thread once privileges are dropped
+    /// (threads inherit them), and before [`Vmm::lock_down_main_thread`] (they would
+    /// inherit its filter too).
+    pub fn start(&mut self) -> Result<(), StartError> {
+        let filter = |kind| self.seccomp.as_ref().map(|f| f.get(kind));
+        for worker in self.fs_workers.drain(..) {
+            let name = worker.name.clone();
+            worker
+                .spawn(filter(ThreadKind::FsWorker))
+                .map_err(|source| StartError::Worker { name, source })?;
+        }
         install_kick_handler()?;
         let ctx = VcpuContext {
             io_bus: self.devices.io_bus.clone(),
@@ -138,13 +168,22 @@ impl Vmm {
         };
         let mut threads = Vec::new();
         for vcpu in self.vcpus.drain(..) {
-            threads.push(vcpu.start(ctx.clone())?);
+            threads.push(vcpu.start(ctx.clone(), filter(ThreadKind::Vcpu))?);
         }
         self.running = Some(VcpuSet {
             threads,
             control: self.control.clone(),
         });
         Ok(())
+    }
+
+    /// Puts the calling thread under the main thread's seccomp filter, if `seccomp` is set.
+    /// Call on the thread that will [`Vmm::run`], after [`Vmm::start`].
+    pub fn lock_down_main_thread(&self) -> Result<(), SeccompError> {
+        match &self.seccomp {
+            Some(f) => crate::seccomp::install(&f.get(ThreadKind::Main)),
+            None => Ok(()),
+        }
     }
 
     /// Serves events until the VM ends, then stops the vCPUs and returns why it ended.

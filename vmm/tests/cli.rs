@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use hyper_vmm::api::{Reply, VmState};
 use hyper_vmm::config::{BlockConfig, SerialOutputConfig, VmConfig, VsockConfig};
 
 fn vmm(args: &[&str]) -> Output {
@@ -213,4 +214,136 @@ fn sigterm_stops_cleanly_and_removes_sockets() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
     assert!(!api.exists() && !uds.exists(), "sockets removed");
+}
+
+/// Each thread of process `pid`: (name, seccomp mode, number of filters).
+fn thread_filters(pid: u32) -> Vec<(String, u32, u32)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let field = |status: &str, key: &str| -> String {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
+        .map(|s| {
+            (
+                field(&s, "Name:"),
+                field(&s, "Seccomp:").parse().unwrap_or(0),
+                field(&s, "Seccomp_filters:").parse().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// A VMM child that is killed if the test fails before it ends.
+struct Running(Option<std::process::Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Asks the control socket `line`; returns the reply.
+fn ask(api: &Path, line: &str) -> Reply {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(api).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(format!("{line}\n").as_bytes()).unwrap();
+    let mut reply = String::new();
+    BufReader::new(s).read_line(&mut reply).unwrap();
+    Reply::from_line(&reply).unwrap_or_else(|e| panic!("reply {reply:?}: {e}"))
+}
+
+/// With seccomp on (the default) every thread of a VM with every device holds exactly
+/// one filter, its own kind's (none inherited and stacked), and the VM runs to its normal
+/// end: control requests answered, a clean stop, no SIGSYS.
+#[test]
+fn every_thread_runs_under_its_own_seccomp_filter_and_the_vm_ends_normally() {
+    use std::os::unix::process::ExitStatusExt;
+    if !kvm_usable() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let k = dir.path().join("vmlinux");
+    std::fs::write(&k, tiny_elf(&[0xeb, 0xfe])).unwrap(); // jmp $
+    let api = dir.path().join("api.sock");
+    let img = dir.path().join("disk.img");
+    std::fs::write(&img, vec![0u8; 4096]).unwrap();
+    let share = dir.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_hyper-vmm"))
+        .args(["--kernel", k.to_str().unwrap(), "--serial", "none"])
+        .args(["--vcpus", "2", "--rng"])
+        .args(["--api-socket", api.to_str().unwrap()])
+        .args(["--vsock-uds", dir.path().join("v.sock").to_str().unwrap()])
+        .args(["--vsock-cid", "3"])
+        .args(["--block", &format!("path={}", img.display())])
+        .args(["--fs", &format!("tag=t,path={}", share.display())])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut child = Running(Some(child));
+    // The main thread locks down last, once the vCPUs run.
+    let t = std::time::Instant::now();
+    let threads = loop {
+        let threads = thread_filters(pid);
+        if threads
+            .iter()
+            .any(|(name, mode, _)| name == "hyper-vmm" && *mode == 2)
+        {
+            break threads;
+        }
+        assert!(t.elapsed().as_secs() < 10, "never locked down: {threads:?}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    // KVM's own kernel worker (kvm-nx-lpage-recovery) is listed too; it never runs ours.
+    let threads: Vec<_> = threads
+        .into_iter()
+        .filter(|(name, _, _)| !name.starts_with("kvm-"))
+        .collect();
+    let mut names: Vec<_> = threads.iter().map(|(n, _, _)| n.as_str()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["hyper-fs0", "hyper-vmm", "vcpu0", "vcpu1"],
+        "{threads:?}"
+    );
+    for (name, mode, filters) in &threads {
+        assert_eq!((*mode, *filters), (2, 1), "{name}: seccomp mode, filters");
+    }
+    assert_eq!(ask(&api, "ping").state(), Some(VmState::Running));
+    let metrics = ask(&api, "metrics").into_result().unwrap().metrics;
+    assert!(metrics.is_some());
+    assert_eq!(ask(&api, "pause"), Reply::done());
+    assert_eq!(ask(&api, "ping").state(), Some(VmState::Paused));
+    assert_eq!(ask(&api, "resume"), Reply::done());
+    assert_eq!(ask(&api, "stop"), Reply::done());
+    let out = child.0.take().unwrap().wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), None, "killed: {stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
+#[test]
+fn no_seccomp_runs_unfiltered_and_says_so() {
+    if !kvm_usable() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (o, console) = boot_tiny(dir.path(), &["--no-seccomp", "--cmdline", "x"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(console, "OKx");
+    assert!(stderr(&o).contains("seccomp is off"), "{}", stderr(&o));
 }

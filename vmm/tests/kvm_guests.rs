@@ -99,6 +99,31 @@ impl Asm {
             .extend_from_slice(&[0xe4, 0x64, 0xa8, 0x01, 0x74, 0xfa, 0xe4, 0x60]);
         self
     }
+    fn mmio_write32(&mut self, addr: u32, v: u32) -> &mut Self {
+        self.0.extend_from_slice(&[0xc7, 0x05]); // mov dword [addr], v
+        self.0.extend_from_slice(&addr.to_le_bytes());
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    /// What a virtio driver does up to DRIVER_OK for the device at `base`: VERSION_1,
+    /// `queues` queues of 16 entries with rings from `rings` on.
+    fn virtio_activate(&mut self, base: u32, queues: u32, rings: u32) -> &mut Self {
+        self.mmio_write32(base + 0x70, 1) // ACKNOWLEDGE
+            .mmio_write32(base + 0x70, 3) // DRIVER
+            .mmio_write32(base + 0x24, 1) // DriverFeaturesSel: bits 32..
+            .mmio_write32(base + 0x20, 1) // VERSION_1
+            .mmio_write32(base + 0x70, 11); // FEATURES_OK
+        for q in 0..queues {
+            let at = rings + q * 0x1000;
+            self.mmio_write32(base + 0x30, q) // QueueSel
+                .mmio_write32(base + 0x38, 16) // QueueNum
+                .mmio_write32(base + 0x80, at) // desc
+                .mmio_write32(base + 0x90, at + 0x400) // avail
+                .mmio_write32(base + 0xa0, at + 0x800) // used
+                .mmio_write32(base + 0x44, 1); // QueueReady
+        }
+        self.mmio_write32(base + 0x70, 15) // DRIVER_OK
+    }
     fn ud2(&mut self) -> &mut Self {
         self.0.extend_from_slice(&[0x0f, 0x0b]);
         self
@@ -129,7 +154,9 @@ fn guest_vm(code: &[u8], console: &Console) -> Vmm {
         Some(Box::new(console.clone())),
         Arc::new(DeviceCounters::default()),
     );
-    let vmm = Vmm::new(32 << 20, 1, out, Instant::now()).expect("build VM");
+    let mut vmm = Vmm::new(32 << 20, 1, out, Instant::now()).expect("build VM");
+    // The vCPU runs under its seccomp filter, as in production (this thread does not).
+    vmm.seccomp = Some(hyper_vmm::seccomp::Filters::compile().unwrap());
     vmm.mem.write_slice(code, GuestAddress(CODE)).unwrap();
     let vcpu = &vmm.vcpus[0];
     let mut sregs = vcpu.fd.get_sregs().unwrap();
@@ -375,4 +402,58 @@ fn stop_without_a_keyboard_driver_is_immediate() {
     vmm.request_stop();
     assert_eq!(vmm.run(), VmExit::Stopped);
     assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+/// The guest activates and resets a vsock and a virtio-fs device twice: the transports'
+/// activate and reset run on the vCPU, under its seccomp filter (the vsock device accepts
+/// a waiting host connection then; the fs worker gets and gives back its session).
+#[test]
+fn virtio_activation_and_reset_run_under_the_vcpu_filter() {
+    use hyper_vmm::config::{FsCacheMode, FsConfig};
+    use hyper_vmm::devices::virtio::fs::Fs;
+    use hyper_vmm::devices::virtio::vsock::Vsock;
+    if !kvm_usable() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let share = dir.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    let uds = dir.path().join("v.sock");
+    let (vsock, fs) = (MAGIC_ADDR, MAGIC_ADDR + 0x1000);
+    let console = Console::default();
+    let mut asm = Asm::default();
+    for _ in 0..2 {
+        asm.virtio_activate(vsock, 3, 0x10_0000)
+            .virtio_activate(fs, 2, 0x20_0000)
+            .mmio_write32(vsock + 0x70, 0) // reset
+            .mmio_write32(fs + 0x70, 0);
+    }
+    asm.check_mmio32(fs + 0x70, 0).reset().spin();
+    let mut vmm = guest_vm(&asm.0, &console);
+    let mem = vmm.mem.clone();
+    let dev = Vsock::new(3, &uds, vmm.metrics.device("vsock")).unwrap();
+    vmm.devices
+        .add_virtio(&vmm.vm, &mem, &mut vmm.event_loop, Box::new(dev))
+        .unwrap();
+    let cfg = FsConfig {
+        tag: "t".into(),
+        shared_dir: share,
+        cache: FsCacheMode::Auto,
+        writeback: false,
+        xattr: true,
+    };
+    let (dev, worker) = Fs::new("fs0", &cfg, vmm.metrics.device("fs0")).unwrap();
+    vmm.fs_workers.push(worker);
+    vmm.devices
+        .add_virtio(&vmm.vm, &mem, &mut vmm.event_loop, Box::new(dev))
+        .unwrap();
+    // Waits in the backlog until the guest activates the device.
+    let mut host = UnixStream::connect(&uds).unwrap();
+    vmm.start().unwrap();
+    assert_eq!(vmm.run(), VmExit::Reset);
+    assert_eq!(console.text(), "Y");
+    // Accepted on activation, dropped on reset: end of stream, not a timeout.
+    host.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut b = [0u8; 1];
+    assert_eq!(std::io::Read::read(&mut host, &mut b).unwrap(), 0);
 }

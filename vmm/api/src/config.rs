@@ -166,6 +166,27 @@ pub struct VmConfig {
     /// How long `stop` waits for the guest to react to Ctrl-Alt-Del before a hard stop.
     #[serde(default = "default_stop_timeout")]
     pub stop_timeout_ms: u64,
+    /// A seccomp filter on every VMM thread (vCPU, main, virtio-fs worker). Off only for
+    /// debugging.
+    #[serde(default = "default_true")]
+    pub seccomp: bool,
+    /// Run jailed: own namespaces, a root holding only what this config names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jail: Option<JailConfig>,
+}
+
+/// The VMM's jail: before building the VM it moves into new mount, pid, ipc, uts and net
+/// namespaces whose `/` holds only the files this config names, each at its host path
+/// (so no path needs translating). Net devices must then be given by `fd`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JailConfig {
+    /// An existing host directory that becomes the jail's `/` (a tmpfs is mounted on it,
+    /// visible only inside; the directory itself stays empty).
+    pub root: PathBuf,
+    /// A cgroup v2 directory the VMM joins first (created if missing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
 }
 
 fn default_true() -> bool {
@@ -198,6 +219,8 @@ impl VmConfig {
             rng: false,
             api_socket: None,
             stop_timeout_ms: DEFAULT_STOP_TIMEOUT_MS,
+            seccomp: true,
+            jail: None,
         }
     }
 
@@ -268,7 +291,8 @@ mod tests {
                 "net": [{"tap": "tap0", "mac": "02:00:00:00:00:01"}, {"fd": 7}],
                 "fs": [{"tag": "share", "shared_dir": "/srv/share", "cache": "auto",
                         "writeback": true, "xattr": false}],
-                "rng": true, "api_socket": "/api.sock", "stop_timeout_ms": 100}"#,
+                "rng": true, "api_socket": "/api.sock", "stop_timeout_ms": 100, "seccomp": false,
+                "jail": {"root": "/run/p/root", "cgroup": "/sys/fs/cgroup/p"}}"#,
         )
         .unwrap();
         let want = VmConfig {
@@ -309,6 +333,11 @@ mod tests {
             rng: true,
             api_socket: Some("/api.sock".into()),
             stop_timeout_ms: 100,
+            seccomp: false,
+            jail: Some(JailConfig {
+                root: "/run/p/root".into(),
+                cgroup: Some("/sys/fs/cgroup/p".into()),
+            }),
         };
         assert_eq!(c, want);
         assert_eq!(VmConfig::from_json(&c.to_json().unwrap()).unwrap(), want);
@@ -317,5 +346,14 @@ mod tests {
         assert!(fs.xattr && !fs.writeback && fs.cache == FsCacheMode::None);
         assert_eq!("never".parse::<FsCacheMode>(), Ok(FsCacheMode::None));
         assert!("sometimes".parse::<FsCacheMode>().is_err());
+        let jail: JailConfig = serde_json::from_str(r#"{"root":"/r"}"#).unwrap();
+        assert_eq!(jail.cgroup, None);
+        assert!(serde_json::from_str::<JailConfig>(r#"{"root":"/r","chroot":1}"#).is_err());
+        assert!(
+            !VmConfig::new("/k".into())
+                .to_json()
+                .unwrap()
+                .contains("jail")
+        );
     }
 }

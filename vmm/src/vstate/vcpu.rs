@@ -18,6 +18,7 @@ use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 use crate::arch::x86_64::{cpuid, msrs, paging, regs};
 use crate::devices::Bus;
 use crate::metrics::{Metrics, inc};
+use crate::seccomp::{BpfProgram, spawn_filtered};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
@@ -216,19 +217,23 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Starts the run loop on its own thread.
-    pub fn start(self, ctx: VcpuContext) -> Result<JoinHandle<()>, VcpuError> {
+    /// Starts the run loop on its own thread, under `filter` (the vCPU seccomp filter) if
+    /// given: installed before the guest runs a single instruction.
+    pub fn start(
+        self,
+        ctx: VcpuContext,
+        filter: Option<Arc<BpfProgram>>,
+    ) -> Result<JoinHandle<()>, VcpuError> {
         let id = self.id;
-        std::thread::Builder::new()
-            .name(format!("vcpu{id}"))
-            .spawn(move || {
-                let mut runner = VcpuRunner { vcpu: self, ctx };
-                let why = runner.run();
-                if let Some(why) = why {
-                    runner.ctx.control.request_exit(why);
-                }
-            })
-            .map_err(|e| VcpuError::Spawn(id, e))
+        let builder = std::thread::Builder::new().name(format!("vcpu{id}"));
+        spawn_filtered(builder, filter, move || {
+            let mut runner = VcpuRunner { vcpu: self, ctx };
+            let why = runner.run();
+            if let Some(why) = why {
+                runner.ctx.control.request_exit(why);
+            }
+        })
+        .map_err(|e| VcpuError::Spawn(id, e))
     }
 }
 

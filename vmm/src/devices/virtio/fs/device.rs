@@ -1,9 +1,9 @@
 //! The virtio-fs device: config space (tag, number of request queues), a hiprio queue and
-//! one request queue, and the worker thread that serves them while the driver is active.
+//! one request queue, served by its worker thread while the driver is active.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
 
 use fuse_backend_rs::api::server::Server;
 use virtio_queue::QueueT;
@@ -11,7 +11,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::memory_view::memory_view;
 use super::share::{ShareError, open_share};
-use super::worker::{FsServer, Worker, queue_017};
+use super::worker::{FsWorker, Session, queue_017};
 use crate::config::{FS_TAG_MAX, FsConfig};
 use crate::devices::virtio::device::{
     ActivateContext, ActivateError, DeviceError, VirtioDevice, read_config_bytes,
@@ -23,21 +23,29 @@ use crate::metrics::DeviceCounters;
 /// Requests in flight per queue; the Linux driver allocates this many.
 const QUEUE_SIZE: u16 = 1024;
 const QUEUE_SIZES: [u16; 2] = [QUEUE_SIZE, QUEUE_SIZE];
+/// How long a reset (on a vCPU, holding the transport) waits for the request in progress
+/// to finish. Past it the reset completes anyway: the worker drops that request's reply.
+pub const RESET_WAIT: Duration = Duration::from_millis(200);
 
-/// The handle on the worker thread, which owns the queues: stopping it means setting `stop`
-/// and kicking.
-struct RunningWorker {
-    kick: Arc<EventFd>,
+/// The device's side of an active session. Dropping it (reset) stops the session: the
+/// worker is told between requests, and the reset waits up to [`RESET_WAIT`] for it, never
+/// longer, whatever the request in progress does.
+struct ActiveSession {
+    name: String,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    kick: Arc<EventFd>,
+    done: mpsc::Receiver<()>,
 }
 
-impl Drop for RunningWorker {
+impl Drop for ActiveSession {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         let _ = self.kick.write(1);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if let Err(mpsc::RecvTimeoutError::Timeout) = self.done.recv_timeout(RESET_WAIT) {
+            tracing::warn!(
+                "{}: reset while a request is still running; its reply is dropped",
+                self.name
+            );
         }
     }
 }
@@ -45,32 +53,43 @@ impl Drop for RunningWorker {
 pub struct Fs {
     name: String,
     config_space: Vec<u8>,
-    server: Arc<FsServer>,
-    counters: Arc<DeviceCounters>,
-    active: Activation<RunningWorker>,
+    kick: Arc<EventFd>,
+    sessions: mpsc::Sender<Session>,
+    active: Activation<ActiveSession>,
 }
 
 impl Fs {
     /// Opens the share now, so a bad directory fails the VM's build, not the guest's mount.
+    /// The worker comes back unstarted: [`FsWorker::spawn`] it before the guest runs.
     pub fn new(
         name: &str,
         cfg: &FsConfig,
         counters: Arc<DeviceCounters>,
-    ) -> Result<Self, ShareError> {
+    ) -> Result<(Self, FsWorker), ShareError> {
         let fs = open_share(cfg)?;
+        let kick = Arc::new(EventFd::new(0).map_err(ShareError::Eventfd)?);
         // struct virtio_fs_config { u8 tag[36]; le32 num_request_queues; }
         let mut config_space = vec![0u8; FS_TAG_MAX + 4];
         let tag = cfg.tag.as_bytes();
         config_space[..tag.len().min(FS_TAG_MAX)]
             .copy_from_slice(&tag[..tag.len().min(FS_TAG_MAX)]);
         config_space[FS_TAG_MAX..].copy_from_slice(&1u32.to_le_bytes());
-        Ok(Fs {
+        let (sessions, parked) = mpsc::channel();
+        let worker = FsWorker {
+            name: name.to_string(),
+            server: Arc::new(Server::new(Arc::new(fs))),
+            kick: kick.clone(),
+            sessions: parked,
+            counters,
+        };
+        let dev = Fs {
             name: name.to_string(),
             config_space,
-            server: Arc::new(Server::new(Arc::new(fs))),
-            counters,
+            kick,
+            sessions,
             active: Activation::new(),
-        })
+        };
+        Ok((dev, worker))
     }
 }
 
@@ -103,33 +122,33 @@ impl VirtioDevice for Fs {
             }
             queues.push(q17);
         }
-        let kick = Arc::new(EventFd::new(0).map_err(ActivateError::Register)?);
         let stop = Arc::new(AtomicBool::new(false));
-        let worker = Worker {
-            name: self.name.clone(),
+        let (done_tx, done) = mpsc::channel();
+        let session = Session {
             view,
             queues,
-            server: self.server.clone(),
             interrupt: ctx.interrupt,
-            kick: kick.clone(),
             stop: stop.clone(),
-            counters: self.counters.clone(),
+            done: done_tx,
         };
-        let thread = std::thread::Builder::new()
-            .name(format!("hyper-{}", self.name))
-            .spawn(move || worker.run())
-            .map_err(ActivateError::Register)?;
-        self.active.activate(RunningWorker {
-            kick,
+        if self.sessions.send(session).is_err() {
+            return Err(ActivateError::Other(format!(
+                "{}: the worker thread is gone",
+                self.name
+            )));
+        }
+        self.active.activate(ActiveSession {
+            name: self.name.clone(),
             stop,
-            thread: Some(thread),
+            kick: self.kick.clone(),
+            done,
         });
         Ok(())
     }
 
     fn queue_notify(&mut self, _index: usize, _ctl: &EventCtl) -> Result<(), DeviceError> {
-        if let Some(a) = self.active.get() {
-            a.kick
+        if self.active.get().is_some() {
+            self.kick
                 .write(1)
                 .map_err(|e| DeviceError::Other(format!("cannot kick the fs worker: {e}")))?;
         }
@@ -137,7 +156,6 @@ impl VirtioDevice for Fs {
     }
 
     fn reset(&mut self, _ctl: &EventCtl) {
-        // Dropping the RunningWorker stops and joins the thread.
         self.active.reset();
     }
 }

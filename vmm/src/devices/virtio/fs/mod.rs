@@ -14,8 +14,9 @@ mod worker;
 #[cfg(test)]
 mod tests;
 
-pub use device::Fs;
+pub use device::{Fs, RESET_WAIT};
 pub use share::{ShareError, open_share};
+pub use worker::FsWorker;
 
 /// Queue 0 takes FORGET-style requests that need no reply; queue 1 the rest.
 pub const HIPRIO_QUEUE: usize = 0;

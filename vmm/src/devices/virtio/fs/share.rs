@@ -22,6 +22,8 @@ pub enum ShareError {
         path: PathBuf,
         why: String,
     },
+    #[error("cannot create the virtio-fs worker's eventfd: {0}")]
+    Eventfd(std::io::Error),
 }
 
 /// How long the guest may trust attributes and directory entries, per cache mode

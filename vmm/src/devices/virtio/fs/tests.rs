@@ -3,6 +3,7 @@
 //! ring. Covers serving a real directory, escapes from it, and hostile requests.
 
 use std::ffi::CString;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vm_memory_017::ByteValued;
 
-use super::device::Fs;
+use super::device::{Fs, RESET_WAIT};
 use crate::config::{FsCacheMode, FsConfig};
 use crate::devices::virtio::device::{ActivateContext, VirtioDevice};
 use crate::devices::virtio::test_utils::{
@@ -21,6 +22,8 @@ use crate::devices::virtio::test_utils::{
 };
 use crate::devices::virtio::{Interrupt, TYPE_FS};
 use crate::metrics::DeviceCounters;
+use crate::seccomp::child::{Outcome, in_child};
+use crate::seccomp::{BpfProgram, ThreadKind};
 
 const QSIZE: u16 = 64;
 const RING_BASE: [u64; 2] = [0x1_0000, 0x2_0000];
@@ -34,6 +37,8 @@ struct Driver {
     counters: Arc<DeviceCounters>,
     avail: [u16; 2],
     unique: u64,
+    /// The uid and gid requests carry (root when `None`).
+    as_user: Option<u32>,
 }
 
 /// A reply: the FUSE error (0 or a negative errno) and the bytes after the header.
@@ -52,6 +57,11 @@ fn used_addr(q: usize) -> u64 {
 
 impl Driver {
     fn new(share: &Path, cache: FsCacheMode) -> Self {
+        Self::with_filter(share, cache, None)
+    }
+
+    /// A driver whose device worker runs under `filter`.
+    fn with_filter(share: &Path, cache: FsCacheMode, filter: Option<Arc<BpfProgram>>) -> Self {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 8 << 20)]).unwrap();
         let counters = Arc::new(DeviceCounters::default());
         let cfg = FsConfig {
@@ -61,7 +71,32 @@ impl Driver {
             writeback: false,
             xattr: true,
         };
-        let mut fs = Fs::new("fs0", &cfg, counters.clone()).unwrap();
+        let (fs, worker) = Fs::new("fs0", &cfg, counters.clone()).unwrap();
+        worker.spawn(filter).unwrap();
+        let mut d = Driver {
+            mem,
+            fs,
+            counters,
+            avail: [0; 2],
+            unique: 0,
+            as_user: None,
+        };
+        d.activate();
+        d
+    }
+
+    /// What the guest driver does on DRIVER_OK: fresh rings, activation, FUSE INIT.
+    fn activate(&mut self) {
+        for q in 0..2 {
+            // Zero the ring headers: the device starts from index 0 again.
+            self.mem
+                .write_slice(&[0u8; 4], GuestAddress(avail_addr(q)))
+                .unwrap();
+            self.mem
+                .write_slice(&[0u8; 4], GuestAddress(used_addr(q)))
+                .unwrap();
+        }
+        self.avail = [0; 2];
         let queues = (0..2)
             .map(|i| {
                 let mut q = Queue::new(1024).unwrap();
@@ -74,32 +109,41 @@ impl Driver {
             })
             .collect();
         let ctx = ActivateContext {
-            mem: mem.clone(),
+            mem: self.mem.clone(),
             queues,
             interrupt: Interrupt::new(test_irq()),
         };
-        fs.activate(ctx, &test_ctl()).unwrap();
-        let mut d = Driver {
-            mem,
-            fs,
-            counters,
-            avail: [0; 2],
-            unique: 0,
-        };
+        self.fs.activate(ctx, &test_ctl()).unwrap();
         let init = InitIn {
             major: KERNEL_VERSION,
             minor: KERNEL_MINOR_VERSION,
             max_readahead: 128 << 10,
             flags: 0,
         };
-        let r = d.call(Opcode::Init as u32, 0, init.as_slice());
+        let r = self.call(Opcode::Init as u32, 0, init.as_slice());
         assert_eq!(r.error, 0, "INIT failed");
-        d
     }
 
     /// Puts one chain of (addr, len, flags) on queue `q`, notifies, and waits for the
     /// device to return it; returns the used length.
     fn submit(&mut self, q: usize, descs: &[(u64, u32, u16)]) -> u32 {
+        let idx = self.post(q, descs);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.used_idx(q) != self.avail[q] {
+            assert!(Instant::now() < deadline, "device did not answer in 10 s");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let elem = used_addr(q) + 4 + 8 * u64::from(idx % QSIZE);
+        self.mem.read_obj(GuestAddress(elem + 4)).unwrap()
+    }
+
+    /// How many chains the device has returned on queue `q`.
+    fn used_idx(&self, q: usize) -> u16 {
+        self.mem.read_obj(GuestAddress(used_addr(q) + 2)).unwrap()
+    }
+
+    /// Puts one chain on queue `q` and notifies, without waiting; returns its avail index.
+    fn post(&mut self, q: usize, descs: &[(u64, u32, u16)]) -> u16 {
         for (i, &(addr, len, flags)) in descs.iter().enumerate() {
             let at = GuestAddress(RING_BASE[q] + 16 * i as u64);
             self.mem.write_obj(addr, at).unwrap();
@@ -117,31 +161,24 @@ impl Driver {
             .write_obj(self.avail[q], GuestAddress(avail_addr(q) + 2))
             .unwrap();
         self.fs.queue_notify(q, &test_ctl()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let used: u16 = self.mem.read_obj(GuestAddress(used_addr(q) + 2)).unwrap();
-            if used == self.avail[q] {
-                break;
-            }
-            assert!(Instant::now() < deadline, "device did not answer in 10 s");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let elem = used_addr(q) + 4 + 8 * u64::from(idx % QSIZE);
-        self.mem.read_obj(GuestAddress(elem + 4)).unwrap()
+        idx
+    }
+
+    /// The request and reply chain for `request` with `cap` bytes of reply room.
+    fn request_chain(&self, request: &[u8], cap: u32) -> [(u64, u32, u16); 2] {
+        self.mem
+            .write_slice(request, GuestAddress(REQ_BUF))
+            .unwrap();
+        [
+            (REQ_BUF, request.len() as u32, VRING_DESC_F_NEXT),
+            (REPLY_BUF, cap, VRING_DESC_F_WRITE),
+        ]
     }
 
     /// Sends raw request bytes (header included) with a reply buffer of `cap` bytes.
     fn raw(&mut self, request: &[u8], cap: u32) -> Option<Reply> {
-        self.mem
-            .write_slice(request, GuestAddress(REQ_BUF))
-            .unwrap();
-        let n = self.submit(
-            1,
-            &[
-                (REQ_BUF, request.len() as u32, VRING_DESC_F_NEXT),
-                (REPLY_BUF, cap, VRING_DESC_F_WRITE),
-            ],
-        );
+        let chain = self.request_chain(request, cap);
+        let n = self.submit(1, &chain);
         self.read_reply(n)
     }
 
@@ -167,8 +204,8 @@ impl Driver {
             opcode,
             unique: self.unique,
             nodeid,
-            uid: 0,
-            gid: 0,
+            uid: self.as_user.unwrap_or(0),
+            gid: self.as_user.unwrap_or(0),
             pid: 1,
             padding: 0,
         };
@@ -329,7 +366,7 @@ fn config_space_names_the_tag_and_one_request_queue() {
         writeback: false,
         xattr: true,
     };
-    let fs = Fs::new("fs0", &cfg, Arc::default()).unwrap();
+    let (fs, _worker) = Fs::new("fs0", &cfg, Arc::default()).unwrap();
     assert_eq!(fs.device_type(), TYPE_FS);
     assert_eq!(fs.queue_max_sizes().len(), 2);
     let mut cs = [0u8; 40];
@@ -678,13 +715,369 @@ fn hostile_requests_get_error_replies_and_the_device_keeps_serving() {
 }
 
 #[test]
-fn reset_stops_the_worker_and_a_new_activation_serves_again() {
+fn an_idle_reset_is_prompt_and_a_new_activation_serves_again() {
     let (_d, share) = scratch();
     let mut drv = Driver::new(&share, FsCacheMode::Auto);
+    let t = Instant::now();
     drv.fs.reset(&test_ctl());
+    assert!(
+        t.elapsed() < RESET_WAIT,
+        "idle reset took {:?}",
+        t.elapsed()
+    );
     // Kicks after reset are ignored, not a crash.
     drv.fs.queue_notify(1, &test_ctl()).unwrap();
-    let again = Driver::new(&share, FsCacheMode::Always);
-    drop(drv);
-    drop(again);
+    drv.activate();
+    let hello = drv.lookup(ROOT_ID, "hello").unwrap();
+    assert_eq!(
+        drv.read_file(hello.nodeid).unwrap(),
+        b"hello from the host\n"
+    );
+}
+
+fn requests(drv: &Driver) -> u64 {
+    drv.counters
+        .requests
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+const F_SETLEASE: libc::c_int = 1024;
+
+/// Takes a read lease on `path`: an open for writing then blocks (up to the kernel's
+/// lease-break-time, 45 s) until the lease is given up through the returned file.
+fn read_lease(path: &Path) -> std::fs::File {
+    let f = std::fs::File::open(path).unwrap();
+    // The lease break is announced with SIGIO, whose default action is to terminate.
+    // SAFETY: ignoring a signal; this runs in a child process of its own.
+    unsafe { libc::signal(libc::SIGIO, libc::SIG_IGN) };
+    // SAFETY: fcntl on our own fd with integer arguments.
+    let rc = unsafe { libc::fcntl(f.as_raw_fd(), F_SETLEASE, libc::F_RDLCK) };
+    assert_eq!(rc, 0, "F_SETLEASE: {}", std::io::Error::last_os_error());
+    f
+}
+
+fn give_up_lease(f: &std::fs::File) {
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { libc::fcntl(f.as_raw_fd(), F_SETLEASE, libc::F_UNLCK) },
+        0
+    );
+}
+
+#[test]
+fn a_reset_while_a_request_blocks_returns_in_bounded_time() {
+    let (outcome, stderr) = in_child(
+        "devices::virtio::fs::tests::a_reset_while_a_request_blocks_returns_in_bounded_time",
+        reset_while_a_request_blocks,
+    );
+    assert_eq!(outcome, Outcome::Exited(0), "stderr:\n{stderr}");
+}
+
+fn reset_while_a_request_blocks() {
+    let (_d, share) = scratch();
+    let mut drv = Driver::new(&share, FsCacheMode::None);
+    let hello = drv.lookup(ROOT_ID, "hello").unwrap();
+    let lease = read_lease(&share.join("hello"));
+
+    // The worker's open for writing waits for the lease.
+    let open = OpenIn {
+        flags: libc::O_WRONLY as u32,
+        fuse_flags: 0,
+    };
+    let req = drv.request(Opcode::Open as u32, hello.nodeid, open.as_slice());
+    let chain = drv.request_chain(&req, REPLY_CAP);
+    let (before, used_before) = (requests(&drv), drv.used_idx(1));
+    drv.post(1, &chain);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while requests(&drv) == before {
+        assert!(Instant::now() < deadline, "the worker never took the OPEN");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(drv.used_idx(1), used_before, "the OPEN is blocked");
+
+    let t = Instant::now();
+    drv.fs.reset(&test_ctl());
+    let took = t.elapsed();
+    assert!(
+        took >= RESET_WAIT && took < RESET_WAIT + Duration::from_secs(1),
+        "reset of a busy worker took {took:?}"
+    );
+
+    // The open goes through once the lease is gone; its reply is not published.
+    give_up_lease(&lease);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        drv.used_idx(1),
+        used_before,
+        "the reply of a request cut by reset is not published"
+    );
+    // The next activation waits for that request and then serves.
+    drv.activate();
+    assert_eq!(
+        drv.read_file(hello.nodeid).unwrap(),
+        b"hello from the host\n"
+    );
+}
+
+/// Every kind of request the guest's driver sends, each expected to succeed.
+fn exercise_every_operation(drv: &mut Driver, share: &Path) {
+    let hello = drv.lookup(ROOT_ID, "hello").unwrap();
+    assert_eq!(
+        drv.read_file(hello.nodeid).unwrap(),
+        b"hello from the host\n"
+    );
+    let ok = |drv: &mut Driver, what: &str, op: Opcode, node: u64, payload: &[u8]| {
+        let r = drv.call(op as u32, node, payload);
+        assert_eq!(r.error, 0, "{what}");
+        r.body
+    };
+    ok(drv, "getattr", Opcode::Getattr, hello.nodeid, &[0; 16]);
+    ok(drv, "statfs", Opcode::Statfs, ROOT_ID, &[]);
+    let access = AccessIn {
+        mask: libc::R_OK as u32,
+        padding: 0,
+    };
+    ok(
+        drv,
+        "access",
+        Opcode::Access,
+        hello.nodeid,
+        access.as_slice(),
+    );
+
+    // Making and writing, as root and as a guest user (the worker switches ids).
+    let dir = drv.mkdir(ROOT_ID, "d").unwrap();
+    drv.create_file(dir.nodeid, "f", b"0123456789").unwrap();
+    let f = drv.lookup(dir.nodeid, "f").unwrap();
+    let fh = drv.open(f.nodeid, libc::O_RDWR).unwrap();
+    let fsync = FsyncIn {
+        fh,
+        fsync_flags: 0,
+        padding: 0,
+    };
+    ok(drv, "fsync", Opcode::Fsync, f.nodeid, fsync.as_slice());
+    let fsync = FsyncIn {
+        fh,
+        fsync_flags: 1,
+        padding: 0,
+    };
+    ok(drv, "fdatasync", Opcode::Fsync, f.nodeid, fsync.as_slice());
+    let falloc = FallocateIn {
+        fh,
+        offset: 0,
+        length: 4096,
+        mode: 0,
+        padding: 0,
+    };
+    ok(
+        drv,
+        "fallocate",
+        Opcode::Fallocate,
+        f.nodeid,
+        falloc.as_slice(),
+    );
+    let lseek = LseekIn {
+        fh,
+        offset: 0,
+        whence: libc::SEEK_DATA as u32,
+        padding: 0,
+    };
+    ok(drv, "lseek", Opcode::Lseek, f.nodeid, lseek.as_slice());
+    let flush = FlushIn {
+        fh,
+        unused: 0,
+        padding: 0,
+        lock_owner: 0,
+    };
+    ok(drv, "flush", Opcode::Flush, f.nodeid, flush.as_slice());
+    drv.release(f.nodeid, fh);
+    let setattr = SetattrIn {
+        valid: (SetattrValid::MODE
+            | SetattrValid::UID
+            | SetattrValid::GID
+            | SetattrValid::SIZE
+            | SetattrValid::ATIME
+            | SetattrValid::MTIME)
+            .bits(),
+        mode: 0o640,
+        uid: 1234,
+        gid: 1234,
+        size: 3,
+        atime: 1,
+        mtime: 2,
+        ..Default::default()
+    };
+    ok(
+        drv,
+        "setattr",
+        Opcode::Setattr,
+        f.nodeid,
+        setattr.as_slice(),
+    );
+    let meta = std::fs::metadata(share.join("d/f")).unwrap();
+    assert_eq!((meta.len(), meta.uid(), meta.mtime()), (3, 1234, 2));
+
+    let mut mknod = MknodIn {
+        mode: libc::S_IFIFO | 0o600,
+        rdev: 0,
+        umask: 0,
+        padding: 0,
+    }
+    .as_slice()
+    .to_vec();
+    mknod.extend(cstr("pipe"));
+    ok(drv, "mknod", Opcode::Mknod, dir.nodeid, &mknod);
+    drv.symlink(dir.nodeid, "link", "f").unwrap();
+    let link = drv.lookup(dir.nodeid, "link").unwrap();
+    assert_eq!(
+        ok(drv, "readlink", Opcode::Readlink, link.nodeid, &[]),
+        b"f"
+    );
+    let mut hard = LinkIn {
+        oldnodeid: f.nodeid,
+    }
+    .as_slice()
+    .to_vec();
+    hard.extend(cstr("hard"));
+    ok(drv, "link", Opcode::Link, dir.nodeid, &hard);
+    let mut rename = RenameIn { newdir: ROOT_ID }.as_slice().to_vec();
+    rename.extend(cstr("hard"));
+    rename.extend(cstr("moved"));
+    ok(drv, "rename", Opcode::Rename, dir.nodeid, &rename);
+    let mut rename2 = Rename2In {
+        newdir: dir.nodeid,
+        flags: libc::RENAME_NOREPLACE,
+        padding: 0,
+    }
+    .as_slice()
+    .to_vec();
+    rename2.extend(cstr("moved"));
+    rename2.extend(cstr("back"));
+    ok(drv, "rename2", Opcode::Rename2, ROOT_ID, &rename2);
+
+    // Extended attributes.
+    let mut set = SetxattrIn { size: 1, flags: 0 }.as_slice().to_vec();
+    set.extend(cstr("user.k"));
+    set.extend(b"v");
+    let r = drv.call(Opcode::Setxattr as u32, f.nodeid, &set);
+    if r.error == 0 {
+        let mut get = GetxattrIn {
+            size: 64,
+            padding: 0,
+        }
+        .as_slice()
+        .to_vec();
+        get.extend(cstr("user.k"));
+        assert_eq!(ok(drv, "getxattr", Opcode::Getxattr, f.nodeid, &get), b"v");
+        let list = GetxattrIn {
+            size: 64,
+            padding: 0,
+        };
+        ok(
+            drv,
+            "listxattr",
+            Opcode::Listxattr,
+            f.nodeid,
+            list.as_slice(),
+        );
+        ok(
+            drv,
+            "removexattr",
+            Opcode::Removexattr,
+            f.nodeid,
+            &cstr("user.k"),
+        );
+    }
+
+    // Directory listings.
+    let open = OpenIn {
+        flags: libc::O_RDONLY as u32,
+        fuse_flags: 0,
+    };
+    let r = ok(drv, "opendir", Opcode::Opendir, dir.nodeid, open.as_slice());
+    let dh = OpenOut::from_slice(&r[..std::mem::size_of::<OpenOut>()])
+        .unwrap()
+        .fh;
+    let read = ReadIn {
+        fh: dh,
+        size: 4096,
+        ..Default::default()
+    };
+    assert!(!ok(drv, "readdir", Opcode::Readdir, dir.nodeid, read.as_slice()).is_empty());
+    ok(
+        drv,
+        "readdirplus",
+        Opcode::Readdirplus,
+        dir.nodeid,
+        read.as_slice(),
+    );
+    let fsyncdir = FsyncIn {
+        fh: dh,
+        fsync_flags: 0,
+        padding: 0,
+    };
+    ok(
+        drv,
+        "fsyncdir",
+        Opcode::Fsyncdir,
+        dir.nodeid,
+        fsyncdir.as_slice(),
+    );
+    let release = ReleaseIn {
+        fh: dh,
+        ..Default::default()
+    };
+    ok(
+        drv,
+        "releasedir",
+        Opcode::Releasedir,
+        dir.nodeid,
+        release.as_slice(),
+    );
+
+    // Made as a guest user: owned by that user on the host.
+    drv.as_user = Some(1000);
+    let theirs = drv.mkdir(ROOT_ID, "theirs").unwrap();
+    drv.as_user = None;
+    assert_eq!(theirs.attr.uid, 1000);
+    assert_eq!(std::fs::metadata(share.join("theirs")).unwrap().uid(), 1000);
+
+    // Removing.
+    for name in ["back", "link", "pipe", "f"] {
+        ok(drv, "unlink", Opcode::Unlink, dir.nodeid, &cstr(name));
+    }
+    ok(drv, "rmdir", Opcode::Rmdir, ROOT_ID, &cstr("d"));
+    let forget = drv.request(
+        Opcode::Forget as u32,
+        dir.nodeid,
+        ForgetIn { nlookup: 1 }.as_slice(),
+    );
+    drv.mem.write_slice(&forget, GuestAddress(REQ_BUF)).unwrap();
+    drv.submit(0, &[(REQ_BUF, forget.len() as u32, 0)]);
+}
+
+#[test]
+fn every_operation_works_without_a_filter() {
+    let (_d, share) = scratch();
+    let mut drv = Driver::new(&share, FsCacheMode::Auto);
+    exercise_every_operation(&mut drv, &share);
+}
+
+#[test]
+fn the_worker_serves_every_operation_under_its_seccomp_filter() {
+    let (outcome, stderr) = in_child(
+        "devices::virtio::fs::tests::the_worker_serves_every_operation_under_its_seccomp_filter",
+        || {
+            let filter = Arc::new(ThreadKind::FsWorker.compile().unwrap());
+            let (_d, share) = scratch();
+            let mut drv = Driver::with_filter(&share, FsCacheMode::Auto, Some(filter));
+            exercise_every_operation(&mut drv, &share);
+            // And a reset and a new activation, under the filter too.
+            drv.fs.reset(&test_ctl());
+            drv.activate();
+            drv.lookup(ROOT_ID, "hello").unwrap();
+        },
+    );
+    assert_eq!(outcome, Outcome::Exited(0), "stderr:\n{stderr}");
 }

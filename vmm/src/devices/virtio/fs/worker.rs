@@ -1,9 +1,10 @@
 //! The thread that answers the guest's FUSE requests, so a slow host file system never
 //! stalls the event loop (vsock, block, net and the control socket live there). The event
-//! loop only kicks it when the guest notifies a queue.
+//! loop only kicks it when the guest notifies a queue; a reset stops it between requests.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
 
 use fuse_backend_rs::abi::fuse_abi::{InHeader, OutHeader};
 use fuse_backend_rs::api::server::Server;
@@ -16,6 +17,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::memory_view::MemoryView;
 use crate::devices::virtio::Interrupt;
 use crate::metrics::{DeviceCounters, add, inc};
+use crate::seccomp::{BpfProgram, spawn_filtered};
 
 /// FUSE opcodes below the highest one that name no operation.
 const UNASSIGNED_OPCODES: [u32; 2] = [7, 19];
@@ -40,33 +42,55 @@ pub fn queue_017(q: &virtio_queue::Queue) -> Result<Queue, String> {
     Ok(n)
 }
 
-pub struct Worker {
-    pub name: String,
+/// One activation's state: the queues the driver set up, until reset says stop.
+pub struct Session {
     pub view: MemoryView,
     pub queues: Vec<Queue>,
-    pub server: Arc<FsServer>,
     pub interrupt: Arc<Interrupt>,
-    pub kick: Arc<EventFd>,
     pub stop: Arc<AtomicBool>,
+    /// Dropped when the worker is done with the session: the resetter waits on its peer.
+    pub done: mpsc::Sender<()>,
+}
+
+/// The worker thread: created before the guest runs (so it gets its own seccomp filter,
+/// not a vCPU's), parked until an activation hands it a [`Session`], back to parked
+/// when the session stops. Ends when the device is dropped.
+pub struct FsWorker {
+    pub name: String,
+    pub server: Arc<FsServer>,
+    pub kick: Arc<EventFd>,
+    pub sessions: mpsc::Receiver<Session>,
     pub counters: Arc<DeviceCounters>,
 }
 
-impl Worker {
-    /// Waits for kicks and drains every queue on each, until told to stop or a queue
-    /// breaks (then the device stays silent until the guest resets it).
-    pub fn run(mut self) {
+impl FsWorker {
+    /// Starts the thread, under `filter` if given (installed before it serves anything).
+    pub fn spawn(self, filter: Option<Arc<BpfProgram>>) -> std::io::Result<JoinHandle<()>> {
+        let builder = std::thread::Builder::new().name(format!("hyper-{}", self.name));
+        spawn_filtered(builder, filter, move || self.run())
+    }
+
+    fn run(self) {
+        while let Ok(session) = self.sessions.recv() {
+            self.serve(session);
+        }
+    }
+
+    /// Waits for kicks and drains every queue on each, until the session is stopped or a
+    /// queue breaks (then the device stays silent until the guest resets it).
+    fn serve(&self, mut s: Session) {
         loop {
+            if s.stop.load(Ordering::Acquire) {
+                return;
+            }
             if let Err(e) = self.kick.read()
                 && e.kind() != std::io::ErrorKind::Interrupted
             {
                 tracing::error!("{}: kick eventfd: {e}", self.name);
                 return;
             }
-            if self.stop.load(Ordering::Acquire) {
-                return;
-            }
-            for i in 0..self.queues.len() {
-                if let Err(e) = self.process_queue(i) {
+            for i in 0..s.queues.len() {
+                if let Err(e) = self.process_queue(&mut s, i) {
                     tracing::error!("{}: queue {i} is broken, device stopped: {e}", self.name);
                     return;
                 }
@@ -74,19 +98,29 @@ impl Worker {
         }
     }
 
-    fn process_queue(&mut self, index: usize) -> Result<(), virtio_queue_017::Error> {
-        let mem = &self.view.mem;
-        let queue = &mut self.queues[index];
+    /// Answers what is on queue `index`, checking for a stop before each request: a guest
+    /// that keeps the queue full cannot keep a reset waiting.
+    fn process_queue(&self, s: &mut Session, index: usize) -> Result<(), virtio_queue_017::Error> {
+        let mem = &s.view.mem;
+        let queue = &mut s.queues[index];
         let mut used = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        while !s.stop.load(Ordering::Acquire) {
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                break;
+            };
             let head = chain.head_index();
             inc(&self.counters.requests);
             let len = handle(&self.server, mem, chain, &self.counters, &self.name);
+            // Reset while this request ran (the resetter stopped waiting): the queue is
+            // the guest's again, so the reply is dropped instead of published.
+            if s.stop.load(Ordering::Acquire) {
+                return Ok(());
+            }
             queue.add_used(mem, head, len)?;
             used = true;
         }
         if used {
-            self.interrupt.signal_used_queue();
+            s.interrupt.signal_used_queue();
         }
         Ok(())
     }
