@@ -59,6 +59,9 @@ pub struct HypervisorConfig {
     pub shared_fs: SharedFs,
     /// virtio-fs cache mode: "none", "auto" or "always" (as virtiofsd's).
     pub virtio_fs_cache: VirtioFsCache,
+    /// Run each hyper-vmm in its jail (own namespaces, a root holding only the VM's
+    /// files); off only for debugging.
+    pub jail: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -120,6 +123,7 @@ impl Default for HypervisorConfig {
             boot_timeout_ms: 30_000,
             shared_fs: SharedFs::default(),
             virtio_fs_cache: VirtioFsCache::default(),
+            jail: true,
         }
     }
 }
@@ -239,7 +243,20 @@ impl Config {
 pub fn record(config: &Config, bundle: &Path) -> Result<(), String> {
     let path = bundle.join(RECORDED_CONFIG);
     let text = toml::to_string(config).map_err(|e| format!("serialise config: {e}"))?;
-    std::fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()))
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?;
+        // Owner-only whatever the umask was.
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        f.write_all(text.as_bytes())
+    };
+    write().map_err(|e| format!("write {}: {e}", path.display()))
 }
 
 #[cfg(test)]
@@ -270,6 +287,7 @@ mod tests {
             boot_timeout_ms = 90000
             shared_fs = "none"
             virtio_fs_cache = "always"
+            jail = false
             [agent]
             request_timeout_ms = 5000
             create_container_timeout_ms = 7000
@@ -284,6 +302,7 @@ mod tests {
         assert!(c.hypervisor.debug_console);
         assert_eq!(c.hypervisor.shared_fs, SharedFs::None);
         assert_eq!(c.hypervisor.virtio_fs_cache, VirtioFsCache::Always);
+        assert!(!c.hypervisor.jail);
         assert_eq!(c.boot_timeout(), Duration::from_secs(90));
         assert_eq!(c.request_timeout(), Duration::from_secs(5));
         assert_eq!(c.create_container_timeout(), Duration::from_secs(7));
@@ -293,6 +312,7 @@ mod tests {
         assert_eq!(partial.hypervisor.memory_mib, 256);
         assert_eq!(partial.hypervisor.shared_fs, SharedFs::VirtioFs);
         assert_eq!(partial.hypervisor.virtio_fs_cache, VirtioFsCache::Auto);
+        assert!(partial.hypervisor.jail);
     }
 
     #[test]

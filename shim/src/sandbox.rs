@@ -81,10 +81,10 @@ impl HyperVmmBackend {
 #[async_trait]
 impl SandboxBackend for HyperVmmBackend {
     fn hypervisor(&self, config: &Config, state_dir: &Path) -> Box<dyn Hypervisor> {
-        Box::new(HyperVmm::new(
-            config.hypervisor.path.clone(),
-            state_dir.to_path_buf(),
-        ))
+        Box::new(
+            HyperVmm::new(config.hypervisor.path.clone(), state_dir.to_path_buf())
+                .jailed(config.hypervisor.jail),
+        )
     }
 
     async fn connect_agent(
@@ -189,8 +189,7 @@ impl Sandbox {
         req: BootRequest<'_>,
         events: mpsc::UnboundedSender<SandboxEvent>,
     ) -> Result<Arc<Self>, SandboxError> {
-        let state_dir = config.runtime.state_dir.join(req.id);
-        std::fs::create_dir_all(&state_dir)?;
+        let state_dir = crate::state_dir::create_pod_dir(&config.runtime.state_dir, req.id)?;
         match Self::boot_in(config, backend, &req, &state_dir).await {
             Ok(sandbox) => {
                 let sandbox = Arc::new(sandbox);
@@ -212,10 +211,10 @@ impl Sandbox {
     ) -> Result<Self, SandboxError> {
         let (rootfs_path, disks, shares, storages) = match config.hypervisor.shared_fs {
             SharedFs::VirtioFs => {
-                let share = Share::create(&state_dir.join("share"))?;
+                let share = Share::create(state_dir)?;
                 let dir = SharedDir {
                     tag: SHARE_TAG.into(),
-                    path: share.host_dir().to_path_buf(),
+                    path: share.served_dir().to_path_buf(),
                     cache: config.hypervisor.virtio_fs_cache.as_str().into(),
                 };
                 (
@@ -253,15 +252,13 @@ impl Sandbox {
         let mut hypervisor = backend.hypervisor(config, state_dir);
         hypervisor.start(&spec).await?;
         // Who runs this sandbox: `delete` must leave a pod alone while its shim lives.
-        if let Err(e) = std::fs::write(
-            state_dir.join(OWNER_PID_FILE),
-            std::process::id().to_string(),
-        ) {
+        if let Err(e) = crate::pid_file::write(&state_dir.join(OWNER_PID_FILE), std::process::id())
+        {
             tracing::warn!(pod = %req.id, "write {OWNER_PID_FILE}: {e}");
         }
         let vmm_pid = hypervisor.pid();
         if let Some(pid) = vmm_pid
-            && let Err(e) = std::fs::write(state_dir.join(VMM_PID_FILE), pid.to_string())
+            && let Err(e) = crate::pid_file::write(&state_dir.join(VMM_PID_FILE), pid)
         {
             // What `delete` after a shim crash kills, and what `hyperctl list` shows.
             tracing::warn!(pod = %req.id, "write vmm.pid: {e}");

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use hyper_agent_protocol::AGENT_VSOCK_PORT;
 use hyper_shim::agent::{Agent, AgentTimeouts, ProcessRef, TtrpcAgent};
 use hyper_shim::config::Config;
-use hyper_shim::hypervisor::hyper_vmm::{CONTROL_TIMEOUT, request};
-use hyper_shim::hypervisor::process_alive;
+use hyper_shim::hypervisor::hyper_vmm::{CONTROL_TIMEOUT, api_socket_in, request, vsock_uds_in};
+use hyper_shim::identifier;
+use hyper_shim::pid_file::{self, Recorded};
 use hyper_shim::pod::{Exit, NewContainer, Pod, PodEvents, Stdio};
 use hyper_shim::sandbox::HyperVmmBackend;
 use hyper_vmm_api::{Reply, Request};
@@ -104,7 +105,7 @@ async fn real_main() -> Result<()> {
         }
         Command::List => list(&config),
         Command::Console { sandbox } => {
-            let path = config.runtime.state_dir.join(&sandbox).join("console.log");
+            let path = sandbox_dir(&config, &sandbox, "the console argument")?.join("console.log");
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("{} (is hypervisor.debug_console on?)", path.display()))?;
             print!("{text}");
@@ -117,7 +118,7 @@ async fn real_main() -> Result<()> {
         } => {
             let socket = match (api_socket, sandbox) {
                 (Some(p), _) => p,
-                (None, Some(s)) => config.runtime.state_dir.join(s).join("vmm.sock"),
+                (None, Some(s)) => api_socket_in(&sandbox_dir(&config, &s, "--sandbox")?),
                 (None, None) => bail!("give --api-socket PATH or --sandbox ID"),
             };
             let success = request(&socket, command, CONTROL_TIMEOUT).await?;
@@ -133,7 +134,7 @@ async fn real_main() -> Result<()> {
         } => {
             let uds = match (vsock_uds, sandbox) {
                 (Some(p), _) => p,
-                (None, Some(s)) => config.runtime.state_dir.join(s).join("vsock.sock"),
+                (None, Some(s)) => vsock_uds_in(&sandbox_dir(&config, &s, "--sandbox")?),
                 (None, None) => bail!("give --vsock-uds PATH or --sandbox ID"),
             };
             let wait = Duration::try_from_secs_f64(wait).context("--wait must be >= 0")?;
@@ -143,6 +144,12 @@ async fn real_main() -> Result<()> {
             agent_call(&client, call).await
         }
     }
+}
+
+/// The state dir of sandbox `id`, which must be an identifier (not a path elsewhere).
+fn sandbox_dir(config: &Config, id: &str, origin: &str) -> Result<PathBuf> {
+    identifier::check("sandbox id", id, origin)?;
+    Ok(config.runtime.state_dir.join(id))
 }
 
 async fn agent_call(client: &TtrpcAgent, call: AgentCall) -> Result<()> {
@@ -171,13 +178,12 @@ fn list(config: &Config) -> Result<()> {
         Err(e) => return Err(e).with_context(|| format!("read {}", dir.display())),
     };
     for e in entries.flatten().filter(|e| e.path().is_dir()) {
-        let pid = std::fs::read_to_string(e.path().join(hyper_shim::sandbox::VMM_PID_FILE))
-            .ok()
-            .and_then(|t| t.trim().parse::<u32>().ok());
-        let state = match pid {
-            Some(p) if process_alive(p) => "running",
-            Some(_) => "dead",
-            None => "booting",
+        let file = e.path().join(hyper_shim::sandbox::VMM_PID_FILE);
+        let pid = pid_file::read(&file).map(|r| r.pid);
+        let state = match (pid, pid_file::read_live(&file, "hyper-vmm")) {
+            (_, Recorded::Live(_) | Recorded::Unverified(_)) => "running",
+            (Some(_), Recorded::Gone) => "dead",
+            (None, Recorded::Gone) => "booting",
         };
         let pid = pid.map_or("-".to_string(), |p| p.to_string());
         println!("{:<40} {pid:>8} {state}", e.file_name().to_string_lossy());
@@ -196,11 +202,16 @@ async fn run_bundle(
     let bundle = bundle
         .canonicalize()
         .with_context(|| format!("bundle {}", bundle.display()))?;
-    let id = id.unwrap_or_else(|| {
-        bundle
-            .file_name()
-            .map_or("hyperctl".into(), |n| n.to_string_lossy().into_owned())
-    });
+    let (id, origin) = match id {
+        Some(id) => (id, "--id"),
+        None => (
+            bundle
+                .file_name()
+                .map_or("hyperctl".into(), |n| n.to_string_lossy().into_owned()),
+            "the bundle directory's name (give --id)",
+        ),
+    };
+    identifier::check("container id", &id, origin)?;
     let fifos = tempfile::Builder::new().prefix("hyperctl-").tempdir()?;
     let fifo = |name: &str| -> Result<String> {
         let path = fifos.path().join(name);

@@ -10,11 +10,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hyper_vmm_api::{
-    BASE_CMDLINE, BlockConfig, FsCacheMode, FsConfig, MAX_VCPUS, Reply, Request,
+    BASE_CMDLINE, BlockConfig, FsCacheMode, FsConfig, JailConfig, MAX_VCPUS, Reply, Request,
     SerialOutputConfig, Success, VmConfig, VsockConfig,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
+
+use crate::state_dir::make_private_dir;
 
 use super::{Hypervisor, HypervisorError, VmSpec, process_alive};
 
@@ -25,10 +27,38 @@ pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest reply line read from the VMM (a `metrics` reply is a few KiB).
 const MAX_REPLY_LINE: u64 = 64 << 10;
 
+/// In the VM's run dir: the directory of the VMM's sockets, the only part of the run dir
+/// the jailed VMM can write (not its config, pid files or logs).
+pub const SOCKET_DIR: &str = "vm";
+
+/// The control socket of the VM whose run dir is `run_dir`.
+pub fn api_socket_in(run_dir: &Path) -> PathBuf {
+    run_dir.join(SOCKET_DIR).join("vmm.sock")
+}
+
+/// The hybrid-vsock socket of the VM whose run dir is `run_dir`.
+pub fn vsock_uds_in(run_dir: &Path) -> PathBuf {
+    run_dir.join(SOCKET_DIR).join("vsock.sock")
+}
+
+/// A new (truncated) file only root reads, whatever the umask.
+fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(f)
+}
+
 pub struct HyperVmm {
     binary: PathBuf,
     /// Per-VM directory for the config, the sockets (and the console log, if kept).
     run_dir: PathBuf,
+    /// Run the VMM in its jail (`[hypervisor] jail`).
+    jail: bool,
     child: Option<Child>,
 }
 
@@ -37,12 +67,24 @@ impl HyperVmm {
         Self {
             binary,
             run_dir,
+            jail: true,
             child: None,
         }
     }
 
+    /// With `false`, the VMM runs unjailed (debugging).
+    pub fn jailed(mut self, jail: bool) -> Self {
+        self.jail = jail;
+        self
+    }
+
+    /// The empty directory the jailed VMM's `/` is mounted on (only it sees the mount).
+    pub fn jail_root(&self) -> PathBuf {
+        self.run_dir.join("root")
+    }
+
     pub fn api_socket(&self) -> PathBuf {
-        self.run_dir.join("vmm.sock")
+        api_socket_in(&self.run_dir)
     }
 
     /// Where `start` writes the VM's config (`hyper-vmm --config` reads it).
@@ -101,6 +143,10 @@ impl HyperVmm {
                 })
             })
             .collect::<Result<_, HypervisorError>>()?;
+        cfg.jail = self.jail.then(|| JailConfig {
+            root: self.jail_root(),
+            cgroup: None,
+        });
         Ok(cfg)
     }
 
@@ -194,6 +240,7 @@ pub async fn request(
         .map_err(|why| err(format!("VMM error: {why}")))
 }
 
+/// `dir`, mode 0700, whether it existed or not.
 fn check_file(what: &'static str, path: &Path) -> Result<(), HypervisorError> {
     if path.is_file() {
         Ok(())
@@ -229,8 +276,12 @@ impl Hypervisor for HyperVmm {
         check_file("kernel", &spec.kernel)?;
         check_file("image", &spec.initrd)?;
         std::fs::create_dir_all(&self.run_dir)?;
+        make_private_dir(&self.run_dir.join(SOCKET_DIR))?;
+        if self.jail {
+            make_private_dir(&self.jail_root())?;
+        }
         let config = self.write_config(&self.vm_config(spec)?)?;
-        let log = std::fs::File::create(self.run_dir.join("vmm.log"))?;
+        let log = private_file(&self.run_dir.join("vmm.log"))?;
         // std, not tokio: the shim's SIGCHLD handler reaps every child and reports exits
         // through containerd-shim's monitor, which the sandbox watches.
         let child = Command::new(&binary)
@@ -275,7 +326,7 @@ impl Hypervisor for HyperVmm {
     }
 
     fn vsock_uds(&self) -> PathBuf {
-        self.run_dir.join("vsock.sock")
+        vsock_uds_in(&self.run_dir)
     }
 
     fn pid(&self) -> Option<u32> {
@@ -321,7 +372,7 @@ mod tests {
             memory_mib: 512,
             serial: SerialOutputConfig::None,
             vsock: Some(VsockConfig {
-                uds: "/run/hyper/p1/vsock.sock".into(),
+                uds: "/run/hyper/p1/vm/vsock.sock".into(),
                 cid: 3,
             }),
             block: vec![BlockConfig {
@@ -338,8 +389,14 @@ mod tests {
                 xattr: true,
             }],
             rng: true,
-            api_socket: Some("/run/hyper/p1/vmm.sock".into()),
+            api_socket: Some("/run/hyper/p1/vm/vmm.sock".into()),
             stop_timeout_ms: hyper_vmm_api::DEFAULT_STOP_TIMEOUT_MS,
+            jail: Some(JailConfig {
+                root: "/run/hyper/p1/root".into(),
+                cgroup: None,
+            }),
+            // Checked by its own tests.
+            seccomp: got.seccomp,
         };
         assert_eq!(got, want);
         // What the VMM reads back is what was built.
@@ -352,6 +409,8 @@ mod tests {
             got.serial,
             SerialOutputConfig::File("/r/console.log".into())
         );
+        let unjailed = HyperVmm::new("hyper-vmm".into(), "/run/hyper/p1".into()).jailed(false);
+        assert_eq!(unjailed.vm_config(&spec()).unwrap().jail, None);
     }
 
     #[test]
@@ -434,6 +493,8 @@ mod tests {
         assert_eq!(args, format!("--config\n{}\n", config.display()));
         let mode = std::fs::metadata(&config).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        let root = std::fs::metadata(run_dir.join("root")).unwrap();
+        assert!(root.is_dir() && root.permissions().mode() & 0o777 == 0o700);
         let text = std::fs::read_to_string(&config).unwrap();
         assert_eq!(
             VmConfig::from_json(&text).unwrap(),

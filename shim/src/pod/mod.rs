@@ -27,6 +27,7 @@ use tokio::sync::{Mutex, mpsc};
 
 use crate::agent::{Agent, AgentError, OutStream, ProcessRef};
 use crate::config::Config;
+use crate::identifier::{self, InvalidId};
 use crate::rootfs;
 use crate::sandbox::{BootRequest, Sandbox, SandboxBackend, SandboxError, SandboxEvent};
 use crate::sizing::vm_size;
@@ -55,6 +56,12 @@ pub enum PodError {
     Agent(#[from] AgentError),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+}
+
+impl From<InvalidId> for PodError {
+    fn from(e: InvalidId) -> Self {
+        PodError::InvalidArgument(e.to_string())
+    }
 }
 
 pub type PodResult<T> = std::result::Result<T, PodError>;
@@ -119,11 +126,26 @@ pub const GROUP_ANNOTATIONS: &[&str] = &[
     "io.containerd.runc.v2.group",
 ];
 
-pub fn pod_id(container_id: &str, annotations: Option<&HashMap<String, String>>) -> String {
-    annotations
-        .and_then(|a| GROUP_ANNOTATIONS.iter().find_map(|k| a.get(*k)))
-        .cloned()
-        .unwrap_or_else(|| container_id.to_string())
+/// The id is checked: it names the pod's state dir, and annotations are the user's.
+pub fn pod_id(
+    container_id: &str,
+    annotations: Option<&HashMap<String, String>>,
+) -> Result<String, InvalidId> {
+    let annotated = annotations.and_then(|a| {
+        GROUP_ANNOTATIONS
+            .iter()
+            .find_map(|k| Some((*k, a.get(*k)?)))
+    });
+    match annotated {
+        Some((key, id)) => {
+            identifier::check("pod id", id, format!("annotation {key}"))?;
+            Ok(id.clone())
+        }
+        None => {
+            identifier::check("pod id", container_id, "the container id")?;
+            Ok(container_id.to_string())
+        }
+    }
 }
 
 pub fn read_spec(bundle: &Path) -> PodResult<(oci_spec::runtime::Spec, Vec<u8>)> {
@@ -230,6 +252,7 @@ impl Pod {
 
     /// Creates a container (booting the VM for the pod's first); its stdio is connected.
     pub async fn create(&self, req: NewContainer) -> PodResult<()> {
+        identifier::check("container id", &req.id, "the create request")?;
         let _serial = self.create_lock.lock().await;
         if self.state.lock().await.containers.contains_key(&req.id) {
             return Err(PodError::AlreadyExists(format!("container {}", req.id)));
@@ -246,6 +269,8 @@ impl Pod {
 
     async fn create_steps(&self, req: &NewContainer, undo: &mut CreateUndo) -> PodResult<()> {
         let (spec, spec_json) = read_spec(&req.bundle)?;
+        // Refused before anything is mounted, not only when it would name a new VM.
+        pod_id(&req.id, spec.annotations().as_ref())?;
         let rootfs_dir = bundle_rootfs(&req.bundle, &spec);
         if !req.rootfs_mounts.is_empty() {
             rootfs::mount(&req.rootfs_mounts, &rootfs_dir)
@@ -298,7 +323,7 @@ impl Pod {
         spec: &oci_spec::runtime::Spec,
         rootfs_dir: &Path,
     ) -> PodResult<Arc<Sandbox>> {
-        let id = pod_id(container_id, spec.annotations().as_ref());
+        let id = pod_id(container_id, spec.annotations().as_ref())?;
         let hostname = spec.hostname().clone().unwrap_or_default();
         let size = vm_size(&self.config.hypervisor, spec)
             .map_err(|e| PodError::InvalidArgument(e.to_string()))?;

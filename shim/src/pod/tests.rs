@@ -334,6 +334,14 @@ impl Rig {
         self.dir.path().join("state")
     }
 
+    /// Mounts below the state dir (which is a private mount of its own).
+    fn mounts_left(&self) -> Vec<PathBuf> {
+        let root = self.state_root();
+        let mut m = crate::share::mounts_under(&root);
+        m.retain(|p| *p != root);
+        m
+    }
+
     /// Pod state dirs that still exist.
     fn pod_dirs(&self) -> Vec<String> {
         std::fs::read_dir(self.state_root())
@@ -377,6 +385,73 @@ impl Drop for Rig {
 }
 
 #[tokio::test]
+async fn a_bad_id_is_refused_before_anything_happens() {
+    // Were a check missing, these ids still point inside the test's temp dir.
+    let cases = [
+        PodIdCase {
+            name: "container id",
+            container: "../c1",
+            annotations: &[],
+            want: Err("container id \"../c1\" from the create request is not"),
+        },
+        PodIdCase {
+            name: "CRI sandbox id",
+            container: "c1",
+            annotations: &[(CRI, "../escaped")],
+            want: Err("pod id \"../escaped\" from annotation io.kubernetes.cri.sandbox-id is not"),
+        },
+        PodIdCase {
+            name: "runc group",
+            container: "c1",
+            annotations: &[(GROUP, "a/b")],
+            want: Err("pod id \"a/b\" from annotation io.containerd.runc.v2.group is not"),
+        },
+    ];
+    let mut failures = Vec::new();
+    for PodIdCase {
+        name,
+        container: id,
+        annotations,
+        want,
+    } in cases
+    {
+        let want = want.unwrap_err();
+        let r = rig();
+        let bundle = r.bundle("ok");
+        let mut spec = oci_spec::runtime::Spec::default();
+        spec.set_annotations(annotation_map(annotations));
+        std::fs::write(
+            bundle.join("config.json"),
+            serde_json::to_vec(&spec).unwrap(),
+        )
+        .unwrap();
+        let got = r
+            .pod
+            .create(NewContainer {
+                id: id.into(),
+                bundle,
+                rootfs_mounts: Vec::new(),
+                stdio: Stdio::default(),
+            })
+            .await;
+        match got {
+            Err(PodError::InvalidArgument(m)) if m.starts_with(want) => {}
+            other => failures.push(format!("{name}: got {other:?}, want {want:?}")),
+        }
+        if !r.log.lock().unwrap().is_empty() {
+            failures.push(format!(
+                "{name}: something ran: {:?}",
+                r.log.lock().unwrap()
+            ));
+        }
+        if !r.pod_dirs().is_empty() {
+            failures.push(format!("{name}: state made: {:?}", r.pod_dirs()));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[tokio::test]
 async fn a_failed_first_create_undoes_everything() {
     let mut failures = Vec::new();
     for failing in ["CreateSandbox", "CreateContainer"] {
@@ -403,7 +478,7 @@ async fn a_failed_first_create_undoes_everything() {
             format!("state left: {:?}", r.pod_dirs()),
         );
         check(
-            crate::share::mounts_under(&r.state_root()).is_empty(),
+            r.mounts_left().is_empty(),
             "mounts left under the state dir".into(),
         );
         check(
@@ -432,7 +507,7 @@ async fn a_failed_second_create_leaves_the_pod_running() {
     r.agent.fail.lock().unwrap().insert("CreateContainer");
     assert!(r.create("c2").await.is_err());
     assert_eq!(r.logged("vmm stop"), 0, "the pod's VM must stay");
-    let share = r.state_root().join("c1/share");
+    let share = r.state_root().join("c1/shared");
     assert!(
         share.join("c1/rootfs/hello").exists(),
         "c1's rootfs must stay shared"
@@ -502,7 +577,7 @@ async fn removing_the_last_container_stops_the_vm_and_removes_its_state() {
     assert_eq!(r.logged("DestroySandbox c1"), 1);
     assert_eq!(r.logged("vmm stop"), 1);
     assert!(r.pod_dirs().is_empty(), "state left: {:?}", r.pod_dirs());
-    assert!(crate::share::mounts_under(&r.state_root()).is_empty());
+    assert!(r.mounts_left().is_empty());
     assert!(r.pod.shutdown().await);
 }
 
@@ -719,22 +794,77 @@ async fn all_output_reaches_a_slow_reader_before_the_exit() {
     assert!(got == sent, "stdout bytes differ");
 }
 
+/// A pod id case: the container id and annotations in, the id (or error start) out.
+struct PodIdCase {
+    name: &'static str,
+    container: &'static str,
+    annotations: &'static [(&'static str, &'static str)],
+    want: Result<&'static str, &'static str>,
+}
+
+const GROUP: &str = "io.containerd.runc.v2.group";
+const CRI: &str = "io.kubernetes.cri.sandbox-id";
+
+fn annotation_map(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+    (!pairs.is_empty()).then(|| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    })
+}
+
 #[test]
 fn pod_id_follows_cri_then_runc_annotations() {
-    let mut a = HashMap::new();
-    let mut cases = vec![("no annotations", None, "c1")];
-    a.insert("io.containerd.runc.v2.group".to_string(), "g".to_string());
-    cases.push(("runc group", Some(a.clone()), "g"));
-    a.insert(
-        "io.kubernetes.cri.sandbox-id".to_string(),
-        "pod".to_string(),
-    );
-    cases.push(("CRI sandbox first", Some(a), "pod"));
+    let cases = [
+        PodIdCase {
+            name: "no annotations",
+            container: "c1",
+            annotations: &[],
+            want: Ok("c1"),
+        },
+        PodIdCase {
+            name: "runc group",
+            container: "c1",
+            annotations: &[(GROUP, "g")],
+            want: Ok("g"),
+        },
+        PodIdCase {
+            name: "CRI sandbox first",
+            container: "c1",
+            annotations: &[(GROUP, "g"), (CRI, "pod")],
+            want: Ok("pod"),
+        },
+        PodIdCase {
+            name: "bad CRI sandbox id",
+            container: "c1",
+            annotations: &[(CRI, "../x")],
+            want: Err("pod id \"../x\" from annotation io.kubernetes.cri.sandbox-id is not"),
+        },
+        PodIdCase {
+            name: "bad runc group",
+            container: "c1",
+            annotations: &[(GROUP, "a/b")],
+            want: Err("pod id \"a/b\" from annotation io.containerd.runc.v2.group is not"),
+        },
+        PodIdCase {
+            name: "bad container id as the pod id",
+            container: "..",
+            annotations: &[],
+            want: Err("pod id \"..\" from the container id is not"),
+        },
+    ];
     let failures: Vec<String> = cases
         .into_iter()
-        .filter_map(|(name, a, want)| {
-            let got = pod_id("c1", a.as_ref());
-            (got != want).then(|| format!("{name}: got {got}, want {want}"))
+        .filter_map(|c| {
+            let annotations = annotation_map(c.annotations);
+            let got = pod_id(c.container, annotations.as_ref()).map_err(|e| e.to_string());
+            let ok = match (&got, c.want) {
+                (Ok(got), Ok(want)) => got == want,
+                (Err(got), Err(want)) => got.starts_with(want),
+                _ => false,
+            };
+            (!ok).then(|| format!("{}: got {got:?}, want {:?}", c.name, c.want))
         })
         .collect();
     assert!(failures.is_empty(), "{failures:#?}");

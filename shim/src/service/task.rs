@@ -21,6 +21,7 @@ use super::stats::to_cgroup_v2_metrics;
 use super::status::status;
 use crate::agent::ProcessRef;
 use crate::config::{self, Config};
+use crate::identifier;
 use crate::pod::{Exit, NewContainer, Pod, State, Stdio};
 use crate::sandbox::HyperVmmBackend;
 
@@ -115,6 +116,9 @@ impl Task for TaskService {
                 "restore from a checkpoint",
             ));
         }
+        // Before the id names anything; the pod checks the pod id from the bundle's spec.
+        identifier::check("container id", &req.id, "the create request")
+            .map_err(|e| status(ttrpc::Code::INVALID_ARGUMENT, e.to_string()))?;
         let pod = self.pod_for_create(&req).await?;
         let bundle = PathBuf::from(&req.bundle);
         // What `delete` needs after a crash of this shim (the state dir above all).

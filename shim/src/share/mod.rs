@@ -1,25 +1,48 @@
-//! The pod's share: one host directory per sandbox that hyper-vmm serves to the guest with
-//! virtio-fs (tag [`SHARE_TAG`]) and the agent mounts at [`guest::SHARED_DIR`]. Each
-//! container gets `<share>/<id>/rootfs`, a bind of its rootfs, and
-//! `<share>/<id>/volumes/<n>`, a bind of the n-th mount of its spec when that is a bind of a
-//! host path; the spec the guest sees names those guest paths instead.
+//! The pod's share: what hyper-vmm serves to the guest with virtio-fs (tag
+//! [`SHARE_TAG`]) and the agent mounts at [`guest::SHARED_DIR`]. Each container gets
+//! `<id>/rootfs`, a bind of its rootfs, and `<id>/volumes/<n>`, a bind of the n-th mount of
+//! its spec when that binds a host path; the spec the guest sees names those guest paths.
 //!
-//! Mounts live inside the share, so removing it must never descend into them: everything
-//! here unmounts first and deletes only on the share's own file system.
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+//! Two views of one small tmpfs, as Kata has `mounts/` and `shared/`:
+//! - `<pod>/mounts`, the shim's: writable, seen only by the host (the pod dir is 0700);
+//! - `<pod>/shared`, the guest's: a read-only, nosuid, nodev copy that is a mount slave of
+//!   `mounts`, so each bind the shim attaches there appears in it while the VM runs.
+//!
+//! The guest can write only inside the binds (its rootfs and rw volumes), never the tree
+//! that holds them, so it cannot plant a symlink where the shim works. The shim works
+//! through dirfds anyway ([`beneath`]), attaches binds made detached ([`detached`]) with
+//! nosuid, nodev and read-only when the spec says so, and removes without following
+//! symlinks or crossing mounts.
+mod beneath;
+mod detached;
+mod mountinfo;
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use hyper_agent_protocol::agent::Storage;
 use hyper_agent_protocol::guest;
+use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
+
+use detached::{BindFlags, DetachedTree, Propagation};
+pub use mountinfo::mounts_under;
 
 /// The virtio-fs tag of the pod's share.
 pub const SHARE_TAG: &str = "hypershare";
+
+/// The share's tmpfs holds only directories and mount points: a small cap on what a
+/// runaway shim could put there.
+const TMPFS_OPTIONS: &str = "mode=0755,size=1m,nr_inodes=16384";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShareError {
     #[error("container id {0:?} cannot name a directory")]
     BadId(String),
+    #[error("container {0:?} is already in the share")]
+    Exists(String),
     #[error("OCI spec: {0}")]
     Spec(String),
     #[error("mount {destination}: bind source {source_path} {why}")]
@@ -28,21 +51,17 @@ pub enum ShareError {
         source_path: String,
         why: String,
     },
-    #[error("share {path}: {cause}")]
-    Io {
+    #[error("share: {what} {path}: {cause}")]
+    Op {
+        what: &'static str,
         path: PathBuf,
-        cause: std::io::Error,
-    },
-    #[error("bind {from} on {to}: {cause}")]
-    Bind {
-        from: PathBuf,
-        to: PathBuf,
-        cause: nix::errno::Errno,
+        cause: Errno,
     },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ShareError + '_ {
-    move |cause| ShareError::Io {
+fn op<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(Errno) -> ShareError + 'a {
+    move |cause| ShareError::Op {
+        what,
         path: path.to_path_buf(),
         cause,
     }
@@ -59,18 +78,58 @@ pub struct SharedContainer {
 
 #[derive(Debug, Clone)]
 pub struct Share {
+    /// `<pod>/mounts`, the host's writable view.
     host: PathBuf,
+    /// The root of the share's tmpfs, where every operation starts.
+    host_fd: Arc<OwnedFd>,
+    /// `<pod>/shared`, what hyper-vmm serves.
+    served: PathBuf,
 }
 
 impl Share {
-    /// Makes (or reuses) the share directory `dir`.
-    pub fn create(dir: &Path) -> Result<Self, ShareError> {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    /// Makes the share's two views in `pod_dir` (the pod's 0700 state dir).
+    pub fn create(pod_dir: &Path) -> Result<Self, ShareError> {
+        let host = pod_dir.join("mounts");
+        let served = pod_dir.join("shared");
+        let pod = beneath::open_dir(pod_dir).map_err(op("open", pod_dir))?;
+        let mount_point = beneath::make_dir(pod.as_fd(), OsStr::new("mounts"), 0o700)
+            .map_err(op("mkdir", &host))?;
+        mount_on(
+            &mount_point,
+            Some("tmpfs"),
+            Some("tmpfs"),
+            fs_flags(),
+            Some(TMPFS_OPTIONS),
+        )
+        .map_err(op("mount tmpfs on", &host))?;
+        // Its own peer group, nothing shared with the state dir's mount.
+        let host_fd = beneath::open_mount_root(pod.as_fd(), Path::new("mounts"))
+            .map_err(op("open", &host))?;
+        for flag in [MsFlags::MS_PRIVATE, MsFlags::MS_SHARED] {
+            mount_on(&host_fd, None, None, flag, None).map_err(op("set propagation of", &host))?;
+        }
+        let target = beneath::make_dir(pod.as_fd(), OsStr::new("shared"), 0o700)
+            .map_err(op("mkdir", &served))?;
+        let view = DetachedTree::clone_of(host_fd.as_fd(), false).map_err(op("clone", &host))?;
+        view.set_flags(BindFlags {
+            read_only: true,
+            propagation: Propagation::Slave,
+        })
+        .map_err(op("set flags of", &served))?;
+        view.attach(target.as_fd()).map_err(op("attach", &served))?;
         Ok(Self {
-            host: dir.to_path_buf(),
+            host,
+            host_fd: Arc::new(host_fd),
+            served,
         })
     }
 
+    /// The directory hyper-vmm serves.
+    pub fn served_dir(&self) -> &Path {
+        &self.served
+    }
+
+    /// The shim's own writable view.
     pub fn host_dir(&self) -> &Path {
         &self.host
     }
@@ -86,11 +145,11 @@ impl Share {
         }
     }
 
-    fn container_dir(&self, id: &str) -> Result<PathBuf, ShareError> {
+    fn check_id(id: &str) -> Result<(), ShareError> {
         if id.is_empty() || id.contains('/') || id == "." || id == ".." || id.contains('\0') {
             return Err(ShareError::BadId(id.into()));
         }
-        Ok(self.host.join(id))
+        Ok(())
     }
 
     /// Binds `rootfs` and the spec's host bind mounts into the share for container `id`.
@@ -101,12 +160,28 @@ impl Share {
         rootfs: &Path,
         spec_json: &[u8],
     ) -> Result<SharedContainer, ShareError> {
-        let dir = self.container_dir(id)?;
-        let result = self.bind_container(id, &dir, rootfs, spec_json);
-        if result.is_err() {
-            remove_tree(&dir);
+        Self::check_id(id)?;
+        let mut spec: serde_json::Value =
+            serde_json::from_slice(spec_json).map_err(|e| ShareError::Spec(e.to_string()))?;
+        let dir = self.host.join(id);
+        match nix::sys::stat::mkdirat(
+            self.host_fd.as_fd(),
+            id,
+            nix::sys::stat::Mode::from_bits_truncate(0o755),
+        ) {
+            Ok(()) => {}
+            Err(Errno::EEXIST) => return Err(ShareError::Exists(id.into())),
+            Err(e) => return Err(op("mkdir", &dir)(e)),
         }
-        result
+        let result = self.bind_container(id, &dir, rootfs, &mut spec);
+        if result.is_err() {
+            self.remove_container(id);
+        }
+        result?;
+        Ok(SharedContainer {
+            guest_rootfs: format!("{}/{id}/rootfs", guest::SHARED_DIR),
+            spec_json: serde_json::to_vec(&spec).map_err(|e| ShareError::Spec(e.to_string()))?,
+        })
     }
 
     fn bind_container(
@@ -114,59 +189,155 @@ impl Share {
         id: &str,
         dir: &Path,
         rootfs: &Path,
-        spec_json: &[u8],
-    ) -> Result<SharedContainer, ShareError> {
-        let mut spec: serde_json::Value =
-            serde_json::from_slice(spec_json).map_err(|e| ShareError::Spec(e.to_string()))?;
-        let target = dir.join("rootfs");
-        std::fs::create_dir_all(&target).map_err(io_err(&target))?;
-        bind(rootfs, &target, true)?;
-        let guest_dir = format!("{}/{id}", guest::SHARED_DIR);
-        if let Some(mounts) = spec.get_mut("mounts").and_then(|m| m.as_array_mut()) {
-            for (i, m) in mounts.iter_mut().enumerate() {
-                let Some(source) = host_bind_source(m) else {
-                    continue;
-                };
-                let destination = m
-                    .get("destination")
-                    .and_then(|d| d.as_str())
-                    .unwrap_or_default()
-                    .to_string();
-                let bad = |why: String| ShareError::Source {
-                    destination: destination.clone(),
-                    source_path: source.display().to_string(),
-                    why,
-                };
-                let meta = std::fs::metadata(&source).map_err(|e| bad(e.to_string()))?;
-                let target = dir.join("volumes").join(i.to_string());
-                std::fs::create_dir_all(dir.join("volumes")).map_err(io_err(dir))?;
-                if meta.is_dir() {
-                    std::fs::create_dir(&target).map_err(io_err(&target))?;
-                } else {
-                    std::fs::File::create(&target).map_err(io_err(&target))?;
-                }
-                let recursive = options(m).any(|o| o == "rbind");
-                bind(&source, &target, recursive)?;
-                m["source"] = serde_json::Value::String(format!("{guest_dir}/volumes/{i}"));
-            }
+        spec: &mut serde_json::Value,
+    ) -> Result<(), ShareError> {
+        let dir_fd = beneath::open_dir_beneath(self.host_fd.as_fd(), Path::new(id))
+            .map_err(op("open", dir))?;
+        let read_only_root = spec
+            .pointer("/root/readonly")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        let root_fd = beneath::open_dir(rootfs).map_err(op("open rootfs", rootfs))?;
+        if read_only_root {
+            // The guest cannot make mount points in a read-only rootfs: make them now,
+            // inside it, as runc does before it remounts the rootfs read-only.
+            make_mount_points(root_fd.as_fd(), spec).map_err(op("make mount points in", rootfs))?;
         }
-        Ok(SharedContainer {
-            guest_rootfs: format!("{guest_dir}/rootfs"),
-            spec_json: serde_json::to_vec(&spec).map_err(|e| ShareError::Spec(e.to_string()))?,
-        })
+        let target = beneath::make_dir(dir_fd.as_fd(), OsStr::new("rootfs"), 0o755)
+            .map_err(op("mkdir", &dir.join("rootfs")))?;
+        bind(
+            root_fd.as_fd(),
+            true,
+            BindFlags {
+                read_only: read_only_root,
+                propagation: Propagation::Private,
+            },
+            target.as_fd(),
+        )
+        .map_err(op("bind rootfs on", &dir.join("rootfs")))?;
+
+        let guest_dir = format!("{}/{id}", guest::SHARED_DIR);
+        let Some(mounts) = spec.get_mut("mounts").and_then(|m| m.as_array_mut()) else {
+            return Ok(());
+        };
+        let mut volumes: Option<OwnedFd> = None;
+        for (i, m) in mounts.iter_mut().enumerate() {
+            let Some(source) = host_bind_source(m) else {
+                continue;
+            };
+            let destination = m
+                .get("destination")
+                .and_then(|d| d.as_str())
+                .unwrap_or_default()
+                .to_string();
+            let bad = |why: String| ShareError::Source {
+                destination: destination.clone(),
+                source_path: source.display().to_string(),
+                why,
+            };
+            // The source as runc takes it: a host path, symlinks followed.
+            let source_fd = nix::fcntl::open(
+                &source,
+                nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(|e| bad(e.desc().to_lowercase()))?;
+            let is_dir = nix::sys::stat::fstat(&source_fd)
+                .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+                .map_err(|e| bad(e.desc().to_lowercase()))?;
+            let vdir = match &volumes {
+                Some(fd) => fd,
+                None => volumes.insert(
+                    beneath::make_dir(dir_fd.as_fd(), OsStr::new("volumes"), 0o755)
+                        .map_err(op("mkdir", &dir.join("volumes")))?,
+                ),
+            };
+            let name = i.to_string();
+            let target_path = dir.join("volumes").join(&name);
+            let target = if is_dir {
+                beneath::make_dir(vdir.as_fd(), OsStr::new(&name), 0o755)
+            } else {
+                beneath::make_file(vdir.as_fd(), OsStr::new(&name), 0o644)
+            }
+            .map_err(op("make", &target_path))?;
+            let flags = BindFlags {
+                read_only: options(m).any(|o| o == "ro" || o == "rro"),
+                propagation: Propagation::from_options(options(m)),
+            };
+            let recursive = options(m).any(|o| o == "rbind");
+            bind(source_fd.as_fd(), recursive, flags, target.as_fd())
+                .map_err(|e| bad(format!("cannot be bound: {}", e.desc().to_lowercase())))?;
+            m["source"] = serde_json::Value::String(format!("{guest_dir}/volumes/{name}"));
+        }
+        Ok(())
     }
 
     /// Unmounts and removes everything the share holds for container `id`.
     pub fn remove_container(&self, id: &str) {
-        if let Ok(dir) = self.container_dir(id) {
-            remove_tree(&dir);
+        if Self::check_id(id).is_err() {
+            return;
+        }
+        // The guest's copies go with the shim's (umount propagates); both are checked.
+        for view in [&self.host, &self.served] {
+            unmount_all(&view.join(id));
+        }
+        match beneath::remove_all(self.host_fd.as_fd(), OsStr::new(id)) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(e) => tracing::warn!(container = id, "remove from the share: {e}"),
         }
     }
 
-    /// Unmounts and removes the whole share.
+    /// Unmounts and removes the whole share (both views).
     pub fn remove(&self) {
+        remove_tree(&self.served);
         remove_tree(&self.host);
     }
+}
+
+/// What the share's own mounts get: nothing on them runs or opens as a device on the host.
+fn fs_flags() -> MsFlags {
+    MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC
+}
+
+/// mount(2) on the object an `O_PATH` fd refers to, never on a path looked up again.
+fn mount_on(
+    target: &OwnedFd,
+    source: Option<&str>,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/proc/self/fd/{}", target.as_raw_fd());
+    nix::mount::mount(source, path.as_str(), fstype, flags, data)
+}
+
+fn bind(
+    source: std::os::fd::BorrowedFd,
+    recursive: bool,
+    flags: BindFlags,
+    target: std::os::fd::BorrowedFd,
+) -> Result<(), Errno> {
+    let tree = DetachedTree::clone_of(source, recursive)?;
+    tree.set_flags(flags)?;
+    tree.attach(target)
+}
+
+/// Makes each spec mount's destination inside the rootfs: a file for a bind of a file,
+/// a directory otherwise.
+fn make_mount_points(root: std::os::fd::BorrowedFd, spec: &serde_json::Value) -> Result<(), Errno> {
+    let Some(mounts) = spec.get("mounts").and_then(|m| m.as_array()) else {
+        return Ok(());
+    };
+    for m in mounts {
+        let Some(dest) = m.get("destination").and_then(|d| d.as_str()) else {
+            continue;
+        };
+        let file =
+            host_bind_source(m).is_some_and(|s| std::fs::metadata(s).is_ok_and(|md| !md.is_dir()));
+        beneath::make_path_in_root(root, Path::new(dest), file)?;
+    }
+    Ok(())
 }
 
 fn options(m: &serde_json::Value) -> impl Iterator<Item = &str> {
@@ -186,261 +357,29 @@ fn host_bind_source(m: &serde_json::Value) -> Option<PathBuf> {
     (is_bind && source.is_absolute()).then(|| source.to_path_buf())
 }
 
-fn bind(from: &Path, to: &Path, recursive: bool) -> Result<(), ShareError> {
-    let mut flags = MsFlags::MS_BIND;
-    if recursive {
-        flags |= MsFlags::MS_REC;
-    }
-    nix::mount::mount(Some(from), to, None::<&str>, flags, None::<&str>).map_err(|cause| {
-        ShareError::Bind {
-            from: from.into(),
-            to: to.into(),
-            cause,
-        }
-    })
-}
-
-/// Mount points at or below `dir`, deepest first (from /proc/self/mountinfo).
-pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut found: Vec<PathBuf> = text
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape_mountinfo)
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    found.dedup();
-    found
-}
-
-/// mountinfo writes space, tab, newline and backslash as \ooo octal.
-fn unescape_mountinfo(s: &str) -> PathBuf {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        if b[i] == b'\\'
-            && let Some(d) = octal
-        {
-            out.push(d.iter().fold(0u8, |v, c| v.wrapping_mul(8) + (c - b'0')));
-            i += 4;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    PathBuf::from(std::ffi::OsString::from_vec(out))
-}
-
-/// The id of the mount `path` is on (bind mounts of one file system differ here, unlike
-/// st_dev).
-fn mount_id(path: &Path) -> Option<u64> {
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
-    // SAFETY: c is a valid NUL-terminated path and stx a writable statx buffer.
-    let rc = unsafe {
-        libc::statx(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-            libc::STATX_MNT_ID,
-            stx.as_mut_ptr(),
-        )
-    };
-    // SAFETY: statx filled the buffer when it returned 0.
-    let stx = unsafe { stx.assume_init() };
-    (rc == 0 && stx.stx_mask & libc::STATX_MNT_ID != 0).then_some(stx.stx_mnt_id)
-}
-
-/// Unmounts everything below `dir` (lazily: the guest may still hold files open), then
-/// deletes what is left, never crossing into another mount.
-pub fn remove_tree(dir: &Path) {
+/// Detaches every mount at or below `dir`, deepest first, without following a symlink.
+fn unmount_all(dir: &Path) {
     for m in mounts_under(dir) {
         // A bind stacked twice needs two unmounts.
-        while nix::mount::umount2(&m, MntFlags::MNT_DETACH).is_ok() {}
-    }
-    if let Some(id) = mount_id(dir) {
-        remove_same_mount(dir, id);
+        while nix::mount::umount2(&m, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW).is_ok() {}
     }
 }
 
-fn remove_same_mount(path: &Path, id: u64) {
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
+/// Unmounts everything at or below `dir` (lazily: the guest may still hold files open),
+/// then deletes what is left, never following a symlink or crossing into another mount.
+pub fn remove_tree(dir: &Path) {
+    unmount_all(dir);
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
         return;
     };
-    if mount_id(path) != Some(id) {
-        tracing::warn!(
-            "not removing {}: something is mounted there",
-            path.display()
-        );
+    let Ok(parent) = beneath::open_dir(parent) else {
         return;
-    }
-    if meta.is_dir() {
-        if let Ok(entries) = std::fs::read_dir(path) {
-            for e in entries.flatten() {
-                remove_same_mount(&e.path(), id);
-            }
-        }
-        if let Err(e) = std::fs::remove_dir(path) {
-            tracing::warn!("remove {}: {e}", path.display());
-        }
-    } else if let Err(e) = std::fs::remove_file(path) {
-        tracing::warn!("remove {}: {e}", path.display());
+    };
+    match beneath::remove_all(parent.as_fd(), name) {
+        Ok(()) | Err(Errno::ENOENT) => {}
+        Err(e) => tracing::warn!(path = %dir.display(), "remove: {e}"),
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn is_root() -> bool {
-        nix::unistd::geteuid().is_root()
-    }
-
-    #[test]
-    fn mountinfo_escapes_are_decoded() {
-        assert_eq!(
-            unescape_mountinfo("/a\\040b\\011c"),
-            PathBuf::from("/a b\tc")
-        );
-        assert_eq!(unescape_mountinfo("/plain"), PathBuf::from("/plain"));
-        assert_eq!(unescape_mountinfo("/end\\"), PathBuf::from("/end\\"));
-    }
-
-    #[test]
-    fn bad_ids_and_specs_are_refused() {
-        let d = tempfile::tempdir().unwrap();
-        let share = Share::create(&d.path().join("share")).unwrap();
-        for id in ["", "..", "a/b"] {
-            let e = share
-                .add_container(id, d.path(), b"{}")
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains("cannot name"), "{e}");
-        }
-        let e = share
-            .add_container("c", d.path(), b"{not json")
-            .unwrap_err();
-        assert!(matches!(e, ShareError::Spec(_)), "{e}");
-    }
-
-    #[test]
-    fn rootfs_and_bind_volumes_are_shared_and_removed_without_touching_sources() {
-        if !is_root() {
-            eprintln!("skipped: needs root to bind-mount");
-            return;
-        }
-        let d = tempfile::tempdir().unwrap();
-        let rootfs = d.path().join("rootfs");
-        std::fs::create_dir_all(rootfs.join("etc")).unwrap();
-        std::fs::write(rootfs.join("etc/hostname"), "box").unwrap();
-        let vol = d.path().join("vol");
-        std::fs::create_dir(&vol).unwrap();
-        std::fs::write(vol.join("data"), "volume").unwrap();
-        let file = d.path().join("hosts");
-        std::fs::write(&file, "127.0.0.1 x").unwrap();
-        let spec = serde_json::json!({
-            "ociVersion": "1.0.2",
-            "mounts": [
-                {"destination": "/proc", "type": "proc", "source": "proc"},
-                {"destination": "/data", "type": "bind", "source": vol, "options": ["rbind", "rw"]},
-                {"destination": "/etc/hosts", "type": "none", "source": file, "options": ["bind", "ro"]},
-                {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"}
-            ]
-        });
-        let share = Share::create(&d.path().join("share")).unwrap();
-        let s = share
-            .add_container("c1", &rootfs, &serde_json::to_vec(&spec).unwrap())
-            .unwrap();
-        assert_eq!(s.guest_rootfs, "/run/hyper/shared/c1/rootfs");
-        let host = share.host_dir().join("c1");
-        assert_eq!(
-            std::fs::read_to_string(host.join("rootfs/etc/hostname")).unwrap(),
-            "box"
-        );
-        assert_eq!(
-            std::fs::read_to_string(host.join("volumes/1/data")).unwrap(),
-            "volume"
-        );
-        assert_eq!(
-            std::fs::read_to_string(host.join("volumes/2")).unwrap(),
-            "127.0.0.1 x"
-        );
-        let out: serde_json::Value = serde_json::from_slice(&s.spec_json).unwrap();
-        let sources: Vec<&str> = out["mounts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["source"].as_str().unwrap())
-            .collect();
-        assert_eq!(
-            sources,
-            [
-                "proc",
-                "/run/hyper/shared/c1/volumes/1",
-                "/run/hyper/shared/c1/volumes/2",
-                "tmpfs"
-            ]
-        );
-        assert_eq!(mounts_under(&host).len(), 3);
-
-        share.remove();
-        assert!(mounts_under(share.host_dir()).is_empty());
-        assert!(!share.host_dir().exists());
-        // The sources are untouched.
-        assert_eq!(std::fs::read_to_string(vol.join("data")).unwrap(), "volume");
-        assert_eq!(std::fs::read_to_string(&file).unwrap(), "127.0.0.1 x");
-        assert!(rootfs.join("etc/hostname").exists());
-    }
-
-    #[test]
-    fn a_missing_bind_source_fails_and_leaves_nothing() {
-        if !is_root() {
-            eprintln!("skipped: needs root to bind-mount");
-            return;
-        }
-        let d = tempfile::tempdir().unwrap();
-        let rootfs = d.path().join("rootfs");
-        std::fs::create_dir(&rootfs).unwrap();
-        let spec = serde_json::json!({"mounts": [
-            {"destination": "/data", "type": "bind", "source": "/nonexistent-hyper-src", "options": ["rbind"]}
-        ]});
-        let share = Share::create(&d.path().join("share")).unwrap();
-        let e = share
-            .add_container("c1", &rootfs, &serde_json::to_vec(&spec).unwrap())
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("/data") && e.contains("/nonexistent-hyper-src"),
-            "{e}"
-        );
-        assert!(mounts_under(share.host_dir()).is_empty());
-        assert!(!share.host_dir().join("c1").exists());
-    }
-
-    #[test]
-    fn removal_never_crosses_into_another_file_system() {
-        if !is_root() {
-            eprintln!("skipped: needs root to mount");
-            return;
-        }
-        let d = tempfile::tempdir().unwrap();
-        let keep = d.path().join("keep");
-        std::fs::create_dir(&keep).unwrap();
-        std::fs::write(keep.join("precious"), "x").unwrap();
-        let dir = d.path().join("tree");
-        std::fs::create_dir_all(dir.join("m")).unwrap();
-        bind(&keep, &dir.join("m"), false).unwrap();
-        // Even if the unmount were skipped, the walk stops at the bind (same st_dev).
-        remove_same_mount(&dir, mount_id(&dir).unwrap());
-        assert!(keep.join("precious").exists());
-        assert!(dir.join("m").exists());
-        remove_tree(&dir);
-        assert!(keep.join("precious").exists());
-        assert!(!dir.exists());
-    }
-}
+mod tests;
