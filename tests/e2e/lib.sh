@@ -266,6 +266,15 @@ pids_matching() {
   done
   return 0
 }
+# outer_pids PID...: those whose parent is not the same program (a jailed hyper-vmm is two
+# processes: the one the shim started and, forked in the jail, the VMM itself).
+outer_pids() {
+  local p pp
+  for p in "$@"; do
+    pp=$(awk '/^PPid:/ { print $2 }' "/proc/$p/status" 2>/dev/null) || continue
+    [ "$(cat "/proc/$pp/comm" 2>/dev/null)" = "$(cat "/proc/$p/comm" 2>/dev/null)" ] || echo "$p"
+  done
+}
 task_status() { ctr tasks ls 2>/dev/null | awk -v id="$1" '$1 == id { print $3 }'; }
 # wait_status ID STATUS SECONDS: waits for a task's status, or fails the test.
 wait_status() {

@@ -64,7 +64,7 @@ log "kill + rm"
 hrun --rm "$BUSYBOX_REF" victim sleep 100000 > /dev/null 2>&1 &
 cpid=$!
 wait_status victim RUNNING 120
-vmm=$(pids_matching '^(/usr/local/bin/)?hyper-vmm .*/tmp/hyper/victim/' | head -1)
+vmm=$(outer_pids $(pids_matching '^(/usr/local/bin/)?hyper-vmm .*/tmp/hyper/victim/'))
 [ -n "$vmm" ] || fail "no hyper-vmm process for the running task"
 kill -9 "$vmm"
 rc=0; wait "$cpid" || rc=$?
@@ -74,7 +74,7 @@ shims='^(/usr/local/bin/)?(containerd-shim-hyper-v1|hyper-vmm) '
 while [ -n "$(pids_matching "$shims")" ] && (( $(now_ms) - t0 < 15000 )); do th_sleep 0.2; done
 left=$(pids_matching "$shims")
 [ -z "$left" ] || fail "processes left after the VMM died: $(for p in $left; do tr '\0' ' ' < /proc/$p/cmdline; echo; done)"
-mounts=$(grep -c " $CTD/state/\| /tmp/hyper" /proc/mounts || true)
-[ "$mounts" -eq 0 ] || fail "mounts left: $(grep " $CTD/state/\| /tmp/hyper" /proc/mounts)"
+mounts=$(grep -c " $CTD/state/\| /tmp/hyper/" /proc/mounts || true)
+[ "$mounts" -eq 0 ] || fail "mounts left: $(grep " $CTD/state/\| /tmp/hyper/" /proc/mounts)"
 [ -z "$(ls -A /tmp/hyper 2>/dev/null)" ] || fail "state left in /tmp/hyper: $(ls -A /tmp/hyper)"
 log "VMM killed: task exited 255, shim/VMM/mounts/state gone"

@@ -31,7 +31,7 @@ SHIM_RE='^(/usr/local/bin/)?containerd-shim-hyper-v1 '
 # The pod's size comes from its annotation (config default: 256 MiB).
 t0=$(now_ms); prun c1 --annotation io.hyper.memory_mib=384; t1=$(now_ms); prun c2; t2=$(now_ms)
 log "c1 running after $((t1 - t0)) ms (VM boot); c2 joined after $((t2 - t1)) ms"
-vmms=$(pids_matching "$VMM_RE" | wc -l)
+vmms=$(outer_pids $(pids_matching "$VMM_RE") | wc -l)
 [ "$vmms" -eq 1 ] || fail "$vmms hyper-vmm processes for one pod: $(for p in $(pids_matching "$VMM_RE"); do tr '\0' ' ' < /proc/$p/cmdline; echo; done)"
 pids_matching "$VMM_RE" | xargs -I{} cat /proc/{}/cmdline | tr '\0' ' ' | grep -q /tmp/hyper/pod1/ \
   || fail "the VMM is not the pod's (no /tmp/hyper/pod1/ in its command line)"
@@ -73,8 +73,8 @@ log "containerd restarted: both tasks still RUNNING and reachable"
 # Removing c2 leaves c1 and the VM running and drops c2's share mounts.
 ctr_delete c2
 [ "$(task_status c1)" = RUNNING ] || fail "c1 is '$(task_status c1)' after c2 was removed"
-[ "$(pids_matching "$VMM_RE" | wc -l)" -eq 1 ] || fail "the VMM went away with c2"
-! grep -q "/tmp/hyper/pod1/share/c2" /proc/mounts || fail "c2's share mounts left: $(grep /tmp/hyper/pod1/share/c2 /proc/mounts)"
+[ "$(outer_pids $(pids_matching "$VMM_RE") | wc -l)" -eq 1 ] || fail "the VMM went away with c2"
+! grep -E " /tmp/hyper/pod1/(mounts|shared)/c2" /proc/mounts || fail "c2's share mounts are left"
 out=$(gexec c1 'echo still-here') || fail "c1 does not answer after c2 was removed"
 log "c2 removed: c1 still runs in the VM, c2's share mounts are gone"
 
@@ -82,7 +82,7 @@ ctr_delete c1
 t0=$(now_ms)
 while [ -n "$(pids_matching "$VMM_RE|$SHIM_RE")" ] && (( $(now_ms) - t0 < 15000 )); do th_sleep 0.2; done
 [ -z "$(pids_matching "$VMM_RE|$SHIM_RE")" ] || fail "shim/VMM still running 15 s after the last container was removed"
-! grep -q " /tmp/hyper" /proc/mounts || fail "mounts left: $(grep ' /tmp/hyper' /proc/mounts)"
+! grep -q " /tmp/hyper/" /proc/mounts || fail "mounts left: $(grep ' /tmp/hyper/' /proc/mounts)"
 [ -z "$(ls -A /tmp/hyper 2>/dev/null)" ] || fail "state left in /tmp/hyper: $(ls -A /tmp/hyper)"
 [ "$(cat $VOL/shared)" = hello-from-c1 ] || fail "the volume's file was touched by the teardown"
 log "last container removed: shim and VMM gone, no mounts or state left, volume intact"

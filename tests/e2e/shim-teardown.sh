@@ -49,7 +49,7 @@ done
 hrun -d "$BUSYBOX_REF" long sleep 100000 > /dev/null || fail "ctr run -d failed"
 wait_status long RUNNING 300
 shim=$(pids_matching '^(/usr/local/bin/)?containerd-shim-hyper-v1 .*-id long' | head -1)
-vmm=$(pids_matching '^(/usr/local/bin/)?hyper-vmm .*/tmp/hyper/long/' | head -1)
+vmm=$(outer_pids $(pids_matching '^(/usr/local/bin/)?hyper-vmm .*/tmp/hyper/long/'))
 [ -n "$shim" ] && [ -n "$vmm" ] || fail "no shim ($shim) or VMM ($vmm) for the running container"
 [ -e /tmp/hyper/long/vmm.pid ] || fail "no vmm.pid in the pod's state dir"
 kill -9 "$shim"

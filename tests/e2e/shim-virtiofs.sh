@@ -102,7 +102,7 @@ log "rootfs writes reach containerd's snapshot; host changes reach the guest"
 
 ctr_delete fs
 t0=$(now_ms)
-while grep -q " /tmp/hyper" /proc/mounts && (( $(now_ms) - t0 < 15000 )); do th_sleep 0.2; done
-! grep " /tmp/hyper" /proc/mounts || fail "share mounts left after delete"
+while grep -q " /tmp/hyper/" /proc/mounts && (( $(now_ms) - t0 < 15000 )); do th_sleep 0.2; done
+! grep " /tmp/hyper/" /proc/mounts || fail "share mounts left after delete"
 [ "$(cat $VOL/hostfile)" = host-v2 ] && [ -f $VOL/big ] || fail "the volume's files were touched by the teardown"
 log "after delete: no share mounts left, the volume's files intact"
