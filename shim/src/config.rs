@@ -62,6 +62,8 @@ pub struct HypervisorConfig {
     /// Run each hyper-vmm in its jail (own namespaces, a root holding only the VM's
     /// files); off only for debugging.
     pub jail: bool,
+    /// Run hyper-vmm's threads under their seccomp filters; off only for debugging.
+    pub seccomp: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -124,6 +126,7 @@ impl Default for HypervisorConfig {
             shared_fs: SharedFs::default(),
             virtio_fs_cache: VirtioFsCache::default(),
             jail: true,
+            seccomp: true,
         }
     }
 }
@@ -288,6 +291,7 @@ mod tests {
             shared_fs = "none"
             virtio_fs_cache = "always"
             jail = false
+            seccomp = false
             [agent]
             request_timeout_ms = 5000
             create_container_timeout_ms = 7000
@@ -302,7 +306,7 @@ mod tests {
         assert!(c.hypervisor.debug_console);
         assert_eq!(c.hypervisor.shared_fs, SharedFs::None);
         assert_eq!(c.hypervisor.virtio_fs_cache, VirtioFsCache::Always);
-        assert!(!c.hypervisor.jail);
+        assert!(!c.hypervisor.jail && !c.hypervisor.seccomp);
         assert_eq!(c.boot_timeout(), Duration::from_secs(90));
         assert_eq!(c.request_timeout(), Duration::from_secs(5));
         assert_eq!(c.create_container_timeout(), Duration::from_secs(7));
@@ -312,7 +316,7 @@ mod tests {
         assert_eq!(partial.hypervisor.memory_mib, 256);
         assert_eq!(partial.hypervisor.shared_fs, SharedFs::VirtioFs);
         assert_eq!(partial.hypervisor.virtio_fs_cache, VirtioFsCache::Auto);
-        assert!(partial.hypervisor.jail);
+        assert!(partial.hypervisor.jail && partial.hypervisor.seccomp);
     }
 
     #[test]

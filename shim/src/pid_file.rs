@@ -187,12 +187,20 @@ mod tests {
 
     impl Sleeper {
         fn start() -> Self {
-            Self(
-                Command::new("sleep")
-                    .arg("300")
-                    .spawn()
-                    .expect("spawn sleep"),
-            )
+            let child = Command::new("sleep")
+                .arg("300")
+                .spawn()
+                .expect("spawn sleep");
+            // spawn returns once the exec has replaced our memory, a moment before the
+            // kernel has set up the new command line: wait for it.
+            let cmdline = format!("/proc/{}/cmdline", child.id());
+            for _ in 0..500 {
+                if std::fs::read(&cmdline).is_ok_and(|c| !c.is_empty()) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Self(child)
         }
         fn pid(&self) -> u32 {
             self.0.id()

@@ -83,7 +83,8 @@ impl SandboxBackend for HyperVmmBackend {
     fn hypervisor(&self, config: &Config, state_dir: &Path) -> Box<dyn Hypervisor> {
         Box::new(
             HyperVmm::new(config.hypervisor.path.clone(), state_dir.to_path_buf())
-                .jailed(config.hypervisor.jail),
+                .jailed(config.hypervisor.jail)
+                .with_seccomp(config.hypervisor.seccomp),
         )
     }
 
@@ -250,6 +251,7 @@ impl Sandbox {
                 .then(|| state_dir.join("console.log")),
         };
         let mut hypervisor = backend.hypervisor(config, state_dir);
+        let booting = std::time::Instant::now();
         hypervisor.start(&spec).await?;
         // Who runs this sandbox: `delete` must leave a pod alone while its shim lives.
         if let Err(e) = crate::pid_file::write(&state_dir.join(OWNER_PID_FILE), std::process::id())
@@ -277,6 +279,8 @@ impl Sandbox {
                 return Err(e);
             }
         };
+        // bench-ctr-run reads this: VMM spawn to the agent answering.
+        tracing::info!(pod = %req.id, boot_ms = booting.elapsed().as_millis() as u64, "agent ready");
         backend.agent_ready(&hypervisor.vsock_uds(), req.id);
         let sandbox = Self {
             id: req.id.to_string(),

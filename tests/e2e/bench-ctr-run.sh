@@ -3,7 +3,9 @@
 # io.containerd.runc.v2, alternated in one test-host boot: wall time from command to exit
 # (medians and their ratio), and the shim's and the VMM's peak RSS for a running pod.
 # Env: BENCH_N (runs per runtime, default 10), BENCH_SHARED_FS (the shim's shared_fs:
-# virtio-fs, the default, or none). Not in the default suite.
+# virtio-fs, the default, or none), BENCH_OPEN=1 (also hyper with the VMM unconfined,
+# jail = false and seccomp = false: what the jail and the filters cost). Not in the
+# default suite.
 # timeout: 1800
 # needs: containerd hyper-vmm containerd-shim-hyper-v1
 # shellcheck source=lib.sh
@@ -16,6 +18,11 @@ if [ -n "${BENCH_SHARED_FS:-}" ]; then
   mv $CTD-hyper.toml.new $CTD-hyper.toml
 fi
 log "shim config: $(tr '\n' ' ' < $CTD-hyper.toml)"
+runtimes=(hyper runc)
+if [ "${BENCH_OPEN:-}" = 1 ]; then
+  awk '{ print } /^\[hypervisor\]$/ { print "jail = false"; print "seccomp = false" }' $CTD-hyper.toml > $CTD-hyper-open.toml
+  runtimes=(hyper hyper-open runc)
+fi
 stop_rss_pod() {
   ctr tasks kill -s SIGKILL rss > /dev/null 2>&1 || true
   local t0; t0=$(now_ms)
@@ -30,6 +37,7 @@ declare -A MS=()
 one() { # one RUNTIME ROUND
   local rt=$1 id=b-$1-$2 t0 rc=0 extra=()
   [ "$rt" = hyper ] && extra=(--runtime io.containerd.hyper.v1 --runtime-config-path $CTD-hyper.toml)
+  [ "$rt" = hyper-open ] && extra=(--runtime io.containerd.hyper.v1 --runtime-config-path $CTD-hyper-open.toml)
   [ "$rt" = runc ] && extra=(--runtime io.containerd.runc.v2)
   t0=$(now_ms)
   ctr run --rm "${extra[@]}" "$BUSYBOX_REF" "$id" true > /dev/null 2>&1 || rc=$?
@@ -37,12 +45,22 @@ one() { # one RUNTIME ROUND
   MS[$rt]+="$(( $(now_ms) - t0 )) "
   echo "round $2 $rt: $(( $(now_ms) - t0 )) ms"
 }
+# Alternated, each round in a rotated order, so drift hits every runtime alike.
 for ((i = 1; i <= n; i++)); do
-  if (( i % 2 )); then one hyper "$i"; one runc "$i"; else one runc "$i"; one hyper "$i"; fi
+  k=${#runtimes[@]}
+  for ((j = 0; j < k; j++)); do one "${runtimes[(i + j) % k]}" "$i"; done
 done
 median() { tr ' ' '\n' | grep . | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2 ? a[(NR + 1) / 2] : int((a[NR / 2] + a[NR / 2 + 1]) / 2)) }'; }
 mh=$(median <<<"${MS[hyper]}"); mr=$(median <<<"${MS[runc]}")
 log "RESULT ctr run --rm busybox true, median of $n: hyper ${mh} ms, runc ${mr} ms, ratio hyper/runc $(awk -v a="$mh" -v b="$mr" 'BEGIN { printf "%.2f", a / b }')"
+if [ -n "${MS[hyper-open]:-}" ]; then
+  mo=$(median <<<"${MS[hyper-open]}")
+  log "RESULT unconfined VMM (jail = false, seccomp = false): ${mo} ms; confined/unconfined $(awk -v a="$mh" -v b="$mo" 'BEGIN { printf "%.3f", a / b }')"
+  # The shim's "agent ready" line: VMM spawn to the agent answering, per pod.
+  boot_ms() { grep -o "agent ready pod=b-$1-[0-9]* boot_ms=[0-9]*" "$TH_ART/containerd.log" | sed 's/.*boot_ms=//' | tr '\n' ' '; }
+  bh=$(boot_ms hyper | median); bo=$(boot_ms hyper-open | median)
+  log "RESULT VMM spawn to agent ready, median: confined ${bh:-?} ms, unconfined ${bo:-?} ms; ratio $(awk -v a="$bh" -v b="$bo" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "?" }')"
+fi
 
 # Memory of one running pod: the shim's and the VMM's peak RSS (VmHWM).
 ctr run -d --runtime io.containerd.hyper.v1 --runtime-config-path $CTD-hyper.toml "$BUSYBOX_REF" rss sleep 100000 > /dev/null \

@@ -59,6 +59,8 @@ pub struct HyperVmm {
     run_dir: PathBuf,
     /// Run the VMM in its jail (`[hypervisor] jail`).
     jail: bool,
+    /// Its threads under their seccomp filters (`[hypervisor] seccomp`).
+    seccomp: bool,
     child: Option<Child>,
 }
 
@@ -68,6 +70,7 @@ impl HyperVmm {
             binary,
             run_dir,
             jail: true,
+            seccomp: true,
             child: None,
         }
     }
@@ -75,6 +78,12 @@ impl HyperVmm {
     /// With `false`, the VMM runs unjailed (debugging).
     pub fn jailed(mut self, jail: bool) -> Self {
         self.jail = jail;
+        self
+    }
+
+    /// With `false`, the VMM runs without seccomp filters (debugging).
+    pub fn with_seccomp(mut self, seccomp: bool) -> Self {
+        self.seccomp = seccomp;
         self
     }
 
@@ -147,6 +156,7 @@ impl HyperVmm {
             root: self.jail_root(),
             cgroup: None,
         });
+        cfg.seccomp = self.seccomp;
         Ok(cfg)
     }
 
@@ -411,6 +421,9 @@ mod tests {
         );
         let unjailed = HyperVmm::new("hyper-vmm".into(), "/run/hyper/p1".into()).jailed(false);
         assert_eq!(unjailed.vm_config(&spec()).unwrap().jail, None);
+        assert!(got.seccomp, "seccomp is on by default");
+        let open = HyperVmm::new("hyper-vmm".into(), "/run/hyper/p1".into()).with_seccomp(false);
+        assert!(!open.vm_config(&spec()).unwrap().seccomp);
     }
 
     #[test]
