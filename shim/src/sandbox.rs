@@ -159,6 +159,8 @@ pub struct BootRequest<'a> {
     /// The first container's rootfs on the host (copied into a disk without a share).
     pub first_rootfs: &'a Path,
     pub size: VmSize,
+    /// The pod's host cgroup (the sandbox container's `cgroupsPath`), for the VMM.
+    pub cgroup: Option<PathBuf>,
 }
 
 pub struct Sandbox {
@@ -169,6 +171,8 @@ pub struct Sandbox {
     hypervisor: Mutex<Option<Box<dyn Hypervisor>>>,
     rootfs_path: RootfsPath,
     vmm_pid: Option<u32>,
+    /// The host cgroup the VMM joined, removed with the pod.
+    cgroup: Option<PathBuf>,
     watchers: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -199,6 +203,9 @@ impl Sandbox {
             }
             Err(e) => {
                 remove_tree(&state_dir);
+                if let Some(dir) = &req.cgroup {
+                    crate::host_cgroup::remove(dir);
+                }
                 Err(e)
             }
         }
@@ -249,6 +256,7 @@ impl Sandbox {
                 .hypervisor
                 .debug_console
                 .then(|| state_dir.join("console.log")),
+            cgroup: req.cgroup.clone(),
         };
         let mut hypervisor = backend.hypervisor(config, state_dir);
         let booting = std::time::Instant::now();
@@ -289,6 +297,7 @@ impl Sandbox {
             hypervisor: Mutex::new(Some(hypervisor)),
             rootfs_path,
             vmm_pid,
+            cgroup: req.cgroup.clone(),
             watchers: Default::default(),
         };
         let create = CreateSandboxRequest {
@@ -405,6 +414,9 @@ impl Sandbox {
             tracing::warn!(pod = %self.id, "stop VM: {e}");
         }
         remove_tree(&self.state_dir);
+        if let Some(dir) = &self.cgroup {
+            crate::host_cgroup::remove(dir);
+        }
         tracing::info!(pod = %self.id, "sandbox shut down");
     }
 }

@@ -105,7 +105,9 @@ for host_path in /etc/passwd /run/containerd /tmp/ctd /root /var/lib/containerd 
 done
 [ -e "/proc/$inner/root/dev/kvm" ] && [ -d "/proc/$inner/root$POD/shared/atk/rootfs" ] || fail "the jail lacks /dev/kvm or the share"
 grep -q Seccomp:.*2 /proc/$inner/status || fail "the VMM runs without a seccomp filter: $(grep Seccomp /proc/$inner/status)"
-log "the VMM runs jailed (own mnt/pid/net/ipc/uts namespaces, no host files, seccomp on)"
+# In the pod's cgroup (the first container's cgroupsPath; ctr's is /<namespace>/<id>).
+grep -qx '0::/default/atk' /proc/$inner/cgroup || fail "the VMM is not in the pod's cgroup: $(cat /proc/$inner/cgroup)"
+log "the VMM runs jailed (own mnt/pid/net/ipc/uts namespaces, no host files, seccomp on, the pod's cgroup)"
 
 # Symlink swaps in the guest while the host adds and removes a container, five times.
 tctr 60 tasks exec -d --exec-id race atk sh -c 'i=0; while :; do
@@ -132,6 +134,7 @@ changed=$(find /etc /root /usr /var /tmp -xdev -newer /tmp/hostile-mark \
 log "canary and read-only volume intact, nothing changed on the host outside the rw volume"
 ctr_delete atk
 ! grep " $POD" /proc/mounts || fail "mounts of the pod left after delete"
+[ ! -d /sys/fs/cgroup/default/atk ] || fail "the pod's cgroup is left after delete"
 
 # A pod id that would leave the state dir is refused, and creates nothing.
 out=$(tctr 120 run --rm --runtime io.containerd.hyper.v1 --runtime-config-path $CTD-hyper.toml \

@@ -154,7 +154,7 @@ impl HyperVmm {
             .collect::<Result<_, HypervisorError>>()?;
         cfg.jail = self.jail.then(|| JailConfig {
             root: self.jail_root(),
-            cgroup: None,
+            cgroup: spec.cgroup.clone(),
         });
         cfg.seccomp = self.seccomp;
         Ok(cfg)
@@ -367,6 +367,7 @@ mod tests {
                 cache: "auto".into(),
             }],
             console_log: None,
+            cgroup: Some("/sys/fs/cgroup/default/p1".into()),
         }
     }
 
@@ -403,7 +404,7 @@ mod tests {
             stop_timeout_ms: hyper_vmm_api::DEFAULT_STOP_TIMEOUT_MS,
             jail: Some(JailConfig {
                 root: "/run/hyper/p1/root".into(),
-                cgroup: None,
+                cgroup: Some("/sys/fs/cgroup/default/p1".into()),
             }),
             // Checked by its own tests.
             seccomp: got.seccomp,

@@ -24,6 +24,8 @@ pub struct VmSpec {
     pub shares: Vec<SharedDir>,
     /// Keep the guest's serial console in this file.
     pub console_log: Option<PathBuf>,
+    /// The host cgroup the VMM runs in (the pod's), if any.
+    pub cgroup: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -334,6 +334,16 @@ impl Pod {
             hostname: &hostname,
             first_rootfs: rootfs_dir,
             size,
+            cgroup: spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.cgroups_path().as_ref())
+                .and_then(|p| {
+                    crate::host_cgroup::dir_for(
+                        Path::new(crate::host_cgroup::CGROUP_ROOT),
+                        &p.to_string_lossy(),
+                    )
+                }),
         };
         let sandbox = Sandbox::boot(&self.config, self.backend.as_ref(), req, tx)
             .await
