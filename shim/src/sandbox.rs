@@ -320,12 +320,18 @@ impl Sandbox {
         if let Some(pid) = self.vmm_pid {
             let events = events.clone();
             let id = self.id.clone();
+            let state_dir = self.state_dir.clone();
             watchers.push(tokio::spawn(async move {
                 if let Err(e) = wait_for_exit(pid).await {
                     tracing::warn!(pod = %id, pid, "cannot watch the VMM: {e}");
                     return;
                 }
-                tracing::warn!(pod = %id, pid, "VMM exited");
+                // Its last words, e.g. the jail naming a seccomp kill.
+                let last = std::fs::read_to_string(state_dir.join("vmm.log"))
+                    .ok()
+                    .and_then(|t| t.lines().last().map(str::to_string))
+                    .unwrap_or_default();
+                tracing::warn!(pod = %id, pid, vmm_log = %last, "VMM exited");
                 let _ = events.send(SandboxEvent::VmDied);
             }));
         }

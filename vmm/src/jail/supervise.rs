@@ -129,7 +129,19 @@ fn reap(child: libc::pid_t) -> Option<i32> {
             Some(1)
         }
         _ if libc::WIFEXITED(status) => Some(libc::WEXITSTATUS(status)),
-        _ if libc::WIFSIGNALED(status) => Some(128 + libc::WTERMSIG(status)),
+        _ if libc::WIFSIGNALED(status) => {
+            let sig = libc::WTERMSIG(status);
+            if sig == libc::SIGSYS {
+                // The one death worth explaining: the kernel log names the syscall.
+                tracing::error!(
+                    "the jailed VMM was killed by SIGSYS: a thread made a syscall its \
+                     seccomp filter forbids (the kernel log names it: dmesg | grep audit)"
+                );
+            } else {
+                tracing::warn!(signal = sig, "the jailed VMM was killed by a signal");
+            }
+            Some(128 + sig)
+        }
         _ => None,
     }
 }
