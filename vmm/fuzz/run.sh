@@ -11,7 +11,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/../../scripts/common.sh"
 secs=${1:-10}; shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(block net rng vsock)
+[ ${#targets[@]} -gt 0 ] || targets=(block fs net rng vsock)
 if ! cargo +nightly --version >/dev/null 2>&1; then
   echo "skipped: no nightly Rust toolchain on this machine (cargo fuzz needs one); no fuzzing ran"
   exit 0

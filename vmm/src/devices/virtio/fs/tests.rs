@@ -629,6 +629,26 @@ fn hostile_requests_get_error_replies_and_the_device_keeps_serving() {
             let req = drv.request(Opcode::Setxattr as u32, ROOT_ID, &xattr);
             assert_eq!(drv.raw(&req, REPLY_CAP).unwrap().error, -libc::EINVAL);
         }),
+        // fuse-backend-rs would allocate what these ask for before anything else.
+        case("getxattr asking for 4 GiB", |drv| {
+            let mut body = GetxattrIn {
+                size: u32::MAX,
+                padding: 0,
+            }
+            .as_slice()
+            .to_vec();
+            body.extend(cstr("user.x"));
+            let req = drv.request(Opcode::Getxattr as u32, ROOT_ID, &body);
+            assert_eq!(drv.raw(&req, REPLY_CAP).unwrap().error, -libc::E2BIG);
+        }),
+        case("listxattr asking for 64 KiB + 1", |drv| {
+            let body = GetxattrIn {
+                size: (1 << 16) + 1,
+                padding: 0,
+            };
+            let req = drv.request(Opcode::Listxattr as u32, ROOT_ID, body.as_slice());
+            assert_eq!(drv.raw(&req, REPLY_CAP).unwrap().error, -libc::E2BIG);
+        }),
         case("a length past the request", |drv| {
             let req = lookup_with_len(drv, Some(u32::MAX));
             assert!(drv.raw(&req, REPLY_CAP).unwrap().error < 0);

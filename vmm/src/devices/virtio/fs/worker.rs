@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
-use fuse_backend_rs::abi::fuse_abi::{InHeader, OutHeader};
+use fuse_backend_rs::abi::fuse_abi::{GetxattrIn, InHeader, OutHeader};
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::PassthroughFs;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
@@ -21,6 +21,12 @@ use crate::seccomp::{BpfProgram, spawn_filtered};
 
 /// FUSE opcodes below the highest one that name no operation.
 const UNASSIGNED_OPCODES: [u32; 2] = [7, 19];
+/// GETXATTR and LISTXATTR: fuse-backend-rs allocates the reply buffer the guest asks for
+/// (`Vec::with_capacity(size)`) before anything else, so a guest could ask for 4 GiB.
+const XATTR_SIZE_OPCODES: [u32; 2] = [22, 23];
+/// The kernel's own limit on an xattr value or list (XATTR_SIZE_MAX): no real guest
+/// driver asks for more.
+const XATTR_SIZE_MAX: u32 = 1 << 16;
 /// FORGET and BATCH_FORGET: the driver expects no reply.
 const NO_REPLY_OPCODES: [u32; 2] = [2, 42];
 
@@ -150,12 +156,10 @@ fn handle(
     // For an error reply of our own, should the server give up on the request.
     let mut spare: Writer<'_> = writer.clone().into();
     if let Some(h) = header
-        && UNASSIGNED_OPCODES.contains(&h.opcode)
+        && let Some(errno) = refused(&reader, &h)
     {
-        // fuse-backend-rs turns opcodes into its enum by transmute (in its trace logs),
-        // which is undefined for these holes; they never reach it.
         inc(&counters.errors);
-        return reply_error(&mut spare, h.unique, libc::ENOSYS);
+        return reply_error(&mut spare, h.unique, errno);
     }
     match server.handle_message(reader, writer.into(), None, None) {
         Ok(n) => {
@@ -175,6 +179,22 @@ fn handle(
             }
         }
     }
+}
+
+/// The error for a request that must not reach fuse-backend-rs, if this is one.
+fn refused(reader: &Reader<'_>, h: &InHeader) -> Option<i32> {
+    if UNASSIGNED_OPCODES.contains(&h.opcode) {
+        // fuse-backend-rs turns opcodes into its enum by transmute (in its trace logs),
+        // which is undefined for these holes; they never reach it.
+        return Some(libc::ENOSYS);
+    }
+    if XATTR_SIZE_OPCODES.contains(&h.opcode) {
+        let mut body = reader.clone();
+        body.read_obj::<InHeader>().ok()?;
+        let size = body.read_obj::<GetxattrIn>().ok()?.size;
+        return (size > XATTR_SIZE_MAX).then_some(libc::E2BIG);
+    }
+    None
 }
 
 /// Writes a bare error reply; returns its length (0 if the chain has no room for it).
