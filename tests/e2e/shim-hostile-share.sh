@@ -126,9 +126,9 @@ log "five add/remove rounds of a second container under racing symlink swaps"
 # The host: canary and read-only volume byte for byte; nothing new outside the pod.
 [ "$(tree_sum $CANARY)" = "$canary_before" ] || fail "the canary tree changed"
 [ "$(tree_sum $RO)" = "$ro_before" ] || fail "the read-only volume changed: $(ls -lR $RO)"
-changed=$(find /etc /root /usr /var /tmp -xdev -newer /tmp/hostile-mark \
+changed=$(find /etc /root /usr /var /tmp -xdev ! -type d -newer /tmp/hostile-mark \
   ! -path "$RW*" ! -path '/tmp/hyper*' ! -path "$CTD*" ! -path '/var/lib/containerd*' \
-  ! -path '/tmp/hostile-*' ! -path '/var/log*' ! -path '/var/tmp/*' ! -path '/tmp/th-*' \
+  ! -path '/tmp/hostile-*' ! -path '/tmp/e2e/*' ! -path '/var/log*' ! -path '/var/tmp/*' ! -path '/tmp/th-*' \
   ! -path '/var/cache*' 2>/dev/null | head -20 || true)
 [ -z "$changed" ] || fail "host paths changed outside the pod's rw volume: $changed"
 log "canary and read-only volume intact, nothing changed on the host outside the rw volume"
