@@ -246,20 +246,9 @@ impl Config {
 pub fn record(config: &Config, bundle: &Path) -> Result<(), String> {
     let path = bundle.join(RECORDED_CONFIG);
     let text = toml::to_string(config).map_err(|e| format!("serialise config: {e}"))?;
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)?;
-        // Owner-only whatever the umask was.
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        f.write_all(text.as_bytes())
-    };
-    write().map_err(|e| format!("write {}: {e}", path.display()))
+    crate::state_dir::create_private_file(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+        .map_err(|e| format!("write {}: {e}", path.display()))
 }
 
 #[cfg(test)]

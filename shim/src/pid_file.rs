@@ -2,10 +2,8 @@
 //! holds `<pid> <start time>` (field 22 of /proc/<pid>/stat, clock ticks since boot).
 //! A reader opens a pidfd first and then checks the start time, so the check and a
 //! later signal (sent through the pidfd) are about the same process.
-use std::fs::{OpenOptions, Permissions};
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::sys::signal::Signal;
@@ -62,14 +60,7 @@ impl Process {
 pub fn write(path: &Path, pid: u32) -> std::io::Result<()> {
     let start_time = start_time(pid)?;
     let aside = aside(path);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&aside)?;
-    // The umask can only narrow the mode above; this sets it exactly.
-    file.set_permissions(Permissions::from_mode(0o600))?;
+    let mut file = crate::state_dir::create_private_file(&aside)?;
     writeln!(file, "{pid} {start_time}")?;
     std::fs::rename(&aside, path)
 }

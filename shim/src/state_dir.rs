@@ -39,6 +39,20 @@ pub fn make_private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
+/// Creates (or truncates) the file `path`, mode 0600 whatever the umask.
+pub fn create_private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // The umask can only narrow the mode above; this sets it exactly.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(f)
+}
+
 fn make_private_mount(root: &Path) -> std::io::Result<()> {
     if !crate::share::mounts_under(root).iter().any(|m| m == root) {
         nix::mount::mount(

@@ -16,7 +16,7 @@ use hyper_vmm_api::{
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use crate::state_dir::make_private_dir;
+use crate::state_dir::{create_private_file, make_private_dir};
 
 use super::{Hypervisor, HypervisorError, VmSpec, process_alive};
 
@@ -39,18 +39,6 @@ pub fn api_socket_in(run_dir: &Path) -> PathBuf {
 /// The hybrid-vsock socket of the VM whose run dir is `run_dir`.
 pub fn vsock_uds_in(run_dir: &Path) -> PathBuf {
     run_dir.join(SOCKET_DIR).join("vsock.sock")
-}
-
-/// A new (truncated) file only root reads, whatever the umask.
-fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    Ok(f)
 }
 
 pub struct HyperVmm {
@@ -291,7 +279,7 @@ impl Hypervisor for HyperVmm {
             make_private_dir(&self.jail_root())?;
         }
         let config = self.write_config(&self.vm_config(spec)?)?;
-        let log = private_file(&self.run_dir.join("vmm.log"))?;
+        let log = create_private_file(&self.run_dir.join("vmm.log"))?;
         // std, not tokio: the shim's SIGCHLD handler reaps every child and reports exits
         // through containerd-shim's monitor, which the sandbox watches.
         let child = Command::new(&binary)
