@@ -548,6 +548,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn stop_kills_a_vmm_whose_control_socket_hangs() {
+        let dir = tempfile::tempdir().unwrap();
+        let run_dir = dir.path().join("p1");
+        make_private_dir(&run_dir.join(SOCKET_DIR)).unwrap();
+        let mut vmm = HyperVmm::new("hyper-vmm".into(), run_dir);
+        // Takes the stop request and never answers (a wedged event loop).
+        fake_vmm(&vmm.api_socket(), "{\"cmd\":\"stop\"}\n", Answer::Silence);
+        let child = Command::new("sleep")
+            .arg("300")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        vmm.child = Some(child);
+        let t0 = std::time::Instant::now();
+        vmm.stop(Duration::from_millis(100)).await.unwrap();
+        let took = t0.elapsed();
+        assert!(
+            took < CONTROL_TIMEOUT + Duration::from_secs(2),
+            "stop took {took:?}"
+        );
+        // SIGKILL lands a moment after kill() returns.
+        let dead = std::time::Instant::now();
+        while process_alive(pid) && dead.elapsed() < Duration::from_secs(2) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!process_alive(pid), "the VMM survived its stop");
+    }
+
+    #[tokio::test]
     async fn control_sends_one_json_line_and_checks_the_answer() {
         use hyper_vmm_api::VmState;
         let dir = tempfile::tempdir().unwrap();
