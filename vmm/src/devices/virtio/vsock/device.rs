@@ -259,13 +259,9 @@ mod tests {
         r.dev.read_config(u64::MAX, &mut b);
     }
 
-    #[test]
-    fn guest_connects_to_host_listener_through_queues() {
-        let mem = test_memory();
-        let mut r = rig(&mem);
-        let listener =
-            std::os::unix::net::UnixListener::bind(format!("{}_52", r.uds.display())).unwrap();
-        // TX: REQUEST header in one descriptor.
+    /// The guest's side of a connect to host port 52: a REQUEST on the TX queue, one
+    /// 4 KiB RX buffer for the answer, and the TX queue notified. Returns the REQUEST.
+    fn guest_connects_to_port_52(mem: &GuestMemoryMmap, r: &mut Rig<'_>) -> Header {
         let req = Header {
             src_cid: 3,
             dst_cid: 2,
@@ -276,15 +272,24 @@ mod tests {
             buf_alloc: 4096,
             ..Default::default()
         };
-        write_hdr(&mem, 0x10_0000, req);
+        write_hdr(mem, 0x10_0000, req);
         r.txq
             .add_desc_chains(&[desc(0x10_0000, HDR_SIZE as u32, 0)], 0)
             .unwrap();
-        // RX: one buffer for the answer.
         r.rxq
             .add_desc_chains(&[desc(0x20_0000, 4096, VRING_DESC_F_WRITE)], 0)
             .unwrap();
         r.dev.queue_notify(TXQ, &r.ctl).unwrap();
+        req
+    }
+
+    #[test]
+    fn guest_connects_to_host_listener_through_queues() {
+        let mem = test_memory();
+        let mut r = rig(&mem);
+        let listener =
+            std::os::unix::net::UnixListener::bind(format!("{}_52", r.uds.display())).unwrap();
+        let req = guest_connects_to_port_52(&mem, &mut r);
         let used = used_elems(&mem, &r.rxq);
         assert_eq!(used, vec![(0, HDR_SIZE as u32)]);
         let mut hb = [0u8; HDR_SIZE];
@@ -421,24 +426,7 @@ mod tests {
         let mut r = rig_on(&mem, el.own_ctl());
         let listener =
             std::os::unix::net::UnixListener::bind(format!("{}_52", r.uds.display())).unwrap();
-        let req = Header {
-            src_cid: 3,
-            dst_cid: 2,
-            src_port: 1000,
-            dst_port: 52,
-            type_: TYPE_STREAM,
-            op: OP_REQUEST,
-            buf_alloc: 4096,
-            ..Default::default()
-        };
-        write_hdr(&mem, 0x10_0000, req);
-        r.txq
-            .add_desc_chains(&[desc(0x10_0000, HDR_SIZE as u32, 0)], 0)
-            .unwrap();
-        r.rxq
-            .add_desc_chains(&[desc(0x20_0000, 4096, VRING_DESC_F_WRITE)], 0)
-            .unwrap();
-        r.dev.queue_notify(TXQ, &r.ctl).unwrap();
+        let req = guest_connects_to_port_52(&mem, &mut r);
         let (mut host, _) = listener.accept().unwrap();
         // Host data is pending for the guest, and the guest has no RX buffer yet.
         host.write_all(b"hello").unwrap();
