@@ -138,6 +138,15 @@ impl Streams {
                 ws_ypixel: 0,
             });
             let pty = nix::pty::openpty(ws.as_ref(), None).map_err(errno("openpty"))?;
+            // openpty's fds are inheritable: without this the container's processes would
+            // hold the master (and a stray slave) of their own terminal.
+            for fd in [&pty.master, &pty.slave] {
+                nix::fcntl::fcntl(
+                    fd,
+                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+                )
+                .map_err(errno("FD_CLOEXEC on the pty"))?;
+            }
             let out = pty.master.try_clone().map_err(io("dup pty"))?;
             let input = pty.master.try_clone().map_err(io("dup pty"))?;
             set_nonblocking(&input)?;

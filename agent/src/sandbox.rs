@@ -167,6 +167,13 @@ impl Sandbox {
         for (i, l) in req.hosts.iter().enumerate() {
             check_line(&format!("hosts[{i}]"), l)?;
         }
+        if !req.host_netns.is_empty() && !req.host_netns.starts_with('/') {
+            return Err(invalid(format!(
+                "host_netns: {:?} is not an absolute path",
+                req.host_netns
+            )));
+        }
+        check_line("host_netns", &req.host_netns)?;
         network::validate(req).map_err(invalid)?;
         for (i, s) in req.storages.iter().enumerate() {
             storage::validate(&format!("storages[{i}]"), s, &self.opts.state_dir)
@@ -280,6 +287,9 @@ impl Sandbox {
             ipc_ns: Some(proc_ns("ipc")),
             uts_ns: Some(proc_ns("uts")),
             pid_ns: req.sandbox_pidns.then(|| proc_ns("pid")),
+            sandbox_pid_ns: None,
+            host_task_pid: (req.host_task_pid != 0).then_some(req.host_task_pid),
+            host_netns: (!req.host_netns.is_empty()).then(|| PathBuf::from(&req.host_netns)),
             etc_files,
             shm_dir: Some(shm.clone()),
         };
@@ -381,13 +391,13 @@ impl Sandbox {
     async fn do_create(&self, req: &agent::CreateContainerRequest) -> Result<Arc<Container>> {
         let id = &req.container_id;
         let spec: oci_spec::runtime::Spec = spec::parse_json(&req.oci_spec_json, "oci_spec_json")?;
-        let pod_ctx = self
-            .pod
-            .lock()
-            .await
-            .as_ref()
-            .map(|p| p.ctx.clone())
-            .unwrap_or_default();
+        let pod_ctx = match self.pod.lock().await.as_ref() {
+            Some(p) => PodContext {
+                sandbox_pid_ns: self.sandbox_pid_ns(&p.id),
+                ..p.ctx.clone()
+            },
+            None => PodContext::default(),
+        };
         let mut undo = Undo::default();
         let storages = self.mount_storages(&req.storages, &mut undo)?;
         let allowed = self.allowed_roots(&storages);
@@ -451,6 +461,17 @@ impl Sandbox {
         }
         tracing::info!(id, pid = c.init.pid, "container created");
         Ok(c)
+    }
+
+    /// The PID namespace of the sandbox container (the one whose id is the pod's, CRI's
+    /// pause) while its init runs.
+    fn sandbox_pid_ns(&self, pod_id: &str) -> Option<PathBuf> {
+        match lock(&self.containers).get(pod_id) {
+            Some(Slot::Ready(c)) if c.state() != State::Stopped => {
+                Some(PathBuf::from(format!("/proc/{}/ns/pid", c.init.pid)))
+            }
+            _ => None,
+        }
     }
 
     fn watch_oom(&self, c: Weak<Container>) {

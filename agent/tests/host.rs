@@ -616,6 +616,8 @@ async fn sandbox_shares_namespaces_and_files() {
                 dns: vec!["nameserver 10.0.0.53".into(), "search svc.local".into()],
                 hosts: vec!["10.1.1.1 db".into()],
                 sandbox_pidns: true,
+                host_task_pid: 999999,
+                host_netns: "/var/run/netns/cni-x".into(),
                 storages: vec![agent::Storage {
                     driver: "tmpfs".into(),
                     source: "tmpfs".into(),
@@ -628,7 +630,7 @@ async fn sandbox_shares_namespaces_and_files() {
         )
         .await
         .unwrap();
-    // Host paths in the spec (meaningless in a guest) are replaced by the pod's.
+    // Host paths naming the pod's namespaces (meaningless in a guest) become the pod's.
     let pod_spec = |args: &[&str]| {
         let mut s = spec(args);
         s["linux"]["namespaces"] = serde_json::json!([
@@ -677,6 +679,15 @@ async fn sandbox_shares_namespaces_and_files() {
         out.contains("sleep"),
         "containers of the pod share a pid namespace: {out}"
     );
+    // A host path that is not the pod's is refused, naming it.
+    let mut foreign = pod_spec(&["true"]);
+    foreign["linux"]["namespaces"][4]["path"] = "/proc/1/ns/net".into();
+    let e = h.create("c", foreign, false).await.unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::INVALID_ARGUMENT);
+    assert!(
+        format!("{e:?}").contains("/proc/1/ns/net\\\" is not one of this pod's namespaces"),
+        "{e:?}"
+    );
     let me = std::process::id() as i32;
     assert_ne!(ns_link(pa, "ipc"), ns_link(me, "ipc"));
     assert_ne!(ns_link(pa, "pid"), ns_link(me, "pid"));
@@ -712,6 +723,71 @@ async fn sandbox_shares_namespaces_and_files() {
     assert!(
         !mi.contains(h.state.to_str().unwrap()),
         "mounts left under the state dir"
+    );
+}
+
+/// CRI's pid mode POD: the pod's sandbox container (the one whose id is the pod's) has a
+/// PID namespace of its own, and a container whose spec names the sandbox's pid namespace
+/// by containerd's host path joins it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cri_pid_mode_pod_joins_the_sandbox_container() {
+    if skip_unless_root("cri_pid_mode_pod_joins_the_sandbox_container") {
+        return;
+    }
+    let h = Harness::start("cripid").await;
+    h.client
+        .create_sandbox(
+            ctx(),
+            &agent::CreateSandboxRequest {
+                sandbox_id: "pod1".into(),
+                host_task_pid: 4242,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let with_ns = |args: &[&str], pid: serde_json::Value| {
+        let mut s = spec(args);
+        s["linux"]["namespaces"] = serde_json::json!([pid, {"type": "mount"},
+            {"type": "ipc", "path": "/proc/4242/ns/ipc"}, {"type": "uts", "path": "/proc/4242/ns/uts"}]);
+        s
+    };
+    // Before the sandbox container exists, its pid namespace cannot be joined.
+    let joins = serde_json::json!({"type": "pid", "path": "/proc/4242/ns/pid"});
+    let e = h
+        .create("early", with_ns(&["true"], joins.clone()), false)
+        .await
+        .unwrap_err();
+    assert!(format!("{e:?}").contains("sandbox container"), "{e:?}");
+    h.create(
+        "pod1",
+        with_ns(&["sleep", "1000"], serde_json::json!({"type": "pid"})),
+        false,
+    )
+    .await
+    .unwrap();
+    h.start_container("pod1").await.unwrap();
+    let (st, out, err) = h
+        .run("app", with_ns(&["sh", "-c", "ps -o pid,comm"], joins))
+        .await;
+    assert_eq!(st, 0, "{err}");
+    assert!(
+        out.lines().any(|l| l.split_whitespace().eq(["1", "sleep"])),
+        "the sandbox container is PID 1 of the app's pid namespace: {out}"
+    );
+    let (st, out, _) = h
+        .run(
+            "own",
+            with_ns(
+                &["sh", "-c", "ps -o comm"],
+                serde_json::json!({"type": "pid"}),
+            ),
+        )
+        .await;
+    assert_eq!(st, 0);
+    assert!(
+        !out.contains("sleep"),
+        "pid mode CONTAINER sees only itself: {out}"
     );
 }
 

@@ -54,6 +54,12 @@ pub struct PodContext {
     pub uts_ns: Option<PathBuf>,
     /// Set when the pod's containers share one PID namespace.
     pub pid_ns: Option<PathBuf>,
+    /// The sandbox container's PID namespace in the guest, while it runs: what a host path
+    /// to the sandbox's pid namespace means (CRI's pid mode POD).
+    pub sandbox_pid_ns: Option<PathBuf>,
+    /// How host-written specs name the pod's namespaces (see `names_pod`).
+    pub host_task_pid: Option<u32>,
+    pub host_netns: Option<PathBuf>,
     /// Files that replace the spec's mounts of /etc/hosts, /etc/resolv.conf, /etc/hostname.
     pub etc_files: Vec<(PathBuf, PathBuf)>,
     /// Directory shared as the pod's /dev/shm.
@@ -223,11 +229,12 @@ pub fn container_config(spec: &Spec, inp: &Inputs) -> Result<InitConfig, SpecErr
     })
 }
 
-/// Which namespaces to join and which to create. In a pod, network, ipc, uts (and pid when
-/// the pod shares it) are the pod's; host paths in the spec are ignored for those.
 /// Namespaces to join (with their paths) and namespaces to create.
 type NsPlan = (Vec<(Ns, PathBuf)>, Vec<Ns>);
 
+/// Which namespaces to join and which to create. In a pod, network, ipc and uts are the
+/// pod's (pid too when the pod shares it), and a path may only name one of the pod's own
+/// namespaces: host paths mean nothing in the guest.
 fn namespaces(
     list: &[oci_spec::runtime::LinuxNamespace],
     pod: &PodContext,
@@ -254,25 +261,19 @@ fn namespaces(
                 ));
             }
         };
-        let pod_path = match ns {
-            Ns::Ipc => pod.ipc_ns.clone(),
-            Ns::Uts => pod.uts_ns.clone(),
-            Ns::Pid => pod.pid_ns.clone(),
-            _ => None,
-        };
-        if let Some(p) = pod_path {
-            join.push((ns, p));
+        let path = n.path().as_deref().filter(|p| !p.as_os_str().is_empty());
+        if pod.in_sandbox {
+            match pod_namespace(ns, path, pod)
+                .map_err(|reason| invalid(format!("{field}.path"), reason))?
+            {
+                PodNs::Join(p) => join.push((ns, p)),
+                PodNs::New => new.push(ns),
+                PodNs::Guest => {}
+            }
             continue;
         }
-        if ns == Ns::Net && pod.in_sandbox {
-            // The guest's own network namespace is the pod's network.
-            continue;
-        }
-        match n.path() {
-            Some(p) if !p.as_os_str().is_empty() => {
-                if pod.in_sandbox && ns != Ns::Pid && ns != Ns::Cgroup && ns != Ns::Mount {
-                    continue;
-                }
+        match path {
+            Some(p) => {
                 abs_clean(&format!("{field}.path"), p)?;
                 if !p.exists() {
                     return Err(invalid(
@@ -280,12 +281,61 @@ fn namespaces(
                         format!("{p:?} does not exist"),
                     ));
                 }
-                join.push((ns, p.clone()));
+                join.push((ns, p.to_path_buf()));
             }
-            _ => new.push(ns),
+            None => new.push(ns),
         }
     }
     Ok((join, new))
+}
+
+/// Where a container of the pod gets one of its namespaces.
+#[derive(Debug, PartialEq)]
+enum PodNs {
+    Join(PathBuf),
+    New,
+    /// The guest's own: its network namespace is the pod's network.
+    Guest,
+}
+
+fn pod_namespace(ns: Ns, path: Option<&Path>, pod: &PodContext) -> Result<PodNs, String> {
+    if let Some(p) = path
+        && !names_pod(ns, p, pod)
+    {
+        return Err(format!(
+            "{p:?} is not one of this pod's namespaces: the containers of a hyper pod run in \
+             its VM and can share only the pod's own namespaces"
+        ));
+    }
+    let holder = |p: &Option<PathBuf>| p.clone().map_or(PodNs::New, PodNs::Join);
+    Ok(match (ns, path) {
+        (Ns::Net, _) => PodNs::Guest,
+        (Ns::Ipc, _) => holder(&pod.ipc_ns),
+        (Ns::Uts, _) => holder(&pod.uts_ns),
+        (Ns::Pid, _) if pod.pid_ns.is_some() => holder(&pod.pid_ns),
+        (Ns::Pid, Some(_)) => {
+            PodNs::Join(pod.sandbox_pid_ns.clone().ok_or(
+                "the pod's sandbox container, whose PID namespace this is, is not running",
+            )?)
+        }
+        (Ns::Mount | Ns::Cgroup, Some(_)) => {
+            return Err(format!(
+                "joining the sandbox's {} namespace is not supported",
+                ns.proc_name()
+            ));
+        }
+        (Ns::Pid | Ns::Mount | Ns::Cgroup, None) => PodNs::New,
+    })
+}
+
+/// Whether a host path names one of the pod's namespaces: the CNI network namespace, or
+/// `/proc/<pid>/ns/<type>` of the pid containerd knows the pod's tasks by.
+fn names_pod(ns: Ns, p: &Path, pod: &PodContext) -> bool {
+    if ns == Ns::Net && pod.host_netns.as_deref() == Some(p) {
+        return true;
+    }
+    pod.host_task_pid
+        .is_some_and(|pid| p == Path::new(&format!("/proc/{pid}/ns/{}", ns.proc_name())))
 }
 
 fn mount_config(
@@ -609,34 +659,121 @@ mod tests {
         assert_eq!(c.sysctl, vec![("net.ipv4.ip_forward".into(), "1".into())]);
     }
 
-    #[test]
-    fn pod_namespaces_replace_host_paths() {
-        let mut v = base();
-        v["linux"]["namespaces"] = serde_json::json!([
-            {"type": "pid"}, {"type": "mount"},
-            {"type": "network", "path": "/var/run/netns/cni-123"},
-            {"type": "ipc", "path": "/proc/4242/ns/ipc"},
-            {"type": "uts", "path": "/proc/4242/ns/uts"}
-        ]);
-        let pod = PodContext {
+    /// A CRI pod: containerd was told pid 4242 for its tasks, CNI made cni-123.
+    fn cri_pod() -> PodContext {
+        PodContext {
             in_sandbox: true,
             ipc_ns: Some("/proc/77/ns/ipc".into()),
             uts_ns: Some("/proc/77/ns/uts".into()),
-            pid_ns: Some("/proc/78/ns/pid".into()),
+            sandbox_pid_ns: Some("/proc/90/ns/pid".into()),
+            host_task_pid: Some(4242),
+            host_netns: Some("/var/run/netns/cni-123".into()),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pod_namespaces_map_host_paths() {
+        let shared_pid = PodContext {
+            pid_ns: Some("/proc/78/ns/pid".into()),
+            ..cri_pod()
         };
-        let c = convert(v, &pod).unwrap();
-        assert_eq!(
-            c.join,
-            vec![
-                (Ns::Pid, PathBuf::from("/proc/78/ns/pid")),
-                (Ns::Ipc, "/proc/77/ns/ipc".into()),
-                (Ns::Uts, "/proc/77/ns/uts".into())
-            ]
-        );
-        assert_eq!(c.new, vec![Ns::Mount]);
-        // The pod's uts namespace carries the pod's hostname.
-        assert_eq!(c.hostname, None);
+        let no_sandbox_yet = PodContext {
+            sandbox_pid_ns: None,
+            ..cri_pod()
+        };
+        type Want = Result<(Vec<(Ns, &'static str)>, Vec<Ns>), &'static str>;
+        let cases: [(&str, serde_json::Value, &PodContext, Want); 9] = [
+            (
+                "the sandbox container itself (CNI netns, new ipc/uts/pid)",
+                serde_json::json!([{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
+                    {"type": "network", "path": "/var/run/netns/cni-123"}]),
+                &cri_pod(),
+                Ok((
+                    vec![(Ns::Ipc, "/proc/77/ns/ipc"), (Ns::Uts, "/proc/77/ns/uts")],
+                    vec![Ns::Pid, Ns::Mount],
+                )),
+            ),
+            (
+                "an app container, pid mode POD: the sandbox container's pid namespace",
+                serde_json::json!([{"type": "pid", "path": "/proc/4242/ns/pid"}, {"type": "mount"},
+                    {"type": "network", "path": "/proc/4242/ns/net"},
+                    {"type": "ipc", "path": "/proc/4242/ns/ipc"}, {"type": "uts", "path": "/proc/4242/ns/uts"}]),
+                &cri_pod(),
+                Ok((
+                    vec![
+                        (Ns::Pid, "/proc/90/ns/pid"),
+                        (Ns::Ipc, "/proc/77/ns/ipc"),
+                        (Ns::Uts, "/proc/77/ns/uts"),
+                    ],
+                    vec![Ns::Mount],
+                )),
+            ),
+            (
+                "an app container, pid mode CONTAINER",
+                serde_json::json!([{"type": "pid"}, {"type": "mount"}, {"type": "network", "path": "/proc/4242/ns/net"}]),
+                &cri_pod(),
+                Ok((vec![], vec![Ns::Pid, Ns::Mount])),
+            ),
+            (
+                "a pod whose containers share the holder's pid namespace",
+                serde_json::json!([{"type": "pid", "path": "/proc/4242/ns/pid"}, {"type": "mount"}]),
+                &shared_pid,
+                Ok((vec![(Ns::Pid, "/proc/78/ns/pid")], vec![Ns::Mount])),
+            ),
+            (
+                "another process's namespace on the host",
+                serde_json::json!([{"type": "mount"}, {"type": "network", "path": "/proc/1/ns/net"}]),
+                &cri_pod(),
+                Err(
+                    "linux.namespaces[1].path: \"/proc/1/ns/net\" is not one of this pod's namespaces",
+                ),
+            ),
+            (
+                "another pod's network namespace",
+                serde_json::json!([{"type": "mount"}, {"type": "network", "path": "/var/run/netns/cni-999"}]),
+                &cri_pod(),
+                Err("linux.namespaces[1].path: \"/var/run/netns/cni-999\" is not one of"),
+            ),
+            (
+                "the pod's pid path given for the wrong type",
+                serde_json::json!([{"type": "mount"}, {"type": "ipc", "path": "/proc/4242/ns/pid"}]),
+                &cri_pod(),
+                Err("linux.namespaces[1].path: \"/proc/4242/ns/pid\" is not one of"),
+            ),
+            (
+                "the sandbox's pid namespace before the sandbox container runs",
+                serde_json::json!([{"type": "mount"}, {"type": "pid", "path": "/proc/4242/ns/pid"}]),
+                &no_sandbox_yet,
+                Err("linux.namespaces[1].path: the pod's sandbox container"),
+            ),
+            (
+                "the sandbox's mount namespace",
+                serde_json::json!([{"type": "mount", "path": "/proc/4242/ns/mnt"}]),
+                &cri_pod(),
+                Err(
+                    "linux.namespaces[0].path: joining the sandbox's mnt namespace is not supported",
+                ),
+            ),
+        ];
+        for (case, list, pod, want) in cases {
+            let mut v = base();
+            v["linux"]["namespaces"] = list;
+            match (convert(v, pod), want) {
+                (Ok(c), Ok((join, new))) => {
+                    let join: Vec<(Ns, PathBuf)> =
+                        join.into_iter().map(|(n, p)| (n, p.into())).collect();
+                    assert_eq!((c.join, c.new), (join, new), "{case}");
+                    // The pod's uts namespace carries the pod's hostname.
+                    assert_eq!(c.hostname, None, "{case}");
+                }
+                (Err(e), Err(want)) => {
+                    let e = e.to_string();
+                    assert!(e.starts_with(want), "{case}: {e}");
+                }
+                (got, want) => panic!("{case}: got {got:?}, want {want:?}"),
+            }
+        }
     }
 
     fn err_of(v: serde_json::Value) -> String {
