@@ -9,6 +9,7 @@ pub mod config;
 pub mod host_cgroup;
 pub mod hypervisor;
 pub mod identifier;
+pub mod network;
 pub mod pid_file;
 pub mod pod;
 pub mod rootfs;

@@ -15,8 +15,9 @@ use tokio::task::JoinHandle;
 use crate::agent::{Agent, AgentError, AgentTimeouts};
 use crate::config::{Config, SharedFs};
 use crate::hypervisor::{
-    Disk, HyperVmm, Hypervisor, HypervisorError, SharedDir, VmSpec, process_alive,
+    Disk, HyperVmm, Hypervisor, HypervisorError, NetDevice, SharedDir, VmSpec, process_alive,
 };
+use crate::network::{NetworkError, PodNetwork, TapDevice};
 use crate::rootfs;
 use crate::share::{SHARE_TAG, Share, ShareError, remove_tree};
 use crate::sizing::VmSize;
@@ -39,6 +40,8 @@ pub enum SandboxError {
     Share(#[from] ShareError),
     #[error(transparent)]
     Rootfs(#[from] rootfs::RootfsError),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
     #[error(
         "container {0}: this pod's VM holds one container only (hypervisor.shared_fs = \"none\"); use \"virtio-fs\""
     )]
@@ -161,6 +164,9 @@ pub struct BootRequest<'a> {
     pub size: VmSize,
     /// The pod's host cgroup (the sandbox container's `cgroupsPath`), for the VMM.
     pub cgroup: Option<PathBuf>,
+    /// The pod's network namespace (CNI's, from the sandbox container's spec), whose
+    /// interfaces the VM takes over.
+    pub netns: Option<&'a Path>,
 }
 
 pub struct Sandbox {
@@ -173,6 +179,8 @@ pub struct Sandbox {
     vmm_pid: Option<u32>,
     /// The host cgroup the VMM joined, removed with the pod.
     cgroup: Option<PathBuf>,
+    /// The taps and filters in the pod's network namespace, removed with the pod.
+    network: Option<PodNetwork>,
     watchers: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -194,17 +202,39 @@ impl Sandbox {
         req: BootRequest<'_>,
         events: mpsc::UnboundedSender<SandboxEvent>,
     ) -> Result<Arc<Self>, SandboxError> {
-        let state_dir = crate::state_dir::create_pod_dir(&config.runtime.state_dir, req.id)?;
-        match Self::boot_in(config, backend, &req, &state_dir).await {
-            Ok(sandbox) => {
+        let (network, taps) = match req.netns {
+            Some(netns) => {
+                let (network, taps) = PodNetwork::attach(netns).await?;
+                (Some(network), taps)
+            }
+            None => (None, Vec::new()),
+        };
+        let booted = match crate::state_dir::create_pod_dir(&config.runtime.state_dir, req.id) {
+            Ok(state_dir) => {
+                let res =
+                    Self::boot_in(config, backend, &req, &state_dir, network.as_ref(), &taps).await;
+                if res.is_err() {
+                    remove_tree(&state_dir);
+                }
+                res
+            }
+            Err(e) => Err(e.into()),
+        };
+        // The VMM holds the taps now (or died with them).
+        drop(taps);
+        match booted {
+            Ok(mut sandbox) => {
+                sandbox.network = network;
                 let sandbox = Arc::new(sandbox);
                 sandbox.spawn_watchers(events);
                 Ok(sandbox)
             }
             Err(e) => {
-                remove_tree(&state_dir);
                 if let Some(dir) = &req.cgroup {
                     crate::host_cgroup::remove(dir);
+                }
+                if let Some(n) = &network {
+                    n.detach().await;
                 }
                 Err(e)
             }
@@ -216,6 +246,8 @@ impl Sandbox {
         backend: &dyn SandboxBackend,
         req: &BootRequest<'_>,
         state_dir: &Path,
+        network: Option<&PodNetwork>,
+        taps: &[TapDevice],
     ) -> Result<Self, SandboxError> {
         let (rootfs_path, disks, shares, storages) = match config.hypervisor.shared_fs {
             SharedFs::VirtioFs => {
@@ -257,6 +289,13 @@ impl Sandbox {
                 .debug_console
                 .then(|| state_dir.join("console.log")),
             cgroup: req.cgroup.clone(),
+            nets: taps
+                .iter()
+                .map(|t| NetDevice {
+                    tap_fd: std::os::fd::AsRawFd::as_raw_fd(&t.fd),
+                    mac: t.mac.clone(),
+                })
+                .collect(),
         };
         let mut hypervisor = backend.hypervisor(config, state_dir);
         let booting = std::time::Instant::now();
@@ -298,12 +337,22 @@ impl Sandbox {
             rootfs_path,
             vmm_pid,
             cgroup: req.cgroup.clone(),
+            network: None,
             watchers: Default::default(),
         };
         let create = CreateSandboxRequest {
             sandbox_id: req.id.to_string(),
             hostname: req.hostname.to_string(),
             storages,
+            interfaces: network.map(PodNetwork::interfaces).unwrap_or_default(),
+            routes: network.map(PodNetwork::routes).unwrap_or_default(),
+            // containerd names the sandbox's namespaces by the pid we give it for the
+            // pod's tasks (ours), and by CNI's namespace.
+            host_task_pid: std::process::id(),
+            host_netns: req
+                .netns
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             ..Default::default()
         };
         if let Err(e) = sandbox.agent.create_sandbox(create).await {
@@ -422,6 +471,9 @@ impl Sandbox {
         remove_tree(&self.state_dir);
         if let Some(dir) = &self.cgroup {
             crate::host_cgroup::remove(dir);
+        }
+        if let Some(n) = &self.network {
+            n.detach().await;
         }
         tracing::info!(pod = %self.id, "sandbox shut down");
     }

@@ -3,15 +3,17 @@
 //! `hyper_vmm_api::VmConfig`), controlled over its API socket with typed requests
 //! (`hyper_vmm_api::Request` out, `hyper_vmm_api::Reply` back, one JSON line each).
 use std::io::Write;
+use std::os::fd::RawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use hyper_vmm_api::{
-    BASE_CMDLINE, BlockConfig, FsCacheMode, FsConfig, JailConfig, MAX_VCPUS, Reply, Request,
-    SerialOutputConfig, Success, VmConfig, VsockConfig,
+    BASE_CMDLINE, BlockConfig, FsCacheMode, FsConfig, JailConfig, MAX_VCPUS, NetConfig, Reply,
+    Request, SerialOutputConfig, Success, VmConfig, VsockConfig,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -22,6 +24,8 @@ use super::{Hypervisor, HypervisorError, VmSpec, process_alive};
 
 /// Guest CID of every VM: each VM has its own vsock device, so they need not differ.
 pub const GUEST_CID: u32 = 3;
+/// The VMM finds the pod's taps at fds 3, 4, ... (the config names them).
+const FIRST_TAP_FD: RawFd = 3;
 /// How long a control request may take, connect to reply, before it is an error.
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest reply line read from the VMM (a `metrics` reply is a few KiB).
@@ -140,6 +144,14 @@ impl HyperVmm {
                 })
             })
             .collect::<Result<_, HypervisorError>>()?;
+        cfg.net = (0..)
+            .zip(&spec.nets)
+            .map(|(i, n)| NetConfig {
+                tap: None,
+                fd: Some(FIRST_TAP_FD + i),
+                mac: Some(n.mac.clone()),
+            })
+            .collect();
         cfg.jail = self.jail.then(|| JailConfig {
             root: self.jail_root(),
             cgroup: spec.cgroup.clone(),
@@ -267,6 +279,31 @@ fn resolve_binary(binary: &Path) -> Result<PathBuf, HypervisorError> {
         .ok_or_else(|| HypervisorError::BinaryNotFound(binary.to_path_buf()))
 }
 
+/// Most taps one VM takes (one per pod interface).
+pub const MAX_TAPS: usize = 16;
+
+/// In the child: makes `fds` its fds `first`, `first + 1`, ... (without close-on-exec).
+/// Each is first moved above the target range, so no source is overwritten before use.
+/// No allocation: this runs between fork and exec.
+fn inherit_at(fds: &[RawFd], first: RawFd) -> std::io::Result<()> {
+    let mut moved = [0; MAX_TAPS];
+    let above = first + fds.len() as RawFd;
+    for (slot, &fd) in moved.iter_mut().zip(fds) {
+        // SAFETY: fcntl on an fd the parent passed, no memory involved.
+        *slot = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above) };
+        if *slot < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    for (target, &high) in (first..).zip(&moved[..fds.len()]) {
+        // SAFETY: as above; dup2 clears close-on-exec on the target.
+        if unsafe { libc::dup2(high, target) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Hypervisor for HyperVmm {
     async fn start(&mut self, spec: &VmSpec) -> Result<(), HypervisorError> {
@@ -282,17 +319,28 @@ impl Hypervisor for HyperVmm {
         let log = create_private_file(&self.run_dir.join("vmm.log"))?;
         // std, not tokio: the shim's SIGCHLD handler reaps every child and reports exits
         // through containerd-shim's monitor, which the sandbox watches.
-        let child = Command::new(&binary)
-            .arg("--config")
+        let taps: Vec<RawFd> = spec.nets.iter().map(|n| n.tap_fd).collect();
+        if taps.len() > MAX_TAPS {
+            return Err(invalid(format!(
+                "{} network interfaces, more than the {MAX_TAPS} a VM takes",
+                taps.len()
+            )));
+        }
+        let mut cmd = Command::new(&binary);
+        cmd.arg("--config")
             .arg(&config)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .map_err(|cause| HypervisorError::Spawn {
-                binary: binary.clone(),
-                cause,
-            })?;
+            .stderr(log);
+        if !taps.is_empty() {
+            // SAFETY: between fork and exec this only calls fcntl and dup2, which are
+            // async-signal-safe, on fds the parent keeps open until spawn returns.
+            unsafe { cmd.pre_exec(move || inherit_at(&taps, FIRST_TAP_FD)) };
+        }
+        let child = cmd.spawn().map_err(|cause| HypervisorError::Spawn {
+            binary: binary.clone(),
+            cause,
+        })?;
         tracing::info!(pid = child.id(), "started {}", binary.display());
         self.child = Some(child);
         Ok(())
@@ -356,6 +404,7 @@ mod tests {
             }],
             console_log: None,
             cgroup: Some("/sys/fs/cgroup/default/p1".into()),
+            nets: vec![],
         }
     }
 

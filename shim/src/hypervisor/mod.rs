@@ -26,6 +26,17 @@ pub struct VmSpec {
     pub console_log: Option<PathBuf>,
     /// The host cgroup the VMM runs in (the pod's), if any.
     pub cgroup: Option<PathBuf>,
+    /// virtio-net devices, each backed by an open tap.
+    pub nets: Vec<NetDevice>,
+}
+
+/// A virtio-net device on a tap the caller opened (and keeps open until `start` returns;
+/// the VMM inherits it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetDevice {
+    pub tap_fd: std::os::fd::RawFd,
+    /// The guest's MAC address.
+    pub mac: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]

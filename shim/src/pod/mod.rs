@@ -11,6 +11,7 @@
 pub mod container;
 pub mod io;
 pub mod process;
+pub mod sandbox_spec;
 
 #[cfg(test)]
 mod tests;
@@ -325,6 +326,8 @@ impl Pod {
     ) -> PodResult<Arc<Sandbox>> {
         let id = pod_id(container_id, spec.annotations().as_ref())?;
         let hostname = spec.hostname().clone().unwrap_or_default();
+        let netns = sandbox_spec::pod_netns(spec)
+            .map_err(|e| PodError::InvalidArgument(format!("pod {id}: {e}")))?;
         let size = vm_size(&self.config.hypervisor, spec)
             .map_err(|e| PodError::InvalidArgument(e.to_string()))?;
         tracing::info!(pod = %id, vcpus = size.vcpus, memory_mib = size.memory_mib, "booting VM");
@@ -334,6 +337,7 @@ impl Pod {
             hostname: &hostname,
             first_rootfs: rootfs_dir,
             size,
+            netns: netns.as_deref(),
             cgroup: spec
                 .linux()
                 .as_ref()
