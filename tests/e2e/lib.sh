@@ -314,6 +314,37 @@ ctd_import_busybox() {
   ctr images import --base-name docker.io/library/busybox "$BUSYBOX_OCI" > /dev/null \
     || fail "ctr images import $BUSYBOX_OCI failed"
 }
+# The pod sandbox image on the data disk (payload group @cri), CRI's sandbox_image.
+PAUSE_OCI=/usr/share/hyper-tests/pause-oci.tar
+# cri_start: containerd with CRI and the host-only CNI bridge, the kernel modules CNI's
+# bridge plugin and the shim's pod network (tap + tc redirect) need, and busybox + pause
+# imported where CRI sees images (namespace k8s.io).
+cri_start() {
+  local m
+  [ -x /usr/lib/cni/bridge ] || fail "no CNI bridge plugin in /usr/lib/cni"
+  for m in bridge br_netfilter veth tun sch_ingress cls_u32 act_mirred; do
+    modprobe "$m" || fail "modprobe $m failed"
+  done
+  CTD_CRI=1 ctd_start
+  ctr -n k8s.io images import --base-name docker.io/library/busybox "$BUSYBOX_OCI" > /dev/null \
+    || fail "ctr -n k8s.io images import $BUSYBOX_OCI failed"
+  ctr -n k8s.io images import --base-name registry.k8s.io/pause "$PAUSE_OCI" > /dev/null \
+    || fail "ctr -n k8s.io images import $PAUSE_OCI failed"
+}
+# http_get HOST PORT PATH: the body of an HTTP/1.0 GET, through bash's /dev/tcp, within
+# 20 s (the test host's static busybox wget dies of SIGSEGV on connect).
+http_get() {
+  timeout 20 bash -c 'exec 3<>"/dev/tcp/$1/$2" && printf "GET %s HTTP/1.0\r\n\r\n" "$3" >&3 &&
+    awk "body; /^\r?\$/ { body = 1 }" <&3' _ "$@"
+}
+# cri_remove_pods: stops and removes every CRI pod (for EXIT traps; errors ignored).
+cri_remove_pods() {
+  local p
+  for p in $(crictl pods -q 2>/dev/null); do
+    crictl stopp "$p" > /dev/null 2>&1 || true
+    crictl rmp -f "$p" > /dev/null 2>&1 || true
+  done
+}
 # ctd_stop: TERM, then KILL after 10 s; by PID. (Shims outlive containerd by design: a
 # test that starts containers removes them first, e.g. with `ctr run --rm`.)
 ctd_stop() {
