@@ -135,6 +135,29 @@ async fn readonly_rootfs_and_bind_mounts() {
     assert_eq!(std::fs::read_to_string(vol.join("out")).unwrap(), "new\n");
 }
 
+/// What CRI's pods ask that runc gives: namespaced sysctls although the container's
+/// /proc/sys is read-only, and a shared or rshared rootfs propagation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sysctls_and_rootfs_propagation() {
+    if skip_unless_root("sysctls_and_rootfs_propagation") {
+        return;
+    }
+    let h = Harness::start("sysctl").await;
+    for propagation in ["rslave", "rshared", "shared", "rprivate"] {
+        let mut s = spec(&[
+            "sh",
+            "-c",
+            "cat /proc/sys/kernel/shm_rmid_forced /proc/sys/net/ipv4/ip_forward",
+        ]);
+        s["linux"]["sysctl"] =
+            serde_json::json!({"kernel.shm_rmid_forced": "1", "net.ipv4.ip_forward": "1"});
+        s["linux"]["rootfsPropagation"] = propagation.into();
+        let (st, out, err) = h.run(&format!("c-{propagation}"), s).await;
+        assert_eq!(st, 0, "{propagation}: {err}");
+        assert_eq!(out, "1\n1\n", "{propagation}: the sysctls in the container");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signals_and_wait_statuses() {
     if skip_unless_root("signals_and_wait_statuses") {

@@ -117,6 +117,12 @@ fn stage2(cfg: &InitConfig, status: &mut File) -> Result<std::convert::Infallibl
         holder_loop();
     }
     umask(Mode::empty());
+    // Before the rootfs: its /proc/sys is read-only (CRI's readonlyPaths). The guest's
+    // /proc/sys shows this process's namespaces (ipc, net, uts), which the keys are of.
+    for (k, v) in &cfg.sysctl {
+        let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
+        std::fs::write(&p, v).with_context(|| format!("sysctl {k}={v}"))?;
+    }
     if let Some(r) = &cfg.rootfs {
         setup_rootfs(r, cfg.tty).context("rootfs")?;
     }
@@ -125,10 +131,6 @@ fn stage2(cfg: &InitConfig, status: &mut File) -> Result<std::convert::Infallibl
     }
     if let Some(d) = &cfg.domainname {
         set_domainname(d)?;
-    }
-    for (k, v) in &cfg.sysctl {
-        let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
-        std::fs::write(&p, v).with_context(|| format!("sysctl {k}={v}"))?;
     }
     for (res, soft, hard) in &cfg.process.rlimits {
         let lim = libc::rlimit {
@@ -173,6 +175,18 @@ fn set_domainname(d: &str) -> Result<()> {
         bail!("setdomainname: {}", std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The mount point of the mount that holds `path`: the longest mount point in
+/// /proc/self/mountinfo that `path` lies under.
+fn mount_point_of(path: &Path) -> Result<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").context("read mountinfo")?;
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(m.replace("\\040", " ")))
+        .filter(|m| path.starts_with(m))
+        .max_by_key(|m| m.components().count())
+        .with_context(|| format!("no mount holds {}", path.display()))
 }
 
 fn propagation_flags(p: Option<&str>) -> MsFlags {
@@ -243,6 +257,15 @@ fn setup_rootfs(r: &RootfsConfig, console: bool) -> Result<()> {
     if console {
         bind_console(root)?;
     }
+    // pivot_root and MS_MOVE refuse a rootfs whose parent mount is shared (as it is with
+    // rootfsPropagation "shared"/"rshared"); like runc, make that one mount private.
+    let parent = mount_point_of(root.parent().unwrap_or(Path::new("/")))?;
+    mount(none, &parent, none, MsFlags::MS_PRIVATE, none).with_context(|| {
+        format!(
+            "make the rootfs's parent mount {} private",
+            parent.display()
+        )
+    })?;
     // pivot_root(".", "."): the old root ends up on top of the new one; detach it.
     chdir(root).context("chdir rootfs")?;
     match pivot_root(".", ".") {
