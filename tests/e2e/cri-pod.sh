@@ -11,7 +11,7 @@
 need_bin containerd crictl hyper-vmm containerd-shim-hyper-v1 script
 hyper_config
 W=/tmp/cri-pod
-trap 'keep_hyper_logs; cri_remove_pods; _th_cleanup; rm -rf "$W"' EXIT
+trap 'keep_hyper_logs; cri_remove_pods; _th_cleanup; rm -rf "$W"; rmdir /sys/fs/cgroup/hyper-e2e-pods 2>/dev/null || true' EXIT
 CTD_LOG_LEVEL=debug cri_start
 mkdir -p $W/logs
 VMM_RE='^(/usr/local/bin/)?hyper-vmm '
@@ -23,7 +23,7 @@ cat > $W/pod.json <<EOT
  "log_directory": "$W/logs",
  "dns_config": {"servers": ["10.88.0.1"], "searches": ["hyper.test"], "options": ["ndots:2"]},
  "port_mappings": [],
- "linux": {"security_context": {"namespace_options": {"pid": 0}}}}
+ "linux": {"cgroup_parent": "/hyper-e2e-pods", "security_context": {"namespace_options": {"pid": 0}}}}
 EOT
 # ctr_json NAME CMD: a busybox container that runs `sh -c CMD`, logging to NAME.log.
 ctr_json() {
@@ -126,7 +126,10 @@ crictl logs "$SERVER" 2>&1 | grep -q server-started || fail "crictl logs: $(cric
 grep -q client-started "$W/logs/client.log" || fail "the client's CRI log file: $(cat "$W/logs/client.log")"
 out=$(crictl stats -o json "$CLIENT") || fail "crictl stats failed: $out"
 tr -d ' \n' <<<"$out" | grep -Eq '"workingSetBytes":\{"value":"[1-9]' || fail "no memory in crictl stats: $out"
-out=$(crictl statsp -o json "$POD" 2>&1) && log "statsp: $(tr -d ' \n' <<<"$out" | cut -c1-200)"
+# Pod stats: containerd reads the pod's host cgroup, where the VMM runs (the VM's cost).
+out=$(crictl statsp -o json "$POD" 2>&1) || fail "crictl statsp failed: $out"
+tr -d ' \n' <<<"$out" | grep -Eq '"workingSetBytes":\{"value":"[1-9]' \
+  || fail "no pod memory in crictl statsp: $out"
 crictl update --memory 100663296 "$CLIENT" || fail "crictl update --memory failed"
 out=$(cx "$CLIENT" cat /sys/fs/cgroup/memory.max)
 [ "$out" = 100663296 ] || fail "after update, memory.max in the container is '$out'"
@@ -148,6 +151,9 @@ for ns in /var/run/netns/*; do
   ! nsenter --net="$ns" ip -o link | grep -q hyper_tap || fail "a tap is left in $ns"
 done
 [ -z "$(ls -A /tmp/hyper/ 2>/dev/null)" ] || fail "state left in /tmp/hyper: $(ls -A /tmp/hyper/)"
+[ -z "$(find /sys/fs/cgroup/hyper-e2e-pods -mindepth 1 -type d 2>/dev/null)" ] \
+  || fail "pod cgroups left: $(find /sys/fs/cgroup/hyper-e2e-pods -mindepth 1 -type d)"
+rmdir /sys/fs/cgroup/hyper-e2e-pods 2>/dev/null || true
 
 # A VM cannot share the host's network namespace: hostNetwork is refused, saying why.
 sed 's/"pid": 0/"network": 2/' $W/pod.json > $W/hostnet.json

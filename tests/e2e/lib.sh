@@ -203,6 +203,8 @@ EOT
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
   enable_selinux = false
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "$CTD/certs.d"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$CTD/cni/net.d"
@@ -325,6 +327,11 @@ cri_start() {
   for m in bridge br_netfilter veth tun sch_ingress cls_u32 act_mirred; do
     modprobe "$m" || fail "modprobe $m failed"
   done
+  # CRI copies the host's resolv.conf into pods without a DNS config; the test host has none.
+  if [ ! -e /etc/resolv.conf ]; then
+    echo "nameserver 10.88.0.1" > /etc/resolv.conf
+    CRI_MADE_RESOLV=1
+  fi
   CTD_CRI=1 ctd_start
   ctr -n k8s.io images import --base-name docker.io/library/busybox "$BUSYBOX_OCI" > /dev/null \
     || fail "ctr -n k8s.io images import $BUSYBOX_OCI failed"
@@ -336,6 +343,33 @@ cri_start() {
 http_get() {
   timeout 20 bash -c 'exec 3<>"/dev/tcp/$1/$2" && printf "GET %s HTTP/1.0\r\n\r\n" "$3" >&3 &&
     awk "body; /^\r?\$/ { body = 1 }" <&3' _ "$@"
+}
+# cri_registry_start: the registry of critest's images (payload group @critest) on
+# 127.0.0.1:5000, and containerd's mirrors of registry.k8s.io and gcr.io pointing at it.
+# Call before cri_start. The registry is stopped by PID at exit (REG_PID).
+REG_PID=""
+cri_registry_start() {
+  local h t0
+  mkdir -p $CTD/registry
+  tar -C $CTD/registry -xf /usr/share/hyper-tests/critest-registry.tar
+  printf 'version: 0.1\nlog: {level: error}\nstorage: {filesystem: {rootdirectory: %s/registry}}\nhttp: {addr: 127.0.0.1:5000}\n' $CTD > $CTD/registry.yml
+  docker-registry serve $CTD/registry.yml > "$TH_ART/registry.log" 2>&1 &
+  REG_PID=$!
+  for h in registry.k8s.io gcr.io; do
+    mkdir -p "$CTD/certs.d/$h"
+    printf 'server = "https://%s"\n[host."http://127.0.0.1:5000"]\n  capabilities = ["pull", "resolve"]\n' "$h" > "$CTD/certs.d/$h/hosts.toml"
+  done
+  t0=$(now_ms)
+  until http_get 127.0.0.1 5000 /v2/ > /dev/null 2>&1; do
+    (( $(now_ms) - t0 < 30000 )) || fail "the registry does not answer on 127.0.0.1:5000: $(cat "$TH_ART/registry.log")"
+    th_sleep 0.2
+  done
+}
+cri_registry_stop() {
+  [ -n "$REG_PID" ] || return 0
+  kill "$REG_PID" 2>/dev/null || true
+  wait "$REG_PID" 2>/dev/null || true
+  REG_PID=""
 }
 # cri_remove_pods: stops and removes every CRI pod (for EXIT traps; errors ignored).
 cri_remove_pods() {
@@ -369,6 +403,7 @@ _th_cleanup() {
   local vm
   for vm in "${VMS[@]}"; do vm_running "$vm" && vm_stop "$vm"; done
   ctd_stop
+  [ -z "${CRI_MADE_RESOLV:-}" ] || rm -f /etc/resolv.conf
   rm -rf "$TH_VSOCK_DIR"
   return 0
 }

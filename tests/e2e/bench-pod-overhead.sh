@@ -1,0 +1,62 @@
+#!/bin/bash
+# What one idle hyper pod costs the host beyond its containers, for the RuntimeClass's
+# overhead.podFixed: BENCH_N (5) CRI pods, each with one sleeping busybox container, are
+# started one after another; after BENCH_SETTLE (20) s the shim's and the VMM's RSS
+# (the jailed VMM's larger process, guest pages it touched included) and their CPU use
+# over BENCH_WINDOW (30) s are read per pod. Prints the medians. Under TCG the CPU figure
+# is inflated: read it as an upper bound.
+# timeout: 1800
+# needs: containerd cni cri hyper-vmm containerd-shim-hyper-v1
+# shellcheck source=lib.sh
+. "$TH_LIB"
+need_bin containerd crictl hyper-vmm containerd-shim-hyper-v1
+N=${BENCH_N:-5} SETTLE=${BENCH_SETTLE:-20} WINDOW=${BENCH_WINDOW:-30}
+HYPER_DEBUG_CONSOLE=false hyper_config
+W=/tmp/bench-pod
+trap 'cri_remove_pods; _th_cleanup; rm -rf "$W"' EXIT
+cri_start
+mkdir -p $W
+cat > $W/ctr.json <<EOT
+{"metadata": {"name": "idle"}, "image": {"image": "$BUSYBOX_REF"}, "command": ["sleep", "100000"]}
+EOT
+for ((i = 0; i < N; i++)); do
+  printf '{"metadata": {"name": "idle%d", "namespace": "bench", "uid": "bench-%d"}, "log_directory": "%s"}\n' \
+    "$i" "$i" "$W" > "$W/pod$i.json"
+  pod=$(crictl runp --runtime hyper "$W/pod$i.json") || fail "runp $i failed"
+  c=$(crictl create "$pod" $W/ctr.json "$W/pod$i.json") || fail "create $i failed"
+  crictl start "$c" > /dev/null || fail "start $i failed"
+done
+log "$N pods running; settling for $SETTLE s"
+sleep "$SETTLE"
+# The processes of pod P: its shim (by the pod id in its command line) and its VMM's two.
+pod_pids() {
+  pids_matching "containerd-shim-hyper-v1 .*-id $1"
+  pids_matching "^(/usr/local/bin/)?hyper-vmm .*/tmp/hyper/$1/"
+}
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+declare -A t0
+pods=$(crictl pods -q)
+for p in $pods; do
+  for pid in $(pod_pids "$p"); do t0[$pid]=$(cpu_ticks "$pid"); done
+done
+sleep "$WINDOW"
+hz=$(getconf CLK_TCK)
+mem=() cpu=()
+for p in $pods; do
+  shim_kb=0 vmm_kb=0 ticks=0
+  for pid in $(pod_pids "$p"); do
+    kb=$(rss_kb "$pid")
+    if grep -q hyper-vmm "/proc/$pid/comm" 2>/dev/null; then
+      (( kb > vmm_kb )) && vmm_kb=$kb
+    else
+      shim_kb=$kb
+    fi
+    ticks=$(( ticks + $(cpu_ticks "$pid") - ${t0[$pid]:-0} ))
+  done
+  mem+=($(( shim_kb + vmm_kb )))
+  cpu+=($(( ticks * 1000 / hz / WINDOW )))
+  log "pod ${p:0:12}: shim $shim_kb kB, VMM $vmm_kb kB, CPU ${cpu[-1]} millicores"
+done
+median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+log "RESULT pod overhead, $N idle pods: median shim+VMM RSS $(median "${mem[@]}") kB, median CPU $(median "${cpu[@]}") millicores (idle, over $WINDOW s)"
