@@ -64,6 +64,16 @@ pub struct Route {
     pub scope: u8,
 }
 
+impl Route {
+    /// A route's family is that of its destination, else of its gateway.
+    fn family(&self) -> pb::ipaddress::Family {
+        match self.dest.map(|d| d.0).or(self.gateway) {
+            Some(ip) => family(&ip),
+            None => pb::ipaddress::Family::V4,
+        }
+    }
+}
+
 /// One CNI interface and the tap that stands in for it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Endpoint {
@@ -165,11 +175,7 @@ impl PodNetwork {
                     device: e.name.clone(),
                     source: r.source.map(|s| s.to_string()).unwrap_or_default(),
                     scope: u32::from(r.scope),
-                    family: family(&r.dest.map_or(
-                        r.gateway.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-                        |d| d.0,
-                    ))
-                    .into(),
+                    family: r.family().into(),
                     ..Default::default()
                 });
             }
@@ -364,22 +370,22 @@ fn is_link_local(ip: &IpAddr) -> bool {
 /// The main table's unicast routes through the interface, but those the kernel derives
 /// from its addresses (the guest's kernel derives them again).
 async fn routes(h: &Handle, itf: &Interface) -> Result<Vec<Route>, NetworkError> {
-    let mut msgs: Vec<RouteMessage> = h
-        .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-        .execute()
-        .try_collect()
-        .await
-        .map_err(nl(format!("IPv4 routes of {}", itf.name)))?;
-    let v6: Vec<RouteMessage> = h
-        .route()
-        .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
-        .execute()
-        .try_collect()
-        .await
-        .map_err(nl(format!("IPv6 routes of {}", itf.name)))?;
-    msgs.extend(v6);
-    Ok(msgs.iter().filter_map(|m| route_of(m, itf.index)).collect())
+    let dumps = [
+        ("IPv4", RouteMessageBuilder::<Ipv4Addr>::new().build()),
+        ("IPv6", RouteMessageBuilder::<Ipv6Addr>::new().build()),
+    ];
+    let mut routes = Vec::new();
+    for (family, dump) in dumps {
+        let msgs: Vec<RouteMessage> = h
+            .route()
+            .get(dump)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl(format!("{family} routes of {}", itf.name)))?;
+        routes.extend(msgs.iter().filter_map(|m| route_of(m, itf.index)));
+    }
+    Ok(routes)
 }
 
 fn route_of(m: &RouteMessage, index: u32) -> Option<Route> {
