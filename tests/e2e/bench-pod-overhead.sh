@@ -35,28 +35,33 @@ pod_pids() {
 }
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
-declare -A t0
+# Each pod's processes, found once (a /proc scan per pod takes seconds under TCG), so the
+# CPU window is the same for every pod.
 pods=$(crictl pods -q)
-for p in $pods; do
-  for pid in $(pod_pids "$p"); do t0[$pid]=$(cpu_ticks "$pid"); done
-done
+declare -A procs t0
+for p in $pods; do procs[$p]=$(pod_pids "$p" | tr '\n' ' '); done
+for p in $pods; do for pid in ${procs[$p]}; do t0[$pid]=$(cpu_ticks "$pid"); done; done
+start=$(now_ms)
 sleep "$WINDOW"
-hz=$(getconf CLK_TCK)
+declare -A t1
+for p in $pods; do for pid in ${procs[$p]}; do t1[$pid]=$(cpu_ticks "$pid"); done; done
+window_ms=$(( $(now_ms) - start ))
+hz=100  # USER_HZ: the unit of /proc/PID/stat times on Linux (the test host has no getconf)
 mem=() cpu=()
 for p in $pods; do
   shim_kb=0 vmm_kb=0 ticks=0
-  for pid in $(pod_pids "$p"); do
+  for pid in ${procs[$p]}; do
     kb=$(rss_kb "$pid")
     if grep -q hyper-vmm "/proc/$pid/comm" 2>/dev/null; then
       (( kb > vmm_kb )) && vmm_kb=$kb
     else
       shim_kb=$kb
     fi
-    ticks=$(( ticks + $(cpu_ticks "$pid") - ${t0[$pid]:-0} ))
+    ticks=$(( ticks + ${t1[$pid]} - ${t0[$pid]} ))
   done
   mem+=($(( shim_kb + vmm_kb )))
-  cpu+=($(( ticks * 1000 / hz / WINDOW )))
+  cpu+=($(( ticks * 1000 * 1000 / hz / window_ms )))
   log "pod ${p:0:12}: shim $shim_kb kB, VMM $vmm_kb kB, CPU ${cpu[-1]} millicores"
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
-log "RESULT pod overhead, $N idle pods: median shim+VMM RSS $(median "${mem[@]}") kB, median CPU $(median "${cpu[@]}") millicores (idle, over $WINDOW s)"
+log "RESULT pod overhead, $N idle pods: median shim+VMM RSS $(median "${mem[@]}") kB, median CPU $(median "${cpu[@]}") millicores (idle, over $window_ms ms)"
