@@ -177,13 +177,11 @@ fn set_domainname(d: &str) -> Result<()> {
     Ok(())
 }
 
-/// The mount point of the mount that holds `path`: the longest mount point in
-/// /proc/self/mountinfo that `path` lies under.
+/// The mount point of the mount that holds `path`: the longest mount point that `path`
+/// lies under.
 fn mount_point_of(path: &Path) -> Result<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").context("read mountinfo")?;
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|m| PathBuf::from(m.replace("\\040", " ")))
+    crate::mount::mount_points()
+        .into_iter()
         .filter(|m| path.starts_with(m))
         .max_by_key(|m| m.components().count())
         .with_context(|| format!("no mount holds {}", path.display()))
