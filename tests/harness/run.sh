@@ -204,6 +204,20 @@ stop_qemu() {
   kill -KILL "$qpid" 2>/dev/null || true
 }
 
+# take_disk_verdicts FILE: the verdicts the runner also wrote to the results disk, for the
+# runs whose END marker the console lost (garbled by a kernel message, say). The console's
+# word stands where it has one; the disk only fills the gaps, so a lost line is not a hang.
+take_disk_verdicts() {
+  local name verdict rc secs reason
+  [ -f "$1" ] || return 0
+  while IFS=' ' read -r name verdict rc secs reason; do
+    [ -n "$name" ] && [ -z "${RESULT[$name]:-}" ] || continue
+    case " ${bids[*]} " in *" $name "*) ;; *) continue ;; esac
+    RESULT[$name]=$verdict SECS[$name]=$secs WHY[$name]=$reason
+    log "the console lost the END of $name; its verdict from the results disk: $verdict (rc $rc)"
+  done < "$1"
+}
+
 # boot_testhost ID...: one boot of the test host running these test runs in order. Records
 # RESULT/SECS/WHY for each run it reports; sets host_fail (why the host side stopped it, if
 # it did) and hung (the run during which it went silent, or "boot" if it never came up).
@@ -247,6 +261,9 @@ boot_testhost() {
     if IFS= read -r -t 2 -u "$con" line; then
       line=${line//$'\r'/}
       last_out=$(date +%s)
+      # A kernel message printed while the runner writes a marker can land in front of it
+      # on the same console line: a marker counts wherever the line holds it.
+      case "$line" in ?*"@@TH "*) line="@@TH ${line#*@@TH }" ;; esac
       case "$line" in
         "@@TH HB"*) ;;                               # heartbeat: only proves it is alive
         "@@TH READY"*)
@@ -307,6 +324,7 @@ boot_testhost() {
       esac
     done
     rmdir "$unpack" 2>/dev/null || true
+    take_disk_verdicts "$bdir/results-testhost-verdicts"
   else
     rmdir "$unpack" 2>/dev/null || true
     log "no results came back from test-host boot $boots (results disk empty); kept $bdir/results.img"
