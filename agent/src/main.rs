@@ -1,6 +1,7 @@
 //! hyper-agent: the guest's PID 1 and the ttrpc server the shim talks to.
 //!
-//! As PID 1 it sets up the guest (see `pid1`) and serves on vsock port 1024.
+//! As PID 1 it sets up the guest (see `pid1`) and serves on vsock port 1024 (ttrpc), 1025
+//! (its log) and 1027 (port forwarding).
 //! Run as a normal process (tests, debugging) it serves on the address given with
 //! `--address unix:///path`. Run as `hyper-agent __init` it is the helper that creates
 //! one container process (see `container::child`).
@@ -11,6 +12,7 @@ mod log_stream;
 mod mount;
 mod network;
 mod pid1;
+mod port_forward;
 mod process;
 mod reaper;
 mod rpc;
@@ -20,7 +22,8 @@ mod storage;
 
 use anyhow::{Context, Result};
 use hyper_agent_protocol::{
-    AGENT_LOG_VSOCK_PORT, AGENT_VSOCK_PORT, READY_MARKER, agent_ttrpc, guest,
+    AGENT_LOG_VSOCK_PORT, AGENT_VSOCK_PORT, PORT_FORWARD_VSOCK_PORT, READY_MARKER, agent_ttrpc,
+    guest,
 };
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -110,6 +113,10 @@ fn run(is_init: bool) -> Result<()> {
         {
             // The agent works without it; the shim then only misses the agent's log.
             tracing::warn!("no log stream: {e:#}");
+        }
+        if is_init && let Err(e) = port_forward::serve(PORT_FORWARD_VSOCK_PORT) {
+            // Only `kubectl port-forward` needs it.
+            tracing::warn!("no port forwarding: {e:#}");
         }
         serve(&address, opts).await
     })

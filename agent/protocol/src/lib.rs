@@ -32,6 +32,60 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 pub const AGENT_LOG_VSOCK_PORT: u32 = 1025;
 /// vsock port of the guest debug console.
 pub const DEBUG_CONSOLE_VSOCK_PORT: u32 = 1026;
+/// vsock port of the agent's port forwarder (CRI `PortForward`, [`port_forward`]).
+pub const PORT_FORWARD_VSOCK_PORT: u32 = 1027;
+
+/// The port forwarder's handshake. The shim opens a vsock stream to
+/// [`PORT_FORWARD_VSOCK_PORT`] and writes the pod's TCP port as 2 bytes, big-endian; the
+/// agent connects to that port on the pod's loopback and answers one line, `OK` or
+/// `ERR <why>`. After `OK` the stream carries the TCP connection's bytes both ways.
+pub mod port_forward {
+    /// Longest reply line, newline included; a longer one is a broken agent.
+    pub const MAX_REPLY_LEN: usize = 256;
+
+    /// The request for pod port `port`.
+    pub fn request(port: u16) -> [u8; 2] {
+        port.to_be_bytes()
+    }
+
+    /// The port a request asks for; port 0 is no port.
+    pub fn parse_request(bytes: [u8; 2]) -> Result<u16, String> {
+        match u16::from_be_bytes(bytes) {
+            0 => Err("port 0 is not a TCP port one can connect to".into()),
+            port => Ok(port),
+        }
+    }
+
+    /// The reply line for the agent's connect result.
+    pub fn reply(res: &Result<(), String>) -> Vec<u8> {
+        let mut line = match res {
+            Ok(()) => "OK".to_string(),
+            // One line, and short enough for the shim to take.
+            Err(why) => format!("ERR {}", why.replace('\n', " ")),
+        };
+        let mut end = line.len().min(MAX_REPLY_LEN - 1);
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        line.truncate(end);
+        line.push('\n');
+        line.into_bytes()
+    }
+
+    /// Reads a reply line without its newline: `Ok` for `OK`, the agent's reason for `ERR`,
+    /// and a description of anything else (the guest is not trusted to be well-formed).
+    pub fn parse_reply(line: &[u8]) -> Result<(), String> {
+        match std::str::from_utf8(line) {
+            Ok("OK") => Ok(()),
+            Ok(l) if l.starts_with("ERR ") => Err(format!("the guest said: {}", &l[4..])),
+            _ => Err(format!(
+                "not a port-forward reply: {:?}",
+                String::from_utf8_lossy(&line[..line.len().min(64)])
+            )),
+        }
+    }
+}
+
 /// What both sides assume about the guest beyond the messages: where the agent keeps
 /// things, and the `Storage.driver` names it understands.
 pub mod guest {
@@ -89,6 +143,26 @@ mod tests {
                 "{} is not under {STATE_DIR}",
                 dir.display()
             );
+        }
+    }
+
+    #[test]
+    fn port_forward_handshake_round_trips() {
+        use super::port_forward::*;
+        assert_eq!(parse_request(request(8080)), Ok(8080));
+        assert!(parse_request(request(0)).is_err());
+        let strip = |v: Vec<u8>| {
+            assert_eq!(v.last(), Some(&b'\n'));
+            assert!(v.len() <= MAX_REPLY_LEN);
+            v[..v.len() - 1].to_vec()
+        };
+        assert_eq!(parse_reply(&strip(reply(&Ok(())))), Ok(()));
+        let err = parse_reply(&strip(reply(&Err("refused\nnothing listens".into())))).unwrap_err();
+        assert_eq!(err, "the guest said: refused nothing listens");
+        let long = parse_reply(&strip(reply(&Err("é".repeat(400))))).unwrap_err();
+        assert!(long.len() < MAX_REPLY_LEN + 20, "{long}");
+        for bad in [&b"ok"[..], b"", b"ERR", b"\xff\xfe"] {
+            assert!(parse_reply(bad).is_err(), "{bad:?} taken as a reply");
         }
     }
 }
