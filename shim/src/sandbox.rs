@@ -17,7 +17,7 @@ use crate::config::{Config, SharedFs};
 use crate::hypervisor::{
     Disk, HyperVmm, Hypervisor, HypervisorError, NetDevice, SharedDir, VmSpec, process_alive,
 };
-use crate::network::{NetworkError, PodNetwork, TapDevice};
+use crate::network::{NetworkError, PodNetwork, PortForwarder, TapDevice};
 use crate::rootfs;
 use crate::share::{SHARE_TAG, Share, ShareError, remove_tree};
 use crate::sizing::VmSize;
@@ -181,6 +181,8 @@ pub struct Sandbox {
     cgroup: Option<PathBuf>,
     /// The taps and filters in the pod's network namespace, removed with the pod.
     network: Option<PodNetwork>,
+    /// CRI `PortForward` into the guest; stopped with the pod.
+    port_forward: std::sync::Mutex<Option<PortForwarder>>,
     watchers: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -329,6 +331,10 @@ impl Sandbox {
         // bench-ctr-run reads this: VMM spawn to the agent answering.
         tracing::info!(pod = %req.id, boot_ms = booting.elapsed().as_millis() as u64, "agent ready");
         backend.agent_ready(&hypervisor.vsock_uds(), req.id);
+        let port_forward = match network {
+            Some(n) => start_port_forward(n, hypervisor.vsock_uds(), req.id).await,
+            None => None,
+        };
         let sandbox = Self {
             id: req.id.to_string(),
             state_dir: state_dir.to_path_buf(),
@@ -338,6 +344,7 @@ impl Sandbox {
             vmm_pid,
             cgroup: req.cgroup.clone(),
             network: None,
+            port_forward: std::sync::Mutex::new(port_forward),
             watchers: Default::default(),
         };
         let create = CreateSandboxRequest {
@@ -472,10 +479,27 @@ impl Sandbox {
         if let Some(dir) = &self.cgroup {
             crate::host_cgroup::remove(dir);
         }
+        drop(self.port_forward.lock().expect("port forward lock").take());
         if let Some(n) = &self.network {
             n.detach().await;
         }
         tracing::info!(pod = %self.id, "sandbox shut down");
+    }
+}
+
+/// Port forwarding for a pod with a network namespace. The pod runs without it (only
+/// `kubectl port-forward` needs it) when the kernel cannot steer its loopback: say why.
+async fn start_port_forward(
+    network: &PodNetwork,
+    vsock_uds: PathBuf,
+    pod: &str,
+) -> Option<PortForwarder> {
+    match PortForwarder::start(&network.netns, vsock_uds, pod.to_string()).await {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!(%pod, "no port forwarding for this pod: {e}");
+            None
+        }
     }
 }
 

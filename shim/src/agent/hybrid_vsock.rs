@@ -65,25 +65,12 @@ pub async fn connect(
             .write_all(format!("CONNECT {port}\n").as_bytes())
             .await
             .map_err(io_err)?;
-        // Read byte by byte: anything after the newline already belongs to the guest.
-        let mut reply = Vec::with_capacity(MAX_ACK_LEN);
-        loop {
-            let mut b = [0u8; 1];
-            let n = stream.read(&mut b).await.map_err(io_err)?;
-            if n == 0 {
-                return Err(HybridVsockError::Refused {
-                    path: path.clone(),
-                    port,
-                });
-            }
-            if b[0] == b'\n' {
-                break;
-            }
-            reply.push(b[0]);
-            if reply.len() > MAX_ACK_LEN {
-                break;
-            }
-        }
+        let Some(reply) = read_line(&mut stream, MAX_ACK_LEN).await.map_err(io_err)? else {
+            return Err(HybridVsockError::Refused {
+                path: path.clone(),
+                port,
+            });
+        };
         let text = String::from_utf8_lossy(&reply).into_owned();
         let ok = text
             .strip_prefix("OK ")
@@ -104,5 +91,21 @@ pub async fn connect(
             port,
             timeout,
         }),
+    }
+}
+
+/// Reads one line without its newline, byte by byte: what follows it already belongs to
+/// the guest. `None` if the stream ends first; a line longer than `max` is cut there.
+pub async fn read_line(stream: &mut UnixStream, max: usize) -> std::io::Result<Option<Vec<u8>>> {
+    let mut line = Vec::with_capacity(max);
+    loop {
+        let mut b = [0u8; 1];
+        if stream.read(&mut b).await? == 0 {
+            return Ok(None);
+        }
+        if b[0] == b'\n' || line.len() == max {
+            return Ok(Some(line));
+        }
+        line.push(b[0]);
     }
 }

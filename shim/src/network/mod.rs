@@ -4,7 +4,11 @@
 //! (ingress qdisc + mirred); the tap goes to hyper-vmm as an fd, and the guest's virtio-net
 //! device gets the interface's MAC, addresses, routes and MTU (the agent applies them).
 //! The namespace's own stack then sees no traffic: the guest is the pod on the network.
+//! Its loopback still matters to containerd, which serves `PortForward` by dialing there:
+//! `port_forward` takes those connections into the guest.
 mod netns;
+mod port_forward;
+mod sk_lookup;
 mod tap;
 mod tc;
 #[cfg(test)]
@@ -23,6 +27,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 pub use netns::NetnsError;
+pub use port_forward::{PortForwardError, PortForwarder};
 
 /// Our taps in the pod's namespace: `hyper_tap0`, `hyper_tap1`, ...
 const TAP_PREFIX: &str = "hyper_tap";

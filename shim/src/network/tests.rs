@@ -228,3 +228,91 @@ async fn a_namespace_without_interfaces_is_refused_by_name() {
         .to_string();
     assert!(e.contains("/run/netns/hyper-no-such-ns"), "{e}");
 }
+
+/// A stand-in for the VMM's hybrid vsock socket and the agent's port forwarder: it takes
+/// `CONNECT 1027`, then answers each request with `reply` and, after `OK`, the port it was
+/// asked for, as text.
+fn fake_guest(dir: &Path, reply: &'static str) -> PathBuf {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let uds = dir.join("vsock.sock");
+    let listener = tokio::net::UnixListener::bind(&uds).unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let line = crate::agent::hybrid_vsock::read_line(&mut s, 64)
+                    .await
+                    .unwrap();
+                assert_eq!(line.as_deref(), Some(&b"CONNECT 1027"[..]));
+                s.write_all(b"OK 1\n").await.unwrap();
+                let mut req = [0u8; 2];
+                s.read_exact(&mut req).await.unwrap();
+                s.write_all(reply.as_bytes()).await.unwrap();
+                if reply == "OK\n" {
+                    let port = u16::from_be_bytes(req);
+                    s.write_all(format!("port {port}").as_bytes())
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+    });
+    uds
+}
+
+/// Connects to 127.0.0.1:`port` inside `netns` and reads until the far end closes.
+async fn dial_loopback(netns: &Path, port: u16) -> std::io::Result<String> {
+    netns::run_in(netns, move || async move {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut got = String::new();
+        s.read_to_string(&mut got)?;
+        Ok::<_, std::io::Error>(got)
+    })
+    .await
+}
+
+impl From<NetnsError> for std::io::Error {
+    fn from(e: NetnsError) -> Self {
+        std::io::Error::other(e.to_string())
+    }
+}
+
+#[tokio::test]
+async fn loopback_connections_to_any_port_reach_the_guest() {
+    let Some(lab) = Lab::new("pfwd") else { return };
+    ip(&["-n", &lab.pod, "link", "set", "lo", "up"]);
+    let dir = tempfile::tempdir().unwrap();
+    let uds = fake_guest(dir.path(), "OK\n");
+    let fwd = PortForwarder::start(&lab.netns(), uds, "pfwd-test".into())
+        .await
+        .unwrap();
+    // Any port: what containerd's dial asks for is what the guest is asked for.
+    for port in [80, 8080, 65535] {
+        assert_eq!(
+            dial_loopback(&lab.netns(), port).await.unwrap(),
+            format!("port {port}")
+        );
+    }
+    drop(fwd);
+    let after = dial_loopback(&lab.netns(), 80).await;
+    assert_eq!(
+        after.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "still steered after the forwarder was dropped"
+    );
+}
+
+#[tokio::test]
+async fn a_port_the_guest_refuses_closes_the_connection() {
+    let Some(lab) = Lab::new("pfwdno") else {
+        return;
+    };
+    ip(&["-n", &lab.pod, "link", "set", "lo", "up"]);
+    let dir = tempfile::tempdir().unwrap();
+    let uds = fake_guest(dir.path(), "ERR connect to port 81 in the pod: refused\n");
+    let _fwd = PortForwarder::start(&lab.netns(), uds, "pfwd-test".into())
+        .await
+        .unwrap();
+    assert_eq!(dial_loopback(&lab.netns(), 81).await.unwrap(), "");
+}
