@@ -3,7 +3,8 @@
 # drives it, with crictl: runp boots the pod's VM and its sandbox; two app containers join
 # the sandbox's network, ipc and uts namespaces (and pid: the pod config shares it) inside
 # the guest; hostname, /etc/hosts, resolv.conf from the pod's DNS config and /dev/shm;
-# exec (sync, stdin, tty), attach, logs, stats, update; stop/rm/stopp/rmp leave nothing.
+# port-forward; exec (sync, stdin, tty), attach, logs, stats, update; stop/rm/stopp/rmp
+# leave nothing.
 # timeout: 1200
 # needs: containerd cni cri hyper-vmm containerd-shim-hyper-v1 hyperctl
 # shellcheck source=lib.sh
@@ -11,7 +12,8 @@
 need_bin containerd crictl hyper-vmm containerd-shim-hyper-v1 script
 hyper_config
 W=/tmp/cri-pod
-trap 'keep_hyper_logs; cri_remove_pods; _th_cleanup; rm -rf "$W"; rmdir /sys/fs/cgroup/hyper-e2e-pods 2>/dev/null || true' EXIT
+PF_PIDS=()
+trap 'stop_port_forwards; keep_hyper_logs; cri_remove_pods; _th_cleanup; rm -rf "$W"; rmdir /sys/fs/cgroup/hyper-e2e-pods 2>/dev/null || true' EXIT
 CTD_LOG_LEVEL=debug cri_start
 mkdir -p $W/logs
 VMM_RE='^(/usr/local/bin/)?hyper-vmm '
@@ -107,6 +109,32 @@ out=$(cx "$CLIENT" ping -c 1 -W 5 10.88.0.1) || fail "the pod cannot reach its g
 out=$(http_get "$IP" 8080 /) || fail "the test host cannot reach the server at the pod IP $IP:8080: $(net_state 2>&1)"
 [ "$out" = hello-from-the-pod ] || fail "the test host got '$out' from $IP:8080"
 log "pod IP $IP: the guest owns it; the test host reaches the server at $IP:8080"
+
+# Port forwarding (kubectl port-forward): containerd dials localhost:PORT in the pod's
+# network namespace on the host, where the shim takes the connection into the guest.
+# (crictl itself in the background, not lib.sh's wrapper function: its PID is crictl's.)
+stop_port_forwards() {
+  local p
+  for p in "${PF_PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  PF_PIDS=()
+}
+command crictl --config $CTD/crictl.yaml port-forward "$POD" 18080:8080 > $W/pf.log 2>&1 &
+PF_PIDS+=($!)
+command crictl --config $CTD/crictl.yaml port-forward "$POD" 18081:9999 > $W/pf-closed.log 2>&1 &
+PF_PIDS+=($!)
+t0=$(now_ms)
+until out=$(http_get 127.0.0.1 18080 / 2> /dev/null) && [ -n "$out" ]; do  # crictl listening?
+  (( $(now_ms) - t0 < 30000 )) || fail "port-forward 18080:8080 gives no page within 30 s: '$out' $(cat $W/pf.log)"
+  th_sleep 0.5
+done
+[ "$out" = hello-from-the-pod ] || fail "port-forward to the server gave '$out'"
+log "port-forward: the test host's 127.0.0.1:18080 reaches the server's 8080 in the guest after $(( $(now_ms) - t0 )) ms"
+# A port nothing listens on in the pod: the forwarded connection ends, the pod lives on.
+out=$(http_get 127.0.0.1 18081 / 2>&1) && [ -n "$out" ] && fail "port-forward to a closed port gave '$out'"
+out=$(http_get 127.0.0.1 18080 /) && [ "$out" = hello-from-the-pod ] \
+  || fail "port-forward broke after a refused port: '$out' $(cat $W/pf.log)"
+stop_port_forwards
+log "port-forward to a port nothing listens on: the connection closed; the other forward still works"
 
 # exec with stdin, with a terminal, and a failing one.
 out=$(echo via-stdin | crictl exec -i "$CLIENT" cat) || fail "exec -i failed: $out"
