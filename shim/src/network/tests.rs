@@ -278,15 +278,27 @@ impl From<NetnsError> for std::io::Error {
     }
 }
 
-#[tokio::test]
-async fn loopback_connections_to_any_port_reach_the_guest() {
-    let Some(lab) = Lab::new("pfwd") else { return };
+/// A pod namespace with loopback up and a forwarder into a fake guest answering `reply`;
+/// the temp dir holds the fake vsock socket.
+async fn forwarding_lab(
+    name: &str,
+    reply: &'static str,
+) -> Option<(Lab, tempfile::TempDir, PortForwarder)> {
+    let lab = Lab::new(name)?;
     ip(&["-n", &lab.pod, "link", "set", "lo", "up"]);
     let dir = tempfile::tempdir().unwrap();
-    let uds = fake_guest(dir.path(), "OK\n");
-    let fwd = PortForwarder::start(&lab.netns(), uds, "pfwd-test".into())
+    let uds = fake_guest(dir.path(), reply);
+    let fwd = PortForwarder::start(&lab.netns(), uds, format!("{name}-test"))
         .await
         .unwrap();
+    Some((lab, dir, fwd))
+}
+
+#[tokio::test]
+async fn loopback_connections_to_any_port_reach_the_guest() {
+    let Some((lab, _dir, fwd)) = forwarding_lab("pfwd", "OK\n").await else {
+        return;
+    };
     // Any port: what containerd's dial asks for is what the guest is asked for.
     for port in [80, 8080, 65535] {
         assert_eq!(
@@ -305,14 +317,9 @@ async fn loopback_connections_to_any_port_reach_the_guest() {
 
 #[tokio::test]
 async fn a_port_the_guest_refuses_closes_the_connection() {
-    let Some(lab) = Lab::new("pfwdno") else {
+    let refusal = "ERR connect to port 81 in the pod: refused\n";
+    let Some((lab, _dir, _fwd)) = forwarding_lab("pfwdno", refusal).await else {
         return;
     };
-    ip(&["-n", &lab.pod, "link", "set", "lo", "up"]);
-    let dir = tempfile::tempdir().unwrap();
-    let uds = fake_guest(dir.path(), "ERR connect to port 81 in the pod: refused\n");
-    let _fwd = PortForwarder::start(&lab.netns(), uds, "pfwd-test".into())
-        .await
-        .unwrap();
     assert_eq!(dial_loopback(&lab.netns(), 81).await.unwrap(), "");
 }
