@@ -18,6 +18,14 @@ pub enum NetnsError {
     Thread(PathBuf, std::io::Error),
 }
 
+/// Opens the network namespace at `path`.
+pub fn open(path: &Path) -> Result<File, NetnsError> {
+    File::open(path).map_err(|cause| NetnsError::Open {
+        path: path.to_path_buf(),
+        cause,
+    })
+}
+
 /// Runs `job` (with a current-thread tokio runtime of its own, for rtnetlink) inside the
 /// network namespace at `path`, and returns its result.
 pub async fn run_in<F, Fut, T, E>(path: &Path, job: F) -> Result<T, E>
@@ -27,10 +35,17 @@ where
     T: Send + 'static,
     E: From<NetnsError> + Send + 'static,
 {
-    let ns = File::open(path).map_err(|cause| NetnsError::Open {
-        path: path.to_path_buf(),
-        cause,
-    })?;
+    run_in_opened(open(path)?, path, job).await
+}
+
+/// [`run_in`] for a namespace already open as `ns` (`path` names it in errors).
+pub async fn run_in_opened<F, Fut, T, E>(ns: File, path: &Path, job: F) -> Result<T, E>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, E>>,
+    T: Send + 'static,
+    E: From<NetnsError> + Send + 'static,
+{
     let owned = path.to_path_buf();
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()

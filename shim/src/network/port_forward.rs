@@ -51,12 +51,14 @@ impl PortForwarder {
         vsock_uds: PathBuf,
         pod: String,
     ) -> Result<Self, PortForwardError> {
-        let ns = std::fs::File::open(netns).map_err(|cause| NetnsError::Open {
+        // Opened once: the listener and the program are in the same namespace.
+        let ns = netns::open(netns)?;
+        let entered = ns.try_clone().map_err(|cause| NetnsError::Open {
             path: netns.to_path_buf(),
             cause,
         })?;
         // The socket must be made in the namespace whose connections it takes.
-        let listener = netns::run_in(netns, || async {
+        let listener = netns::run_in_opened(entered, netns, || async {
             TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(PortForwardError::Listen)
         })
         .await?;

@@ -152,19 +152,27 @@ fn program(map_fd: i32) -> Vec<Insn> {
     ]
 }
 
-fn bpf<T>(command: &'static str, cmd: libc::c_long, attr: &T) -> Result<OwnedFd, SkLookupError> {
+/// bpf(2) with `attr`, a prefix of `union bpf_attr` for `cmd`: its return value.
+fn sys_bpf<T>(cmd: libc::c_long, attr: &T) -> std::io::Result<libc::c_long> {
     // SAFETY: `attr` is a live, initialised prefix of `union bpf_attr` for `cmd`, of the
     // size given; the kernel only reads it (and the buffers it points to).
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, std::mem::size_of::<T>()) };
-    if fd < 0 {
-        return Err(SkLookupError::Bpf {
-            command,
-            cause: std::io::Error::last_os_error(),
-        });
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, std::mem::size_of::<T>()) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
     }
-    // SAFETY: these commands return a new fd that nothing else owns (MAP_UPDATE_ELEM's 0
-    // is not taken: see `insert`).
+    Ok(rc)
+}
+
+/// The fd that MAP_CREATE, PROG_LOAD or LINK_CREATE returns.
+fn new_fd<T>(cmd: libc::c_long, attr: &T) -> std::io::Result<OwnedFd> {
+    let fd = sys_bpf(cmd, attr)?;
+    // SAFETY: these commands return a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Names the bpf(2) command that failed.
+fn failed(command: &'static str) -> impl FnOnce(std::io::Error) -> SkLookupError {
+    move |cause| SkLookupError::Bpf { command, cause }
 }
 
 /// The program attached to one network namespace; detached when dropped.
@@ -179,8 +187,7 @@ impl LoopbackSteering {
     /// Attaches to the network namespace `netns` (an open nsfs file) a program that hands
     /// TCP connections to 127.0.0.1 to `listener`, a listening socket in that namespace.
     pub fn attach(netns: BorrowedFd<'_>, listener: BorrowedFd<'_>) -> Result<Self, SkLookupError> {
-        let map = bpf(
-            "MAP_CREATE",
+        let map = new_fd(
             BPF_MAP_CREATE,
             &MapCreateAttr {
                 map_type: BPF_MAP_TYPE_SOCKMAP,
@@ -188,34 +195,23 @@ impl LoopbackSteering {
                 value_size: 8,
                 max_entries: 1,
             },
-        )?;
+        )
+        .map_err(failed("MAP_CREATE"))?;
         let key = 0u32;
         let value = listener.as_raw_fd() as u64;
-        let attr = MapUpdateAttr {
-            map_fd: map.as_raw_fd() as u32,
-            _pad: 0,
-            key: &key as *const u32 as u64,
-            value: &value as *const u64 as u64,
-            flags: 0,
-        };
-        // SAFETY: as in `bpf`; MAP_UPDATE_ELEM returns 0 or -1, no fd.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_UPDATE_ELEM,
-                &attr,
-                std::mem::size_of::<MapUpdateAttr>(),
-            )
-        };
-        if rc < 0 {
-            return Err(SkLookupError::Bpf {
-                command: "MAP_UPDATE_ELEM (the listener into the sockmap)",
-                cause: std::io::Error::last_os_error(),
-            });
-        }
+        sys_bpf(
+            BPF_MAP_UPDATE_ELEM,
+            &MapUpdateAttr {
+                map_fd: map.as_raw_fd() as u32,
+                _pad: 0,
+                key: &key as *const u32 as u64,
+                value: &value as *const u64 as u64,
+                flags: 0,
+            },
+        )
+        .map_err(failed("MAP_UPDATE_ELEM (the listener into the sockmap)"))?;
         let prog = load(map.as_raw_fd())?;
-        let link = bpf(
-            "LINK_CREATE (sk_lookup on the pod's network namespace)",
+        let link = new_fd(
             BPF_LINK_CREATE,
             &LinkCreateAttr {
                 prog_fd: prog.as_raw_fd() as u32,
@@ -223,7 +219,10 @@ impl LoopbackSteering {
                 attach_type: BPF_SK_LOOKUP,
                 flags: 0,
             },
-        )?;
+        )
+        .map_err(failed(
+            "LINK_CREATE (sk_lookup on the pod's network namespace)",
+        ))?;
         Ok(LoopbackSteering {
             _link: link,
             _prog: prog,
@@ -232,37 +231,48 @@ impl LoopbackSteering {
     }
 }
 
+/// Loads the program. Without the verifier's log, which costs a buffer and the verifier's
+/// printing on every pod start; only a refused load is retried with it, for the error.
 fn load(map_fd: i32) -> Result<OwnedFd, SkLookupError> {
     let insns = program(map_fd);
     const LICENSE: &CStr = c"Apache-2.0";
-    let mut log = vec![0u8; 16 * 1024];
     let mut name = [0u8; 16];
     let short = b"hyper_pfwd_lo";
     name[..short.len()].copy_from_slice(short);
-    let attr = ProgLoadAttr {
+    let mut attr = ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_SK_LOOKUP,
         insn_cnt: insns.len() as u32,
         insns: insns.as_ptr() as u64,
         license: LICENSE.as_ptr() as u64,
-        log_level: 1,
-        log_size: log.len() as u32,
-        log_buf: log.as_mut_ptr() as u64,
+        log_level: 0,
+        log_size: 0,
+        log_buf: 0,
         kern_version: 0,
         prog_flags: 0,
         prog_name: name,
         prog_ifindex: 0,
         expected_attach_type: BPF_SK_LOOKUP,
     };
-    bpf("PROG_LOAD", BPF_PROG_LOAD, &attr).map_err(|e| {
-        let cause = match e {
-            SkLookupError::Bpf { cause, .. } => cause,
-            other => std::io::Error::other(other.to_string()),
-        };
-        let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-        SkLookupError::Load {
-            cause,
-            log: String::from_utf8_lossy(&log[..end]).trim().to_string(),
+    let cause = match new_fd(BPF_PROG_LOAD, &attr) {
+        Ok(prog) => return Ok(prog),
+        Err(cause) => cause,
+    };
+    let mut log = vec![0u8; 16 * 1024];
+    attr.log_level = 1;
+    attr.log_size = log.len() as u32;
+    attr.log_buf = log.as_mut_ptr() as u64;
+    let cause = match new_fd(BPF_PROG_LOAD, &attr) {
+        // Loaded the second time: take it, but say the first load failed.
+        Ok(prog) => {
+            tracing::warn!("the loopback steering program loaded only at the second try: {cause}");
+            return Ok(prog);
         }
+        Err(cause) => cause,
+    };
+    let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+    Err(SkLookupError::Load {
+        cause,
+        log: String::from_utf8_lossy(&log[..end]).trim().to_string(),
     })
 }
 
@@ -282,5 +292,18 @@ mod tests {
             }
         }
         assert_eq!(LOOPBACK_IP4.to_ne_bytes(), [127, 0, 0, 1]);
+    }
+
+    #[test]
+    fn a_refused_load_carries_the_verifiers_reason() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root (CAP_BPF)");
+            return;
+        }
+        // No map behind fd -1: the verifier refuses the program and says so in its log.
+        match load(-1) {
+            Err(SkLookupError::Load { log, .. }) => assert!(!log.is_empty(), "no verifier log"),
+            other => panic!("a program without its map was not refused: {other:?}"),
+        }
     }
 }
