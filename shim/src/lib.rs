@@ -17,4 +17,5 @@ pub mod sandbox;
 pub mod service;
 pub mod share;
 pub mod sizing;
+pub mod startup_trace;
 pub mod state_dir;

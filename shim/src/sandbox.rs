@@ -21,6 +21,7 @@ use crate::network::{NetworkError, PodNetwork, PortForwarder, TapDevice};
 use crate::rootfs;
 use crate::share::{SHARE_TAG, Share, ShareError, remove_tree};
 use crate::sizing::VmSize;
+use crate::startup_trace::{StartupTrace, Step};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -158,6 +159,8 @@ enum RootfsPath {
 /// Everything a VM boot needs besides the config.
 pub struct BootRequest<'a> {
     pub id: &'a str,
+    /// Where the boot's steps are marked; logged when the VM is gone.
+    pub trace: Arc<StartupTrace>,
     pub hostname: &'a str,
     /// The first container's rootfs on the host (copied into a disk without a share).
     pub first_rootfs: &'a Path,
@@ -184,6 +187,7 @@ pub struct Sandbox {
     /// CRI `PortForward` into the guest; stopped with the pod.
     port_forward: std::sync::Mutex<Option<PortForwarder>>,
     watchers: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    trace: Arc<StartupTrace>,
 }
 
 /// In the state dir: the pid of the process (shim or hyperctl) that runs the sandbox.
@@ -302,6 +306,7 @@ impl Sandbox {
         let mut hypervisor = backend.hypervisor(config, state_dir);
         let booting = std::time::Instant::now();
         hypervisor.start(&spec).await?;
+        req.trace.mark(Step::VmmSpawned);
         // Who runs this sandbox: `delete` must leave a pod alone while its shim lives.
         if let Err(e) = crate::pid_file::write(&state_dir.join(OWNER_PID_FILE), std::process::id())
         {
@@ -328,6 +333,7 @@ impl Sandbox {
                 return Err(e);
             }
         };
+        req.trace.mark(Step::AgentReady);
         // bench-ctr-run reads this: VMM spawn to the agent answering.
         tracing::info!(pod = %req.id, boot_ms = booting.elapsed().as_millis() as u64, "agent ready");
         backend.agent_ready(&hypervisor.vsock_uds(), req.id);
@@ -346,6 +352,7 @@ impl Sandbox {
             network: None,
             port_forward: std::sync::Mutex::new(port_forward),
             watchers: Default::default(),
+            trace: req.trace.clone(),
         };
         let create = CreateSandboxRequest {
             sandbox_id: req.id.to_string(),
@@ -366,6 +373,7 @@ impl Sandbox {
             sandbox.shutdown().await;
             return Err(e.into());
         }
+        req.trace.mark(Step::SandboxCreated);
         Ok(sandbox)
     }
 
@@ -469,13 +477,26 @@ impl Sandbox {
             w.abort();
         }
         let alive = self.vmm_pid.is_none_or(process_alive);
-        if alive && let Err(e) = self.agent.destroy_sandbox(&self.id).await {
-            tracing::debug!(pod = %self.id, "DestroySandbox: {e}");
+        if alive {
+            // Asked now, off the start path: the VMM's own times of its boot.
+            if let Some(t) = h.boot_times().await {
+                self.trace
+                    .mark_vmm_reported(Step::VcpusStarted, t.vcpus_started_us);
+                self.trace
+                    .mark_vmm_reported(Step::GuestInit, t.guest_init_us);
+            }
+            if let Err(e) = self.agent.destroy_sandbox(&self.id).await {
+                tracing::debug!(pod = %self.id, "DestroySandbox: {e}");
+            }
         }
         if let Err(e) = h.stop(Duration::from_secs(2)).await {
             tracing::warn!(pod = %self.id, "stop VM: {e}");
         }
+        self.trace.mark(Step::VmStopped);
         remove_tree(&self.state_dir);
+        self.trace.mark(Step::StateRemoved);
+        // bench-ctr-run reads this line.
+        tracing::info!(pod = %self.id, steps = %self.trace, "startup trace");
         if let Some(dir) = &self.cgroup {
             crate::host_cgroup::remove(dir);
         }

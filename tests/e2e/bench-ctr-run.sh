@@ -53,6 +53,31 @@ done
 median() { tr ' ' '\n' | grep . | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2 ? a[(NR + 1) / 2] : int((a[NR / 2] + a[NR / 2 + 1]) / 2)) }'; }
 mh=$(median <<<"${MS[hyper]}"); mr=$(median <<<"${MS[runc]}")
 log "RESULT ctr run --rm busybox true, median of $n: hyper ${mh} ms, runc ${mr} ms, ratio hyper/runc $(awk -v a="$mh" -v b="$mr" 'BEGIN { printf "%.2f", a / b }')"
+
+# Where hyper's time goes: the shim's start-up trace of every hyper pod ("startup trace
+# pod=b-hyper-N steps=shim_spawned=0 shim_serving=12 ...", ms since containerd ran the
+# shim). Per step, the median of when it happened and of how long it took after the step
+# before it in the same pod.
+grep -o 'startup trace pod=b-hyper-[0-9]* steps=[a-z_=0-9 ]*' "$TH_ART/containerd.log" \
+  | sed 's/.* steps=//' > "$TH_ART/startup-traces.txt" || true
+traced=$(wc -l < "$TH_ART/startup-traces.txt")
+[ "$traced" -eq "$n" ] || fail "$traced start-up traces in containerd's log for $n hyper pods"
+awk '
+  { prev = 0
+    for (i = 1; i <= NF; i++) {
+      split($i, kv, "="); k = kv[1]; v = kv[2] + 0
+      if (!(k in order)) { order[k] = ++steps; name[steps] = k }
+      print k, v, v - prev; prev = v
+    } }
+  END { for (i = 1; i <= steps; i++) print name[i] > "/dev/stderr" }
+' "$TH_ART/startup-traces.txt" 2> "$TH_ART/startup-steps.txt" > "$TH_ART/startup-samples.txt"
+log "RESULT hyper start-up trace, medians of $n pods (ms; runc's whole ctr run: ${mr} ms):"
+printf '  %-18s %8s %8s\n' step at took
+while read -r step; do
+  at=$(awk -v s="$step" '$1 == s { print $2 }' "$TH_ART/startup-samples.txt" | median)
+  took=$(awk -v s="$step" '$1 == s { print $3 }' "$TH_ART/startup-samples.txt" | median)
+  printf '  %-18s %8s %8s\n' "$step" "$at" "$took"
+done < "$TH_ART/startup-steps.txt"
 if [ -n "${MS[hyper-open]:-}" ]; then
   mo=$(median <<<"${MS[hyper-open]}")
   log "RESULT unconfined VMM (jail = false, seccomp = false): ${mo} ms; confined/unconfined $(awk -v a="$mh" -v b="$mo" 'BEGIN { printf "%.3f", a / b }')"

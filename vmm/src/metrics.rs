@@ -42,6 +42,8 @@ pub struct Metrics {
     pub exits: ExitCounters,
     /// µs from process start to the guest's boot-timer signal (0 until then).
     pub boot_time_us: Arc<AtomicU64>,
+    /// µs from process start to the vCPU threads being started (0 until then).
+    pub vcpus_started_us: AtomicU64,
     devices: Mutex<BTreeMap<String, Arc<DeviceCounters>>>,
 }
 
@@ -87,6 +89,7 @@ impl Metrics {
             .collect();
         MetricsReport {
             boot_time_us: r(&self.boot_time_us),
+            vcpus_started_us: r(&self.vcpus_started_us),
             exits: ExitMetrics {
                 io_in: r(&e.io_in),
                 io_out: r(&e.io_out),

@@ -63,6 +63,8 @@ pub struct Vmm {
     api: Option<ApiServer>,
     stop_deadline: Option<Instant>,
     pub stop_timeout: Duration,
+    /// When the process started: what the boot metrics count from.
+    process_start: Instant,
 }
 
 impl Vmm {
@@ -139,6 +141,7 @@ impl Vmm {
             api: None,
             stop_deadline: None,
             stop_timeout: Duration::from_millis(crate::config::DEFAULT_STOP_TIMEOUT_MS),
+            process_start: start,
         })
     }
 
@@ -174,6 +177,10 @@ impl Vmm {
             threads,
             control: self.control.clone(),
         });
+        self.metrics.vcpus_started_us.store(
+            self.process_start.elapsed().as_micros() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Ok(())
     }
 

@@ -231,6 +231,7 @@ fn boot_timer_and_virtio_mmio_registers() {
     assert_eq!(console.text(), "YYYYNY");
     let m = vmm.metrics.snapshot();
     assert!(m.boot_time_us > 0, "{m:?}");
+    assert!(m.vcpus_started_us > 0, "{m:?}");
     assert!(m.exits.mmio_read >= 6, "{m:?}");
     assert!(m.exits.unhandled_mmio >= 1, "{m:?}");
 }

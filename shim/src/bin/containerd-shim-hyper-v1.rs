@@ -3,6 +3,8 @@ use hyper_shim::service::{RUNTIME_ID, Service};
 
 #[tokio::main]
 async fn main() {
+    // The start-up trace counts from here.
+    hyper_shim::startup_trace::process_start_us();
     // containerd-shim's runner does not answer -v itself.
     if std::env::args().any(|a| a == "-v" || a == "--version" || a == "-version") {
         println!(

@@ -232,6 +232,7 @@ async fn run_bundle(
         config.clone(),
         Arc::new(HyperVmmBackend::new(config)),
         Arc::new(NoEvents),
+        Arc::new(hyper_shim::startup_trace::StartupTrace::for_shim(None)),
     );
     pod.create(NewContainer {
         id: id.clone(),

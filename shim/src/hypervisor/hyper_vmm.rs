@@ -20,7 +20,7 @@ use tokio::net::UnixStream;
 
 use crate::state_dir::{create_private_file, make_private_dir};
 
-use super::{Hypervisor, HypervisorError, VmSpec, process_alive};
+use super::{BootTimes, Hypervisor, HypervisorError, VmSpec, process_alive};
 
 /// Guest CID of every VM: each VM has its own vsock device, so they need not differ.
 pub const GUEST_CID: u32 = 3;
@@ -377,6 +377,22 @@ impl Hypervisor for HyperVmm {
 
     fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    async fn boot_times(&self) -> Option<BootTimes> {
+        match self.request(Request::Metrics).await {
+            Ok(Success {
+                metrics: Some(m), ..
+            }) => Some(BootTimes {
+                vcpus_started_us: m.vcpus_started_us,
+                guest_init_us: m.boot_time_us,
+            }),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::debug!("VMM boot times: {e}");
+                None
+            }
+        }
     }
 }
 

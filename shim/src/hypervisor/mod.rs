@@ -86,6 +86,18 @@ pub trait Hypervisor: Send + Sync {
     fn vsock_uds(&self) -> PathBuf;
     /// PID of the VMM process, while it runs.
     fn pid(&self) -> Option<u32>;
+    /// When the VM's vCPUs started and its guest reached `/init`, by the VMM's clock;
+    /// `None` when the VMM cannot say.
+    async fn boot_times(&self) -> Option<BootTimes> {
+        None
+    }
+}
+
+/// Boot steps the VMM times itself, in µs since its process started (0: not yet).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BootTimes {
+    pub vcpus_started_us: u64,
+    pub guest_init_us: u64,
 }
 
 /// True while `pid` exists and is not a zombie (a zombie is dead, only not yet reaped).

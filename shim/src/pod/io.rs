@@ -52,12 +52,34 @@ impl OutputCopy {
     }
 }
 
-/// Starts copying `which` of process `p` into the FIFO at `fifo` until the stream ends.
+/// What runs when a process's first output byte has been written (the start-up trace).
+pub type FirstOutput = Box<dyn FnOnce() + Send>;
+
+/// A [`FirstOutput`] shared by a process's output streams: whichever writes first runs it.
+#[derive(Clone)]
+pub struct OnFirstOutput(Arc<std::sync::Mutex<Option<FirstOutput>>>);
+
+impl OnFirstOutput {
+    pub fn new(f: FirstOutput) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(Some(f))))
+    }
+
+    fn fire(&self) {
+        let f = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(f) = f {
+            f();
+        }
+    }
+}
+
+/// Starts copying `which` of process `p` into the FIFO at `fifo` until the stream ends;
+/// `first_output` fires after the first write.
 pub fn copy_output(
     agent: Arc<dyn Agent>,
     p: ProcessRef,
     which: OutStream,
     fifo: &Path,
+    first_output: Option<OnFirstOutput>,
 ) -> std::io::Result<OutputCopy> {
     let mut out = pipe::OpenOptions::new().open_sender(fifo)?;
     let progress = Arc::new(AtomicU64::new(0));
@@ -79,6 +101,9 @@ pub fn copy_output(
                     Ok(n) => {
                         rest = &rest[n..];
                         seen.fetch_add(1, Ordering::Relaxed);
+                        if let Some(f) = &first_output {
+                            f.fire();
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(container = %p.container_id, exec = %p.exec_id, "{which:?} reader went away: {e}");

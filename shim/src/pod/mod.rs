@@ -32,6 +32,7 @@ use crate::identifier::{self, InvalidId};
 use crate::rootfs;
 use crate::sandbox::{BootRequest, Sandbox, SandboxBackend, SandboxError, SandboxEvent};
 use crate::sizing::vm_size;
+use crate::startup_trace::{StartupTrace, Step};
 use container::Container;
 use process::Process;
 pub use process::{Exit, State, Stdio, VM_DIED_EXIT_STATUS};
@@ -104,6 +105,8 @@ pub struct Pod {
     events: Arc<dyn PodEvents>,
     state: Mutex<PodState>,
     create_lock: Mutex<()>,
+    /// The start-up of the VM and of its first container, logged when the VM is gone.
+    trace: Arc<StartupTrace>,
     me: Weak<Pod>,
 }
 
@@ -192,6 +195,7 @@ impl Pod {
         config: Config,
         backend: Arc<dyn SandboxBackend>,
         events: Arc<dyn PodEvents>,
+        trace: Arc<StartupTrace>,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             config,
@@ -199,6 +203,7 @@ impl Pod {
             events,
             state: Mutex::default(),
             create_lock: Mutex::default(),
+            trace,
             me: me.clone(),
         })
     }
@@ -282,6 +287,7 @@ impl Pod {
         let sandbox = match running {
             Some(s) => s,
             None => {
+                self.trace.follow(&req.id);
                 let s = self.boot(&req.id, &spec, &rootfs_dir).await?;
                 undo.booted = Some(s.clone());
                 s
@@ -294,12 +300,22 @@ impl Pod {
                 e => PodError::InvalidArgument(e.to_string()),
             })?;
         undo.exposed = Some((sandbox.clone(), req.id.clone()));
+        self.trace.mark_container(&req.id, Step::ShareReady);
         sandbox.agent().create_container(create).await?;
         undo.in_guest = true;
+        self.trace.mark_container(&req.id, Step::ContainerCreated);
 
         let mut init = Process::new("", req.stdio.clone());
-        connect_stdio(sandbox.agent(), &ProcessRef::new(&req.id, ""), &mut init)
-            .map_err(|e| PodError::InvalidArgument(format!("container {} stdio: {e}", req.id)))?;
+        let trace = self.trace.clone();
+        let cid = req.id.clone();
+        let first_output = Box::new(move || trace.mark_container(&cid, Step::FirstOutput));
+        connect_stdio(
+            sandbox.agent(),
+            &ProcessRef::new(&req.id, ""),
+            &mut init,
+            Some(first_output),
+        )
+        .map_err(|e| PodError::InvalidArgument(format!("container {} stdio: {e}", req.id)))?;
         let mut state = self.state.lock().await;
         state.sandbox = Some(sandbox);
         state.containers.insert(
@@ -334,6 +350,7 @@ impl Pod {
         let (tx, rx) = mpsc::unbounded_channel();
         let req = BootRequest {
             id: &id,
+            trace: self.trace.clone(),
             hostname: &hostname,
             first_rootfs: rootfs_dir,
             size,
@@ -429,10 +446,14 @@ impl Pod {
             self.start_failed(p).await;
             return Err(e.into());
         }
+        if p.exec_id.is_empty() {
+            self.trace
+                .mark_container(&p.container_id, Step::ProcessStarted);
+        }
         // An init's stdio was connected at create; an exec's stream exists only now.
         if !p.exec_id.is_empty()
             && let Some(Err(e)) = self
-                .update_process(p, |process| connect_stdio(&agent, p, process))
+                .update_process(p, |process| connect_stdio(&agent, p, process, None))
                 .await
         {
             tracing::warn!(container = %p.container_id, exec = %p.exec_id, "exec stdio: {e}");
@@ -480,6 +501,9 @@ impl Pod {
                 }
             };
             let Some(pod) = me.upgrade() else { return };
+            if p.exec_id.is_empty() {
+                pod.trace.mark_container(&p.container_id, Step::ExitSeen);
+            }
             let outputs = pod
                 .update_process(&p, |process| std::mem::take(&mut process.outputs))
                 .await
@@ -607,6 +631,9 @@ impl Pod {
             }
             let c = state.containers.remove(id).expect("checked above");
             let last = state.containers.is_empty();
+            if last {
+                self.trace.mark(Step::DeleteReceived);
+            }
             let sandbox = if last {
                 state.sandbox.take()
             } else {
@@ -698,12 +725,15 @@ impl Pod {
     }
 }
 
-/// Connects a process's stdio FIFOs to its streams in the guest.
+/// Connects a process's stdio FIFOs to its streams in the guest; `first_output` runs
+/// when the first byte of either output stream has reached its FIFO.
 fn connect_stdio(
     agent: &Arc<dyn Agent>,
     p: &ProcessRef,
     process: &mut Process,
+    first_output: Option<io::FirstOutput>,
 ) -> std::io::Result<()> {
+    let first_output = first_output.map(io::OnFirstOutput::new);
     let stdio = process.stdio.clone();
     for (path, which) in [
         (&stdio.stdout, OutStream::Stdout),
@@ -713,8 +743,14 @@ fn connect_stdio(
         if path.is_empty() || (stdio.terminal && which == OutStream::Stderr) {
             continue;
         }
-        let copy = io::copy_output(agent.clone(), p.clone(), which, Path::new(path))
-            .map_err(|e| std::io::Error::new(e.kind(), format!("open {path}: {e}")))?;
+        let copy = io::copy_output(
+            agent.clone(),
+            p.clone(),
+            which,
+            Path::new(path),
+            first_output.clone(),
+        )
+        .map_err(|e| std::io::Error::new(e.kind(), format!("open {path}: {e}")))?;
         process.outputs.push(copy);
     }
     if !stdio.stdin.is_empty() {

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use super::*;
 use crate::agent::{Agent, AgentError, OutStream, ProcessRef};
 use crate::config::{Config, SharedFs};
-use crate::hypervisor::{Hypervisor, HypervisorError, VmSpec};
+use crate::hypervisor::{BootTimes, Hypervisor, HypervisorError, VmSpec};
 use crate::sandbox::SandboxBackend;
 
 /// What the fakes saw, in order: "vmm start", "CreateContainer c1", …
@@ -218,7 +218,16 @@ impl Hypervisor for FakeHypervisor {
     fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
+    async fn boot_times(&self) -> Option<BootTimes> {
+        Some(FAKE_BOOT_TIMES)
+    }
 }
+
+/// What the fake VMM says of its boot: later than its agent answers (placed no later).
+const FAKE_BOOT_TIMES: BootTimes = BootTimes {
+    vcpus_started_us: 1_000,
+    guest_init_us: 2_000,
+};
 
 impl Drop for FakeHypervisor {
     /// A pod a test leaves running must not leave its "VMM" behind.
@@ -268,6 +277,7 @@ struct Rig {
     agent: Arc<FakeAgent>,
     log: Log,
     events: Arc<Recorder>,
+    trace: Arc<StartupTrace>,
 }
 
 fn rig_with(shared_fs: SharedFs, agent: FakeAgent) -> Rig {
@@ -282,13 +292,15 @@ fn rig_with(shared_fs: SharedFs, agent: FakeAgent) -> Rig {
         log: log.clone(),
     });
     let events = Arc::new(Recorder::default());
-    let pod = Pod::new(config, backend, events.clone());
+    let trace = Arc::new(StartupTrace::new());
+    let pod = Pod::new(config, backend, events.clone(), trace.clone());
     Rig {
         dir,
         pod,
         agent,
         log,
         events,
+        trace,
     }
 }
 
@@ -579,6 +591,59 @@ async fn removing_the_last_container_stops_the_vm_and_removes_its_state() {
     assert!(r.pod_dirs().is_empty(), "state left: {:?}", r.pod_dirs());
     assert!(r.mounts_left().is_empty());
     assert!(r.pod.shutdown().await);
+}
+
+#[tokio::test]
+async fn the_startup_trace_follows_the_first_container_from_boot_to_state_removed() {
+    let r = rig();
+    let stdout = r.dir.path().join("stdout");
+    mkfifo(&stdout);
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&stdout)
+        .unwrap();
+    r.agent
+        .stdout
+        .lock()
+        .unwrap()
+        .insert(init("c1"), vec![b"hi".to_vec()]);
+    let stdio = Stdio {
+        stdout: stdout.display().to_string(),
+        ..Default::default()
+    };
+    r.create_with("c1", stdio).await.unwrap();
+    r.create("c2").await.unwrap();
+    for id in ["c1", "c2"] {
+        r.pod.start(&init(id)).await.unwrap();
+    }
+    // The second container's exit is not the pod's first container's.
+    r.agent.exit(&init("c2"), 0);
+    r.pod.wait(&init("c2")).await.unwrap();
+    assert_eq!(r.trace.at(Step::ExitSeen), None);
+    r.agent.exit(&init("c1"), 0);
+    r.pod.wait(&init("c1")).await.unwrap();
+    drop(reader);
+    r.pod.delete(&init("c2")).await.unwrap();
+    assert_eq!(r.trace.at(Step::DeleteReceived), None, "c1 is left");
+    r.pod.delete(&init("c1")).await.unwrap();
+
+    // Marked by the shim or the fake VMM: every step a pod passes inside the shim.
+    let not_here = [
+        Step::ShimSpawned,
+        Step::ShimServing,
+        Step::CreateReceived,
+        Step::ConfigLoaded,
+    ];
+    let mut last = 0;
+    for step in Step::ALL.into_iter().filter(|s| !not_here.contains(s)) {
+        let at = r
+            .trace
+            .at(step)
+            .unwrap_or_else(|| panic!("{step:?} not marked"));
+        assert!(at >= last, "{step:?} before the step that precedes it");
+        last = at;
+    }
 }
 
 #[tokio::test]

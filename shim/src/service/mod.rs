@@ -60,8 +60,15 @@ impl Shim for Service {
 
     async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
         let group = bundle_pod_id(&opts.id, Path::new("."))?;
-        // spawn() reuses the group's socket when a shim already serves it.
-        let address = spawn(opts, &group, Vec::new()).await?;
+        // spawn() reuses the group's socket when a shim already serves it. A new shim's
+        // start-up trace begins with this process.
+        let spawned = crate::startup_trace::process_start_us().to_string();
+        let address = spawn(
+            opts,
+            &group,
+            vec![(crate::startup_trace::SPAWNED_ENV, spawned.as_str())],
+        )
+        .await?;
         containerd_shim::asynchronous::util::write_str_to_file("address", &address).await?;
         Ok(address)
     }

@@ -24,6 +24,7 @@ use crate::config::{self, Config};
 use crate::identifier;
 use crate::pod::{Exit, NewContainer, Pod, State, Stdio};
 use crate::sandbox::HyperVmmBackend;
+use crate::startup_trace::{SPAWNED_ENV, StartupTrace, Step};
 
 #[derive(Clone)]
 pub struct TaskService {
@@ -32,6 +33,8 @@ pub struct TaskService {
     pod: Arc<OnceCell<Arc<Pod>>>,
     events: Arc<Events>,
     exit: Arc<ExitSignal>,
+    /// The pod's start-up, from containerd's `start` of this shim on.
+    trace: Arc<StartupTrace>,
 }
 
 fn process(id: &str, exec_id: &str) -> ProcessRef {
@@ -68,6 +71,9 @@ impl TaskService {
             pod: Arc::default(),
             events: Arc::new(Events::new(publisher, namespace)),
             exit,
+            trace: Arc::new(StartupTrace::for_shim(
+                std::env::var(SPAWNED_ENV).ok().as_deref(),
+            )),
         }
     }
 
@@ -94,9 +100,10 @@ impl TaskService {
             .get_or_try_init(|| async {
                 let config = Config::load(config_path.as_deref().map(Path::new))
                     .map_err(|e| invalid(e.to_string()))?;
+                self.trace.mark(Step::ConfigLoaded);
                 let backend = Arc::new(HyperVmmBackend::new(&config));
                 let events = Arc::new(TaskEvents(self.events.clone()));
-                Ok::<_, ttrpc::Error>(Pod::new(config, backend, events))
+                Ok::<_, ttrpc::Error>(Pod::new(config, backend, events, self.trace.clone()))
             })
             .await?;
         Ok(pod)
@@ -119,6 +126,7 @@ impl Task for TaskService {
         // Before the id names anything; the pod checks the pod id from the bundle's spec.
         identifier::check("container id", &req.id, "the create request")
             .map_err(|e| status(ttrpc::Code::INVALID_ARGUMENT, e.to_string()))?;
+        self.trace.mark(Step::CreateReceived);
         let pod = self.pod_for_create(&req).await?;
         let bundle = PathBuf::from(&req.bundle);
         // What `delete` needs after a crash of this shim (the state dir above all).

@@ -3,7 +3,7 @@
 //! ```text
 //! → {"cmd":"ping"}          ← {"ok":true,"state":"running"}
 //! → {"cmd":"pause"}         ← {"ok":true}
-//! → {"cmd":"metrics"}       ← {"ok":true,"metrics":{"boot_time_us":N,"exits":{…},"devices":{…}}}
+//! → {"cmd":"metrics"}       ← {"ok":true,"metrics":{"boot_time_us":N,"vcpus_started_us":N,"exits":{…},"devices":{…}}}
 //! → {"cmd":"reboot"}        ← {"ok":false,"error":"…"}
 //! ```
 //!
@@ -142,6 +142,8 @@ pub struct DeviceMetrics {
 pub struct Metrics {
     /// µs from the VMM's start to the guest's boot-timer write (0 until then).
     pub boot_time_us: u64,
+    /// µs from the VMM's start to its vCPU threads entering KVM_RUN (0 until then).
+    pub vcpus_started_us: u64,
     pub exits: ExitMetrics,
     /// By device name: "serial", "vsock", "block0", …
     pub devices: BTreeMap<String, DeviceMetrics>,
