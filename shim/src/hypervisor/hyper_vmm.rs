@@ -28,6 +28,8 @@ pub const GUEST_CID: u32 = 3;
 const FIRST_TAP_FD: RawFd = 3;
 /// How long a control request may take, connect to reply, before it is an error.
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the start-up trace waits for the VMM's own boot times.
+const BOOT_TIMES_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest reply line read from the VMM (a `metrics` reply is a few KiB).
 const MAX_REPLY_LINE: u64 = 64 << 10;
 
@@ -380,7 +382,9 @@ impl Hypervisor for HyperVmm {
     }
 
     async fn boot_times(&self) -> Option<BootTimes> {
-        match self.request(Request::Metrics).await {
+        // Asked on the way to stopping the VM: a VMM that does not answer soon must not
+        // hold up the stop, which has its own timeout.
+        match request(&self.api_socket(), Request::Metrics, BOOT_TIMES_TIMEOUT).await {
             Ok(Success {
                 metrics: Some(m), ..
             }) => Some(BootTimes {

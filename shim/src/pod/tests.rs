@@ -338,6 +338,18 @@ impl Rig {
             .await
     }
 
+    /// A stdout FIFO with containerd's (non-blocking) read end open, as before Create.
+    fn stdout_fifo(&self) -> (PathBuf, std::fs::File) {
+        let path = self.dir.path().join("stdout");
+        mkfifo(&path);
+        let reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .unwrap();
+        (path, reader)
+    }
+
     async fn create(&self, id: &str) -> PodResult<()> {
         self.create_with(id, Stdio::default()).await
     }
@@ -596,13 +608,7 @@ async fn removing_the_last_container_stops_the_vm_and_removes_its_state() {
 #[tokio::test]
 async fn the_startup_trace_follows_the_first_container_from_boot_to_state_removed() {
     let r = rig();
-    let stdout = r.dir.path().join("stdout");
-    mkfifo(&stdout);
-    let reader = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(&stdout)
-        .unwrap();
+    let (stdout, reader) = r.stdout_fifo();
     r.agent
         .stdout
         .lock()
@@ -817,14 +823,7 @@ async fn stdin_reaches_the_process_before_its_eof_even_when_closed_at_once() {
 #[tokio::test]
 async fn all_output_reaches_a_slow_reader_before_the_exit() {
     let r = rig();
-    let stdout = r.dir.path().join("stdout");
-    mkfifo(&stdout);
-    // containerd opens its read end before Create.
-    let reader = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(&stdout)
-        .unwrap();
+    let (stdout, reader) = r.stdout_fifo();
     let chunks: Vec<Vec<u8>> = (0..64u8).map(|i| vec![i; 32 * 1024]).collect();
     let sent: Vec<u8> = chunks.concat();
     r.agent.stdout.lock().unwrap().insert(init("c1"), chunks);
