@@ -36,6 +36,28 @@ pub struct Process {
 }
 
 impl Process {
+    /// The process that has `pid` now. Open it while the process cannot have been
+    /// reaped yet (a child the caller has just spawned), or check who it is after.
+    pub fn open(pid: u32) -> std::io::Result<Process> {
+        Ok(Process {
+            pid,
+            pidfd: pidfd_open(pid)?,
+        })
+    }
+
+    /// Returns once the process has exited, whoever reaps it: a pidfd turns readable
+    /// when its process ends.
+    pub async fn exited(&self) -> std::io::Result<()> {
+        let fd = self.pidfd.try_clone()?;
+        // SAFETY: the AsyncFd owns its fd (a duplicate of ours) until it is dropped.
+        let fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| e.into_parts().1)?;
+        let _ = fd.readable().await?;
+        Ok(())
+    }
+
     pub fn signal(&self, signal: Signal) -> std::io::Result<()> {
         // SAFETY: pidfd_send_signal takes a pidfd, a signal, an optional siginfo (none:
         // as kill(2) would fill it) and flags; it touches no memory of ours.

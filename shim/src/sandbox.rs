@@ -1,7 +1,6 @@
 //! One pod = one VM: its hypervisor, its agent, where its state lives, and the watchers
 //! that report the VM's death and the guest's OOM kills. Built from a [`SandboxBackend`]
 //! (hyper-vmm and ttrpc for real, fakes in tests); torn down once, by [`Sandbox::shutdown`].
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +14,7 @@ use tokio::task::JoinHandle;
 use crate::agent::{Agent, AgentError, AgentTimeouts};
 use crate::config::{Config, SharedFs};
 use crate::hypervisor::{
-    Disk, HyperVmm, Hypervisor, HypervisorError, NetDevice, SharedDir, VmSpec, process_alive,
+    Disk, HyperVmm, Hypervisor, HypervisorError, NetDevice, SharedDir, Stop, VmSpec, process_alive,
 };
 use crate::network::{NetworkError, PodNetwork, PortForwarder, TapDevice};
 use crate::rootfs;
@@ -329,7 +328,7 @@ impl Sandbox {
         {
             Ok(agent) => agent,
             Err(e) => {
-                let _ = hypervisor.stop(Duration::ZERO).await;
+                let _ = hypervisor.stop(Stop::PowerOff).await;
                 return Err(e);
             }
         };
@@ -386,7 +385,13 @@ impl Sandbox {
             let id = self.id.clone();
             let state_dir = self.state_dir.clone();
             watchers.push(tokio::spawn(async move {
-                if let Err(e) = wait_for_exit(pid).await {
+                let exited = match crate::pid_file::Process::open(pid) {
+                    Ok(vmm) => vmm.exited().await,
+                    // Already gone, and reaped.
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = exited {
                     tracing::warn!(pod = %id, pid, "cannot watch the VMM: {e}");
                     return;
                 }
@@ -476,8 +481,7 @@ impl Sandbox {
         for w in self.watchers.lock().expect("watchers lock").drain(..) {
             w.abort();
         }
-        let alive = self.vmm_pid.is_none_or(process_alive);
-        if alive {
+        let how = if self.vmm_pid.is_none_or(process_alive) {
             // Asked now, off the start path: the VMM's own times of its boot.
             if let Some(t) = h.boot_times().await {
                 self.trace
@@ -485,11 +489,21 @@ impl Sandbox {
                 self.trace
                     .mark_vmm_reported(Step::GuestInit, t.guest_init_us);
             }
-            if let Err(e) = self.agent.destroy_sandbox(&self.id).await {
-                tracing::debug!(pod = %self.id, "DestroySandbox: {e}");
+            // Once the agent has destroyed the sandbox nothing in the guest is left to
+            // save, and waiting for the guest to reset would only delay the pod's end.
+            match self.agent.destroy_sandbox(&self.id).await {
+                Ok(()) => Stop::PowerOff,
+                Err(e) => {
+                    tracing::debug!(pod = %self.id, "DestroySandbox: {e}");
+                    Stop::Graceful {
+                        grace: Duration::from_secs(2),
+                    }
+                }
             }
-        }
-        if let Err(e) = h.stop(Duration::from_secs(2)).await {
+        } else {
+            Stop::PowerOff
+        };
+        if let Err(e) = h.stop(how).await {
             tracing::warn!(pod = %self.id, "stop VM: {e}");
         }
         self.trace.mark(Step::VmStopped);
@@ -522,32 +536,6 @@ async fn start_port_forward(
             None
         }
     }
-}
-
-/// Waits until process `pid` has exited, through a pidfd: it works whoever reaps the
-/// process (in the shim, containerd-shim's SIGCHLD handler reaps every child).
-async fn wait_for_exit(pid: u32) -> std::io::Result<()> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        let e = std::io::Error::last_os_error();
-        // Already gone (and reaped).
-        return if e.raw_os_error() == Some(libc::ESRCH) {
-            Ok(())
-        } else {
-            Err(e)
-        };
-    }
-    // SAFETY: the fd was just created and is owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    // SAFETY: the AsyncFd owns the fd, which stays open until it is dropped.
-    let fd = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
-    }
-    .map_err(|e| e.into_parts().1)?;
-    // A pidfd turns readable when the process exits.
-    let _ = fd.readable().await?;
-    Ok(())
 }
 
 /// Retries the agent connection until it answers a health check, the VMM dies or the

@@ -47,7 +47,7 @@ struct Cli {
     /// Add a virtio-rng device.
     #[arg(long)]
     rng: bool,
-    /// Control socket (line-based JSON: ping, pause, resume, stop, metrics).
+    /// Control socket (line-based JSON: ping, pause, resume, stop, poweroff, metrics).
     #[arg(long = "api-socket")]
     api_socket: Option<PathBuf>,
     /// Run without seccomp filters (debugging only).

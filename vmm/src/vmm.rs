@@ -295,6 +295,11 @@ impl Vmm {
                 self.request_stop();
                 Reply::done()
             }
+            Request::PowerOff => {
+                tracing::info!("power off: stopping the VM");
+                self.control.request_exit(VmExit::Stopped);
+                Reply::done()
+            }
         }
     }
 

@@ -298,6 +298,36 @@ fn pause_resume_and_stop_with_timeout() {
 }
 
 #[test]
+fn poweroff_stops_at_once_a_guest_that_would_ignore_ctrl_alt_del() {
+    if !kvm_usable() {
+        return;
+    }
+    let console = Console::default();
+    let mut asm = Asm::default();
+    asm.init_i8042().serial(b's').spin();
+    let mut vmm = guest_vm(&asm.0, &console);
+    // `stop` would wait this long for a reset that never comes.
+    vmm.stop_timeout = Duration::from_secs(30);
+    vmm.start().unwrap();
+    let t = Instant::now();
+    while !console.text().contains('s') {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "guest never got ready"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let t = Instant::now();
+    assert_eq!(vmm.handle_request(Request::PowerOff), Reply::done());
+    assert_eq!(vmm.run(), VmExit::Stopped);
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "poweroff took {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
 fn control_socket_end_to_end() {
     if !kvm_usable() {
         return;

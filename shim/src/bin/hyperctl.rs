@@ -49,7 +49,7 @@ enum Command {
     List,
     /// Print a sandbox's guest console (needs hypervisor.debug_console = true).
     Console { sandbox: String },
-    /// Send a control request to a running hyper-vmm: ping, pause, resume, stop, metrics.
+    /// Send a control request to a running hyper-vmm: ping, pause, resume, stop, poweroff, metrics.
     Vmm {
         /// The VMM's control socket (`--api-socket`).
         #[arg(long, conflicts_with = "sandbox")]

@@ -7,7 +7,7 @@ use std::os::fd::RawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,9 +18,10 @@ use hyper_vmm_api::{
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
+use crate::pid_file::Process;
 use crate::state_dir::{create_private_file, make_private_dir};
 
-use super::{BootTimes, Hypervisor, HypervisorError, VmSpec, process_alive};
+use super::{BootTimes, Hypervisor, HypervisorError, Stop, VmSpec};
 
 /// Guest CID of every VM: each VM has its own vsock device, so they need not differ.
 pub const GUEST_CID: u32 = 3;
@@ -30,6 +31,9 @@ const FIRST_TAP_FD: RawFd = 3;
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the start-up trace waits for the VMM's own boot times.
 const BOOT_TIMES_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a VMM may take to exit after `poweroff` or SIGKILL: it only stops its
+/// vCPUs and removes its sockets.
+const POWER_OFF_WAIT: Duration = Duration::from_secs(2);
 /// Longest reply line read from the VMM (a `metrics` reply is a few KiB).
 const MAX_REPLY_LINE: u64 = 64 << 10;
 
@@ -55,7 +59,9 @@ pub struct HyperVmm {
     jail: bool,
     /// Its threads under their seccomp filters (`[hypervisor] seccomp`).
     seccomp: bool,
-    child: Option<Child>,
+    /// The VMM through a pidfd opened at spawn, before anyone could reap it: what
+    /// `stop` waits on and signals, never a later process with its pid.
+    process: Option<Process>,
 }
 
 impl HyperVmm {
@@ -65,7 +71,7 @@ impl HyperVmm {
             run_dir,
             jail: true,
             seccomp: true,
-            child: None,
+            process: None,
         }
     }
 
@@ -344,23 +350,30 @@ impl Hypervisor for HyperVmm {
             cause,
         })?;
         tracing::info!(pid = child.id(), "started {}", binary.display());
-        self.child = Some(child);
+        // Opened at once: the process cannot have been reaped, so this is the VMM (an
+        // ESRCH here means it has already exited, and there is nothing to stop).
+        self.process = Process::open(child.id()).ok();
         Ok(())
     }
 
-    async fn stop(&mut self, grace: Duration) -> Result<(), HypervisorError> {
-        let Some(child) = self.child.take() else {
+    async fn stop(&mut self, how: Stop) -> Result<(), HypervisorError> {
+        let Some(vmm) = self.process.take() else {
             return Ok(());
         };
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        if self.request(Request::Stop).await.is_ok() {
-            let deadline = tokio::time::Instant::now() + grace;
-            while tokio::time::Instant::now() < deadline && process_alive(pid.as_raw() as u32) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-        if process_alive(pid.as_raw() as u32) {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let (req, wait) = match how {
+            Stop::Graceful { grace } => (Request::Stop, grace),
+            Stop::PowerOff => (Request::PowerOff, POWER_OFF_WAIT),
+        };
+        let exited = self.request(req).await.is_ok()
+            && tokio::time::timeout(wait, vmm.exited()).await.is_ok();
+        if !exited {
+            tracing::warn!(
+                pid = vmm.pid,
+                "the VMM had not exited {wait:?} after {req}: killing it"
+            );
+            // Fails only when the VMM has exited meanwhile.
+            let _ = vmm.signal(nix::sys::signal::Signal::SIGKILL);
+            let _ = tokio::time::timeout(POWER_OFF_WAIT, vmm.exited()).await;
         }
         Ok(())
     }
@@ -378,7 +391,7 @@ impl Hypervisor for HyperVmm {
     }
 
     fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.process.as_ref().map(|p| p.pid)
     }
 
     async fn boot_times(&self) -> Option<BootTimes> {
@@ -402,7 +415,7 @@ impl Hypervisor for HyperVmm {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Disk;
+    use super::super::{Disk, process_alive};
     use super::*;
 
     fn spec() -> VmSpec {
@@ -557,7 +570,11 @@ mod tests {
         s.kernel = kernel;
         s.initrd = initrd;
         vmm.start(&s).await.unwrap();
-        assert!(vmm.child.take().unwrap().wait().unwrap().success());
+        let fake_vmm = vmm.process.take().expect("the fake VMM's pidfd");
+        tokio::time::timeout(Duration::from_secs(10), fake_vmm.exited())
+            .await
+            .expect("the fake VMM exits")
+            .unwrap();
 
         let config = run_dir.join("vm.json");
         let args = std::fs::read_to_string(run_dir.join("args")).unwrap();
@@ -624,26 +641,27 @@ mod tests {
         let mut vmm = HyperVmm::new("hyper-vmm".into(), run_dir);
         // Takes the stop request and never answers (a wedged event loop).
         fake_vmm(&vmm.api_socket(), "{\"cmd\":\"stop\"}\n", Answer::Silence);
-        let child = Command::new("sleep")
+        let mut child = Command::new("sleep")
             .arg("300")
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
         let pid = child.id();
-        vmm.child = Some(child);
+        vmm.process = Some(Process::open(pid).unwrap());
         let t0 = std::time::Instant::now();
-        vmm.stop(Duration::from_millis(100)).await.unwrap();
+        vmm.stop(Stop::Graceful {
+            grace: Duration::from_millis(100),
+        })
+        .await
+        .unwrap();
         let took = t0.elapsed();
         assert!(
             took < CONTROL_TIMEOUT + Duration::from_secs(2),
             "stop took {took:?}"
         );
-        // SIGKILL lands a moment after kill() returns.
-        let dead = std::time::Instant::now();
-        while process_alive(pid) && dead.elapsed() < Duration::from_secs(2) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        // `stop` returns once the VMM has exited (a zombie, until it is reaped here).
         assert!(!process_alive(pid), "the VMM survived its stop");
+        child.wait().unwrap();
     }
 
     #[tokio::test]

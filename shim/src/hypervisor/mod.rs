@@ -78,8 +78,8 @@ pub enum HypervisorError {
 pub trait Hypervisor: Send + Sync {
     /// Starts the VM; returns once the VMM process runs (the guest may still be booting).
     async fn start(&mut self, spec: &VmSpec) -> Result<(), HypervisorError>;
-    /// Stops the VM: a graceful request first, then a hard kill after `grace`.
-    async fn stop(&mut self, grace: std::time::Duration) -> Result<(), HypervisorError>;
+    /// Stops the VM as `how` says; the VMM process is gone when this returns.
+    async fn stop(&mut self, how: Stop) -> Result<(), HypervisorError>;
     async fn pause(&self) -> Result<(), HypervisorError>;
     async fn resume(&self) -> Result<(), HypervisorError>;
     /// The unix socket of the guest's hybrid vsock.
@@ -91,6 +91,17 @@ pub trait Hypervisor: Send + Sync {
     async fn boot_times(&self) -> Option<BootTimes> {
         None
     }
+}
+
+/// How to stop a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Ask the guest to reset (Ctrl-Alt-Del) and kill the VMM if it has not exited
+    /// after `grace`: for a guest that may still hold data to write back.
+    Graceful { grace: std::time::Duration },
+    /// Stop the VM at once, without asking the guest: its work is done (the agent has
+    /// destroyed the sandbox and unmounted its storages) or it never started.
+    PowerOff,
 }
 
 /// Boot steps the VMM times itself, in µs since its process started (0: not yet).

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use super::*;
 use crate::agent::{Agent, AgentError, OutStream, ProcessRef};
 use crate::config::{Config, SharedFs};
-use crate::hypervisor::{BootTimes, Hypervisor, HypervisorError, VmSpec};
+use crate::hypervisor::{BootTimes, Hypervisor, HypervisorError, Stop, VmSpec};
 use crate::sandbox::SandboxBackend;
 
 /// What the fakes saw, in order: "vmm start", "CreateContainer c1", …
@@ -198,11 +198,12 @@ impl Hypervisor for FakeHypervisor {
         push(&self.log, "vmm start");
         Ok(())
     }
-    async fn stop(&mut self, _grace: Duration) -> Result<(), HypervisorError> {
+    async fn stop(&mut self, how: Stop) -> Result<(), HypervisorError> {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
             push(&self.log, "vmm stop");
+            push(&self.log, format!("vmm stop: {how:?}"));
         }
         Ok(())
     }
@@ -545,6 +546,39 @@ async fn a_failed_second_create_leaves_the_pod_running() {
     r.pod.wait(&init("c1")).await.unwrap();
     r.pod.delete(&init("c1")).await.unwrap();
     assert_eq!(r.logged("vmm stop"), 1);
+}
+
+#[tokio::test]
+async fn the_vm_powers_off_once_the_agent_has_destroyed_the_sandbox() {
+    // (DestroySandbox fails, how the VM must stop)
+    let cases = [
+        (false, Stop::PowerOff),
+        (
+            true,
+            Stop::Graceful {
+                grace: Duration::from_secs(2),
+            },
+        ),
+    ];
+    for (destroy_fails, want) in cases {
+        let agent = FakeAgent::default();
+        if destroy_fails {
+            agent.fail.lock().unwrap().insert("DestroySandbox");
+        }
+        let r = rig_with(SharedFs::VirtioFs, agent);
+        r.create("c1").await.unwrap();
+        r.pod.start(&init("c1")).await.unwrap();
+        r.agent.exit(&init("c1"), 0);
+        r.pod.wait(&init("c1")).await.unwrap();
+        r.pod.delete(&init("c1")).await.unwrap();
+        let log = r.log.lock().unwrap().clone();
+        let stops: Vec<_> = log.iter().filter(|e| e.starts_with("vmm stop:")).collect();
+        assert_eq!(
+            stops,
+            [&format!("vmm stop: {want:?}")],
+            "DestroySandbox fails: {destroy_fails}; log {log:?}"
+        );
+    }
 }
 
 #[tokio::test]

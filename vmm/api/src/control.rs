@@ -27,16 +27,20 @@ pub enum Request {
     /// Graceful stop (Ctrl-Alt-Del, then a hard stop after `stop_timeout_ms`); answered
     /// before the VM stops.
     Stop,
+    /// Stop at once, without asking the guest: for a guest with nothing left to save
+    /// (its containers gone, its filesystems unmounted); answered before the VM stops.
+    PowerOff,
     /// Answered with [`Metrics`].
     Metrics,
 }
 
 impl Request {
-    pub const ALL: [Request; 5] = [
+    pub const ALL: [Request; 6] = [
         Request::Ping,
         Request::Pause,
         Request::Resume,
         Request::Stop,
+        Request::PowerOff,
         Request::Metrics,
     ];
 
@@ -47,6 +51,7 @@ impl Request {
             Request::Pause => "pause",
             Request::Resume => "resume",
             Request::Stop => "stop",
+            Request::PowerOff => "poweroff",
             Request::Metrics => "metrics",
         }
     }
@@ -84,13 +89,15 @@ impl fmt::Display for Request {
 
 impl std::str::FromStr for Request {
     type Err = String;
-    /// A request by its name (`ping`, `pause`, `resume`, `stop`, `metrics`).
+    /// A request by its name (`ping`, `pause`, `resume`, `stop`, `poweroff`, `metrics`).
     fn from_str(s: &str) -> Result<Request, String> {
         Request::ALL
             .into_iter()
             .find(|r| r.name() == s)
             .ok_or_else(|| {
-                format!("unknown command {s:?} (expected ping, pause, resume, stop or metrics)")
+                format!(
+                    "unknown command {s:?} (expected ping, pause, resume, stop, poweroff or metrics)"
+                )
             })
     }
 }
@@ -284,6 +291,7 @@ mod tests {
             (Request::Pause, "{\"cmd\":\"pause\"}\n"),
             (Request::Resume, "{\"cmd\":\"resume\"}\n"),
             (Request::Stop, "{\"cmd\":\"stop\"}\n"),
+            (Request::PowerOff, "{\"cmd\":\"poweroff\"}\n"),
             (Request::Metrics, "{\"cmd\":\"metrics\"}\n"),
         ] {
             assert_eq!(req.to_line(), line, "{req}");
@@ -301,6 +309,7 @@ mod tests {
             (r#"{"cmd":"pause"}"#, Ok(Request::Pause)),
             (r#" {"cmd": "resume"} "#, Ok(Request::Resume)),
             (r#"{"action":"stop"}"#, Ok(Request::Stop)),
+            (r#"{"action":"poweroff"}"#, Ok(Request::PowerOff)),
             (r#"{"cmd":"ping","id":7}"#, Ok(Request::Ping)),
             ("reboot", Err("unknown command \"reboot\"")),
             ("", Err("unknown command")),
