@@ -60,6 +60,7 @@ impl MmioSlot {
 pub struct DeviceManager {
     pub io_bus: Bus,
     pub mmio_bus: Bus,
+    pub serial: Option<Arc<Mutex<Serial>>>,
     pub i8042: Option<Arc<Mutex<I8042>>>,
     pub virtio: Vec<(MmioSlot, Arc<Mutex<MmioTransport>>)>,
     next_slot: MmioSlot,
@@ -76,6 +77,7 @@ impl DeviceManager {
         DeviceManager {
             io_bus: Bus::new(),
             mmio_bus: Bus::new(),
+            serial: None,
             i8042: None,
             virtio: Vec::new(),
             next_slot: MmioSlot {
@@ -100,12 +102,13 @@ impl DeviceManager {
         start: Instant,
         boot_time_us: Arc<AtomicU64>,
     ) -> Result<(), DeviceManagerError> {
-        let serial = Serial::new(Self::irq_line(vm, IRQ_SERIAL)?, serial_out);
-        self.io_bus.insert(
-            Arc::new(Mutex::new(serial)),
-            SERIAL_PORT_BASE,
-            SERIAL_PORT_LEN,
-        )?;
+        let serial = Arc::new(Mutex::new(Serial::new(
+            Self::irq_line(vm, IRQ_SERIAL)?,
+            serial_out,
+        )));
+        self.io_bus
+            .insert(serial.clone(), SERIAL_PORT_BASE, SERIAL_PORT_LEN)?;
+        self.serial = Some(serial);
         let i8042 = Arc::new(Mutex::new(I8042::new(
             reset_evt,
             Self::irq_line(vm, IRQ_I8042)?,

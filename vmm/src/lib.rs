@@ -14,6 +14,7 @@ pub mod devices;
 pub mod event_loop;
 pub mod jail;
 pub mod metrics;
+pub mod persist;
 pub mod private_socket;
 pub mod privileges;
 pub mod rate_limit;

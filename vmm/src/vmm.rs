@@ -65,6 +65,8 @@ pub struct Vmm {
     pub stop_timeout: Duration,
     /// When the process started: what the boot metrics count from.
     process_start: Instant,
+    /// The MSRs a snapshot saves: every one KVM lists for this host.
+    pub(crate) msr_indices: Vec<u32>,
 }
 
 impl Vmm {
@@ -78,6 +80,30 @@ impl Vmm {
     ) -> Result<Vmm, BuildError> {
         let kvm = open_kvm()?;
         let mem = create_guest_memory(mem_size)?;
+        let mut vmm = Vmm::assemble(kvm, mem, serial_out, start)?;
+        let cpuid = vmm
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|source| VcpuError::Setup {
+                id: 0,
+                what: "supported CPUID",
+                source,
+            })?;
+        for id in 0..num_vcpus {
+            let vcpu = Vcpu::new(&vmm.vm.fd, id)?;
+            vcpu.configure(&cpuid, num_vcpus)?;
+            vmm.vcpus.push(vcpu);
+        }
+        Ok(vmm)
+    }
+
+    /// Everything but the vCPUs, around guest memory `mem`: a new VM's or a restored one's.
+    pub(crate) fn assemble(
+        kvm: Kvm,
+        mem: GuestMemoryMmap,
+        serial_out: SerialOutput,
+        start: Instant,
+    ) -> Result<Vmm, BuildError> {
         let vm = Vm::new(&kvm)?;
         vm.register_memory(&mem)?;
         let metrics = Arc::new(Metrics::default());
@@ -111,20 +137,11 @@ impl Vmm {
             start,
             metrics.boot_time_us.clone(),
         )?;
-
-        let cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(|source| VcpuError::Setup {
-                id: 0,
-                what: "supported CPUID",
-                source,
-            })?;
-        let mut vcpus = Vec::new();
-        for id in 0..num_vcpus {
-            let vcpu = Vcpu::new(&vm.fd, id)?;
-            vcpu.configure(&cpuid, num_vcpus)?;
-            vcpus.push(vcpu);
-        }
+        // Read now, while any syscall is allowed: what a snapshot saves of each vCPU.
+        let msr_indices = kvm
+            .get_msr_index_list()
+            .map(|l| l.as_slice().to_vec())
+            .unwrap_or_default();
         Ok(Vmm {
             kvm,
             vm,
@@ -133,7 +150,7 @@ impl Vmm {
             devices,
             control,
             metrics,
-            vcpus,
+            vcpus: Vec::new(),
             fs_workers: Vec::new(),
             seccomp: None,
             running: None,
@@ -142,6 +159,7 @@ impl Vmm {
             stop_deadline: None,
             stop_timeout: Duration::from_millis(crate::config::DEFAULT_STOP_TIMEOUT_MS),
             process_start: start,
+            msr_indices,
         })
     }
 
@@ -326,6 +344,11 @@ impl Vmm {
             }
             self.stop_deadline = Some(Instant::now() + self.stop_timeout);
         }
+    }
+
+    /// The running vCPUs, once started.
+    pub(crate) fn running(&self) -> Option<&VcpuSet> {
+        self.running.as_ref()
     }
 
     fn stop_vcpus(&mut self) {

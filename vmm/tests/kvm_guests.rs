@@ -327,6 +327,110 @@ fn poweroff_stops_at_once_a_guest_that_would_ignore_ctrl_alt_del() {
     );
 }
 
+/// A guest that counts in ebx forever, storing each value at `COUNTER` and reading the
+/// i8042 status port after each (a port-I/O exit the snapshot must complete).
+fn counting_guest() -> Vec<u8> {
+    let mut asm = Asm::default();
+    asm.serial(b's');
+    asm.0.extend_from_slice(&[0xbb, 0, 0, 0, 0]); // mov ebx, 0
+    asm.0.push(0x43); // loop: inc ebx
+    asm.0.extend_from_slice(&[0x89, 0x1d]); // mov [COUNTER], ebx
+    asm.0.extend_from_slice(&(COUNTER as u32).to_le_bytes());
+    asm.0.extend_from_slice(&[0xe4, 0x64]); // in al, 0x64
+    asm.0.extend_from_slice(&[0xeb, 0xf5]); // jmp loop
+    asm.0
+}
+const COUNTER: u64 = 0x5000;
+
+fn counter(vmm: &Vmm) -> u32 {
+    vmm.mem.read_obj(GuestAddress(COUNTER)).unwrap()
+}
+
+/// Waits until the guest's counter passes `past`.
+fn counts_past(vmm: &Vmm, past: u32) {
+    let t = Instant::now();
+    while counter(vmm) <= past {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the guest stopped counting at {}",
+            counter(vmm)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_snapshot_restores_into_new_vms_that_go_on_from_it() {
+    use hyper_vmm::persist::SnapshotFiles;
+    if !kvm_usable() {
+        return;
+    }
+    let console = Console::default();
+    let mut vmm = guest_vm(&counting_guest(), &console);
+    vmm.start().unwrap();
+    counts_past(&vmm, 1000);
+    let dir = tempfile::tempdir().unwrap();
+    let create = |name| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(dir.path().join(name))
+            .unwrap()
+    };
+    let files = SnapshotFiles {
+        state: create("state.json"),
+        memory: create("memory"),
+    };
+    vmm.snapshot(&files).unwrap();
+    let saved = counter(&vmm);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(counter(&vmm), saved, "the VM runs on after its snapshot");
+    assert_eq!(vmm.handle_request(Request::PowerOff), Reply::done());
+    assert_eq!(vmm.run(), VmExit::Stopped);
+    drop(vmm);
+
+    // Two VMs from one snapshot, opened read-only: each goes on from the saved count.
+    let open = |name| std::fs::File::open(dir.path().join(name)).unwrap();
+    let restore = || {
+        let files = SnapshotFiles {
+            state: open("state.json"),
+            memory: open("memory"),
+        };
+        let out = SerialOutput::new(
+            Some(Box::new(Console::default())),
+            Arc::new(DeviceCounters::default()),
+        );
+        let mut vmm = Vmm::restore(&files, out, Instant::now()).expect("restore");
+        vmm.seccomp = Some(hyper_vmm::seccomp::Filters::compile().unwrap());
+        vmm
+    };
+    let mut clones = [restore(), restore()];
+    for c in &clones {
+        assert_eq!(counter(c), saved);
+        // Saved between two instructions of the loop: ebx is the stored count or one more.
+        let rbx = c.vcpus[0].fd.get_regs().unwrap().rbx;
+        assert!(
+            rbx == u64::from(saved) || rbx == u64::from(saved) + 1,
+            "rbx {rbx}, counter {saved}"
+        );
+    }
+    for c in &mut clones {
+        c.start().unwrap();
+    }
+    for c in &clones {
+        counts_past(c, saved + 1000);
+    }
+    for c in &mut clones {
+        assert_eq!(c.handle_request(Request::PowerOff), Reply::done());
+        assert_eq!(c.run(), VmExit::Stopped);
+    }
+    // Their writes went to their own pages, never to the snapshot.
+    let mut word = [0u8; 4];
+    std::os::unix::fs::FileExt::read_exact_at(&open("memory"), &mut word, COUNTER).unwrap();
+    assert_eq!(u32::from_le_bytes(word), saved);
+}
+
 #[test]
 fn control_socket_end_to_end() {
     if !kvm_usable() {

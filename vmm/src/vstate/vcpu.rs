@@ -15,6 +15,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
+use super::vcpu_state::VcpuState;
 use crate::arch::x86_64::{cpuid, msrs, paging, regs};
 use crate::devices::Bus;
 use crate::metrics::{Metrics, inc};
@@ -41,6 +42,8 @@ pub enum VcpuError {
     Spawn(u8, std::io::Error),
     #[error("cannot install the vCPU kick signal handler: {0}")]
     Signal(vmm_sys_util::errno::Error),
+    #[error("snapshot: {0}")]
+    Snapshot(String),
 }
 
 /// Why the VM stopped.
@@ -78,6 +81,18 @@ pub struct VmControl {
     parked: AtomicUsize,
     exit: Mutex<Option<VmExit>>,
     pub exit_evt: EventFd,
+    /// A request to the parked vCPUs to save their state (locked after `state`).
+    save: Mutex<SaveRound>,
+}
+
+/// One round of saving every parked vCPU's state for a snapshot.
+#[derive(Default)]
+struct SaveRound {
+    active: bool,
+    /// The MSRs to save: the host's list, the same for every vCPU.
+    msr_indices: Arc<Vec<u32>>,
+    /// Each vCPU's answer, by id.
+    states: Vec<Option<Result<VcpuState, String>>>,
 }
 
 impl VmControl {
@@ -88,6 +103,7 @@ impl VmControl {
             parked: AtomicUsize::new(0),
             exit: Mutex::new(None),
             exit_evt: EventFd::new(libc::EFD_NONBLOCK)?,
+            save: Mutex::new(SaveRound::default()),
         }))
     }
 
@@ -123,8 +139,9 @@ impl VmControl {
         self.state() == RunState::Paused
     }
 
-    /// Blocks while paused. Returns false when the vCPU must stop.
-    fn wait_runnable(&self) -> bool {
+    /// Blocks while paused, saving `vcpu`'s state when a snapshot asks for it. Returns
+    /// false when the vCPU must stop.
+    fn wait_runnable(&self, vcpu: &mut Vcpu) -> bool {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let mut counted = false;
         loop {
@@ -136,6 +153,7 @@ impl VmControl {
                         self.parked.fetch_add(1, Ordering::SeqCst);
                         counted = true;
                     }
+                    self.save_if_asked(vcpu);
                     st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
                 }
             }
@@ -144,6 +162,67 @@ impl VmControl {
             self.parked.fetch_sub(1, Ordering::SeqCst);
         }
         *st != RunState::Stopping
+    }
+}
+
+impl VmControl {
+    /// On a parked vCPU's thread: answers the current save round, once.
+    fn save_if_asked(&self, vcpu: &mut Vcpu) {
+        let mut round = self.save.lock().unwrap_or_else(|e| e.into_inner());
+        let id = usize::from(vcpu.id);
+        if !round.active || round.states.get(id).is_none_or(Option::is_some) {
+            return;
+        }
+        let msr_indices = round.msr_indices.clone();
+        let saved = VcpuState::save(&mut vcpu.fd, vcpu.id, &msr_indices).map_err(|e| e.to_string());
+        round.states[id] = Some(saved);
+        self.cv.notify_all();
+    }
+
+    /// On the main thread, with every vCPU parked: each one's state, in id order.
+    fn save_parked(
+        &self,
+        vcpus: usize,
+        msr_indices: Vec<u32>,
+        timeout: Duration,
+    ) -> Result<Vec<VcpuState>, VcpuError> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if *st != RunState::Paused {
+            return Err(VcpuError::Snapshot("the vCPUs are not paused".into()));
+        }
+        *self.save.lock().unwrap_or_else(|e| e.into_inner()) = SaveRound {
+            active: true,
+            msr_indices: Arc::new(msr_indices),
+            states: (0..vcpus).map(|_| None).collect(),
+        };
+        self.cv.notify_all();
+        let deadline = std::time::Instant::now() + timeout;
+        let states = loop {
+            {
+                let mut round = self.save.lock().unwrap_or_else(|e| e.into_inner());
+                if round.states.iter().all(Option::is_some) {
+                    round.active = false;
+                    break std::mem::take(&mut round.states);
+                }
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                self.save.lock().unwrap_or_else(|e| e.into_inner()).active = false;
+                return Err(VcpuError::Snapshot(format!(
+                    "the vCPUs did not save their state within {timeout:?}"
+                )));
+            }
+            st = self
+                .cv
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        };
+        drop(st);
+        states
+            .into_iter()
+            .map(|s| s.expect("checked above").map_err(VcpuError::Snapshot))
+            .collect()
     }
 }
 
@@ -289,7 +368,7 @@ impl VcpuRunner {
     /// Runs until the VM must end. Returns the reason if this vCPU caused it.
     fn run(&mut self) -> Option<VmExit> {
         loop {
-            if !self.ctx.control.wait_runnable() {
+            if !self.ctx.control.wait_runnable(&mut self.vcpu) {
                 return None;
             }
             let after = self.run_once();
@@ -474,6 +553,16 @@ impl VcpuSet {
 
     pub fn resume(&self) {
         self.control.set_state(RunState::Running);
+    }
+
+    /// Every vCPU's state, saved by its own thread; the vCPUs must be paused.
+    pub fn save_states(
+        &self,
+        msr_indices: Vec<u32>,
+        timeout: Duration,
+    ) -> Result<Vec<VcpuState>, VcpuError> {
+        self.control
+            .save_parked(self.threads.len(), msr_indices, timeout)
     }
 
     /// Stops every vCPU thread and joins them.

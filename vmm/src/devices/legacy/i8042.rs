@@ -9,6 +9,8 @@ use std::collections::VecDeque;
 
 use vmm_sys_util::eventfd::EventFd;
 
+use serde::{Deserialize, Serialize};
+
 use super::IrqLine;
 use crate::devices::BusDevice;
 
@@ -73,7 +75,46 @@ pub struct I8042 {
     driver_seen: bool,
 }
 
+/// The controller's registers and output buffer, for a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct I8042State {
+    pub status: u8,
+    pub control: u8,
+    pub outp: u8,
+    pub pending: Option<u8>,
+    pub buf: Vec<u8>,
+    pub driver_seen: bool,
+}
+
 impl I8042 {
+    pub fn save_state(&self) -> I8042State {
+        I8042State {
+            status: self.status,
+            control: self.control,
+            outp: self.outp,
+            pending: self.pending,
+            buf: self.buf.iter().copied().collect(),
+            driver_seen: self.driver_seen,
+        }
+    }
+
+    pub fn restore_state(&mut self, s: &I8042State) -> Result<(), String> {
+        if s.buf.len() > BUF_CAPACITY {
+            return Err(format!(
+                "i8042: {} bytes in a {BUF_CAPACITY}-byte buffer",
+                s.buf.len()
+            ));
+        }
+        self.status = s.status;
+        self.control = s.control;
+        self.outp = s.outp;
+        self.pending = s.pending;
+        self.buf = s.buf.iter().copied().collect();
+        self.driver_seen = s.driver_seen;
+        self.raise_irq();
+        Ok(())
+    }
+
     pub fn new(reset_evt: EventFd, irq: IrqLine) -> Self {
         I8042 {
             reset_evt,
@@ -225,6 +266,26 @@ mod tests {
         let mut b = [0u8; 1];
         d.read(off, &mut b);
         b[0]
+    }
+
+    #[test]
+    fn state_survives_a_round_trip_and_an_overfull_buffer_is_refused() {
+        let (mut d, _r) = dev();
+        d.write(COMMAND_OFFSET, &[CMD_WRITE_CTR]);
+        d.write(DATA_OFFSET, &[CB_KBD_INT | CB_XLATE]);
+        d.send_ctrl_alt_del();
+        let saved = d.save_state();
+        let (mut e, _r2) = dev();
+        e.restore_state(&saved).unwrap();
+        assert_eq!(e.save_state(), saved);
+        assert!(e.driver_seen());
+        // The keys typed before the snapshot are still there to read.
+        assert_eq!(read(&mut e, DATA_OFFSET), CTRL_ALT_DEL_SET1[0]);
+
+        let mut bad = saved.clone();
+        bad.buf = vec![0; BUF_CAPACITY + 1];
+        let err = e.restore_state(&bad).unwrap_err();
+        assert!(err.contains("17 bytes in a 16-byte buffer"), "{err}");
     }
 
     #[test]

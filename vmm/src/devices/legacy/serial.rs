@@ -3,6 +3,8 @@
 use std::io::{self, Write};
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use super::IrqLine;
 use crate::devices::BusDevice;
 use crate::metrics::{DeviceCounters, add};
@@ -43,13 +45,84 @@ pub struct Serial {
     uart: vm_superio::Serial<IrqLine, vm_superio::serial::NoEvents, SerialOutput>,
 }
 
+/// The UART's registers and receive FIFO, for a snapshot (vm-superio's state, with serde).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialState {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
+
 impl Serial {
     pub fn new(irq: IrqLine, out: SerialOutput) -> Self {
         Serial {
             uart: vm_superio::Serial::new(irq, out),
         }
     }
+
+    pub fn save_state(&self) -> SerialState {
+        let s = self.uart.state();
+        SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// Takes a snapshot's registers, keeping this UART's IRQ line and output.
+    pub fn restore_state(&mut self, s: &SerialState) -> Result<(), String> {
+        if s.in_buffer.len() > SERIAL_FIFO_SIZE {
+            return Err(format!(
+                "serial: {} bytes in a {SERIAL_FIFO_SIZE}-byte FIFO",
+                s.in_buffer.len()
+            ));
+        }
+        let state = vm_superio::serial::SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer.clone(),
+        };
+        let dup = |irq: &IrqLine| {
+            irq.0
+                .try_clone()
+                .map(IrqLine)
+                .map_err(|e| format!("serial: {e}"))
+        };
+        let irq = dup(self.uart.interrupt_evt())?;
+        let placeholder = vm_superio::Serial::new(
+            dup(&irq)?,
+            SerialOutput::new(None, Arc::new(DeviceCounters::default())),
+        );
+        let out = std::mem::replace(&mut self.uart, placeholder).into_writer();
+        self.uart = vm_superio::Serial::from_state(&state, irq, vm_superio::serial::NoEvents, out)
+            .map_err(|e| format!("serial: {e:?}"))?;
+        Ok(())
+    }
 }
+
+/// The 16550A's receive FIFO, as vm-superio models it.
+const SERIAL_FIFO_SIZE: usize = 64;
 
 impl BusDevice for Serial {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
@@ -108,5 +181,32 @@ mod tests {
         let mut lsr = [0u8; 1];
         s.read(5, &mut lsr);
         assert_ne!(lsr[0] & 0x20, 0);
+    }
+
+    #[test]
+    fn state_survives_a_round_trip_and_a_bad_fifo_is_refused() {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let out = |b: &Arc<Mutex<Vec<u8>>>| {
+            SerialOutput::new(
+                Some(Box::new(Shared(b.clone()))),
+                Arc::new(DeviceCounters::default()),
+            )
+        };
+        let mut s = Serial::new(IrqLine::new().unwrap(), out(&buf));
+        s.write(3, &[0x03]); // LCR: 8 data bits
+        s.write(1, &[0x01]); // IER: receive interrupts
+        s.write(7, &[0x5a]); // scratch
+        let saved = s.save_state();
+        let mut t = Serial::new(IrqLine::new().unwrap(), out(&buf));
+        t.restore_state(&saved).unwrap();
+        assert_eq!(t.save_state(), saved);
+        // The restored UART keeps its own output.
+        t.write(0, b"x");
+        assert_eq!(&*buf.lock().unwrap(), b"x");
+
+        let mut bad = saved.clone();
+        bad.in_buffer = vec![0; 65];
+        let err = t.restore_state(&bad).unwrap_err();
+        assert!(err.contains("65 bytes in a 64-byte FIFO"), "{err}");
     }
 }
