@@ -22,8 +22,8 @@ mod storage;
 
 use anyhow::{Context, Result};
 use hyper_agent_protocol::{
-    AGENT_LOG_VSOCK_PORT, AGENT_VSOCK_PORT, PORT_FORWARD_VSOCK_PORT, READY_MARKER, agent_ttrpc,
-    guest,
+    AGENT_LOG_VSOCK_PORT, AGENT_READY_VSOCK_PORT, AGENT_VSOCK_PORT, PORT_FORWARD_VSOCK_PORT,
+    READY_MARKER, agent_ttrpc, guest,
 };
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -122,6 +122,22 @@ fn run(is_init: bool) -> Result<()> {
     })
 }
 
+/// Tells the host the ttrpc server listens (see [`AGENT_READY_VSOCK_PORT`]). A shim that
+/// does not listen for it still finds the agent, by polling.
+async fn announce_ready() {
+    let host = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_HOST, AGENT_READY_VSOCK_PORT);
+    match tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio_vsock::VsockStream::connect(host),
+    )
+    .await
+    {
+        Ok(Ok(stream)) => drop(stream),
+        Ok(Err(e)) => tracing::debug!("ready call to the host: {e}"),
+        Err(_) => tracing::debug!("ready call to the host: no answer in 2 s"),
+    }
+}
+
 async fn serve(address: &str, opts: sandbox::Options) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let is_init = opts.is_init;
@@ -138,6 +154,9 @@ async fn serve(address: &str, opts: sandbox::Options) -> Result<()> {
         .with_context(|| format!("bind {address}"))?
         .register_service(service);
     server.start().await.context("start ttrpc server")?;
+    if is_init {
+        tokio::spawn(announce_ready());
+    }
     // The harness and the shim's console reader wait for this exact line.
     println!("{READY_MARKER} address={address}");
     if is_init {

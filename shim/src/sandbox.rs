@@ -11,6 +11,7 @@ use hyper_agent_protocol::{AGENT_VSOCK_PORT, guest};
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 
+use crate::agent::ready::ReadyListener;
 use crate::agent::{Agent, AgentError, AgentTimeouts};
 use crate::config::{Config, SharedFs};
 use crate::hypervisor::{
@@ -196,6 +197,8 @@ pub const VMM_PID_FILE: &str = "vmm.pid";
 
 /// Lines of the guest console shown in boot errors.
 const CONSOLE_TAIL_LINES: usize = 30;
+/// How often the agent is tried while waiting for its ready call.
+const READY_POLL: Duration = Duration::from_millis(250);
 
 impl Sandbox {
     /// Boots the VM, waits for the agent and creates the sandbox in the guest; then
@@ -303,6 +306,14 @@ impl Sandbox {
                 .collect(),
         };
         let mut hypervisor = backend.hypervisor(config, state_dir);
+        // Bound before the VMM starts, so the agent's call cannot come too early.
+        let ready = match ReadyListener::bind(&hypervisor.vsock_uds()) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(pod = %req.id, "no listener for the agent's ready call (polling instead): {e}");
+                None
+            }
+        };
         let booting = std::time::Instant::now();
         hypervisor.start(&spec).await?;
         req.trace.mark(Step::VmmSpawned);
@@ -321,6 +332,7 @@ impl Sandbox {
         let agent = match wait_for_agent(
             backend,
             hypervisor.as_ref(),
+            ready.as_ref(),
             config.boot_timeout(),
             state_dir,
         )
@@ -539,10 +551,12 @@ async fn start_port_forward(
 }
 
 /// Retries the agent connection until it answers a health check, the VMM dies or the
-/// timeout passes, whichever comes first.
+/// timeout passes, whichever comes first. Between tries it waits for the agent's ready
+/// call, or polls every 25 ms without a listener for it.
 async fn wait_for_agent(
     backend: &dyn SandboxBackend,
     hypervisor: &dyn Hypervisor,
+    ready: Option<&ReadyListener>,
     timeout: Duration,
     state_dir: &Path,
 ) -> Result<Arc<dyn Agent>, SandboxError> {
@@ -569,7 +583,15 @@ async fn wait_for_agent(
             },
             Err(e) => last_error = e,
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        let left = timeout.saturating_sub(start.elapsed());
+        match ready {
+            // Still polled now and then: the call is a hint a guest may never give, and
+            // the VMM's death must be noticed.
+            Some(r) => {
+                r.called(READY_POLL.min(left)).await;
+            }
+            None => tokio::time::sleep(Duration::from_millis(25).min(left)).await,
+        }
     }
     Err(SandboxError::AgentTimeout {
         timeout,

@@ -34,6 +34,10 @@ pub const AGENT_LOG_VSOCK_PORT: u32 = 1025;
 pub const DEBUG_CONSOLE_VSOCK_PORT: u32 = 1026;
 /// vsock port of the agent's port forwarder (CRI `PortForward`, [`port_forward`]).
 pub const PORT_FORWARD_VSOCK_PORT: u32 = 1027;
+/// Host vsock port the agent connects to once its ttrpc server listens, and closes at
+/// once: the shim's cue to connect now rather than at its next poll. It carries nothing
+/// and proves nothing; the shim still checks the agent with a health call.
+pub const AGENT_READY_VSOCK_PORT: u32 = 1028;
 
 /// The port forwarder's handshake. The shim opens a vsock stream to
 /// [`PORT_FORWARD_VSOCK_PORT`] and writes the pod's TCP port as 2 bytes, big-endian; the

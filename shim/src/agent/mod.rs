@@ -3,6 +3,7 @@
 //! vsock); tests use fakes. Nothing outside this module touches the generated client.
 pub mod hybrid_vsock;
 pub mod log;
+pub mod ready;
 pub mod ttrpc_agent;
 
 use std::path::Path;
