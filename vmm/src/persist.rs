@@ -10,7 +10,7 @@
 //! state layout is no stable interface, and CPUID and MSRs are the host's.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::time::{Duration, Instant};
 
 use kvm_ioctls::Kvm;
@@ -22,6 +22,7 @@ use crate::devices::bus::lock;
 use crate::devices::legacy::SerialOutput;
 use crate::devices::legacy::i8042::I8042State;
 use crate::devices::legacy::serial::SerialState;
+use crate::devices::virtio::mmio::TransportState;
 use crate::vmm::Vmm;
 use crate::vstate::kvm::open_kvm;
 use crate::vstate::memory::{MemoryError, restore_guest_memory, save_guest_memory};
@@ -40,7 +41,7 @@ const SAVE_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum SnapshotError {
     #[error("the VM is not running")]
     NotRunning,
-    #[error("{0} cannot be saved in a snapshot yet")]
+    #[error("cannot save the devices: {0}")]
     Unsupported(String),
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
@@ -77,11 +78,12 @@ pub struct Snapshot {
     pub devices: DeviceStates,
 }
 
-/// The devices' state. Virtio devices are not here yet: a VM with one cannot be saved.
+/// The devices' state; the virtio transports in the order of their MMIO slots.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct DeviceStates {
     pub serial: Option<SerialState>,
     pub i8042: Option<I8042State>,
+    pub virtio: Vec<TransportState>,
 }
 
 /// Where a snapshot goes, or comes from: files the caller opened (a jailed VMM cannot
@@ -96,18 +98,6 @@ impl Vmm {
     /// memory file is written and synced before the state file, so a state file that
     /// parses names memory that is all there.
     pub fn snapshot(&mut self, files: &SnapshotFiles) -> Result<(), SnapshotError> {
-        if !self.devices.virtio.is_empty() {
-            let names: Vec<String> = self
-                .devices
-                .virtio
-                .iter()
-                .map(|(_, t)| lock(t).device_mut().name().to_string())
-                .collect();
-            return Err(SnapshotError::Unsupported(format!(
-                "virtio devices ({})",
-                names.join(", ")
-            )));
-        }
         let set = self.running().ok_or(SnapshotError::NotRunning)?;
         if !self.control.is_paused() && !set.pause(SAVE_TIMEOUT) {
             return Err(SnapshotError::Vcpu(VcpuError::Snapshot(
@@ -115,6 +105,14 @@ impl Vmm {
             )));
         }
         let vcpus = set.save_states(self.msr_indices.clone(), SAVE_TIMEOUT)?;
+        // With the vCPUs parked, only the event loop (this thread) touches the devices.
+        let virtio = self
+            .devices
+            .virtio
+            .iter()
+            .map(|(_, t)| lock(t).save_state())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(SnapshotError::Unsupported)?;
         let snapshot = Snapshot {
             format: SNAPSHOT_FORMAT,
             vmm_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -124,6 +122,7 @@ impl Vmm {
             devices: DeviceStates {
                 serial: self.devices.serial.as_ref().map(|s| lock(s).save_state()),
                 i8042: self.devices.i8042.as_ref().map(|i| lock(i).save_state()),
+                virtio,
             },
         };
         save_guest_memory(&self.mem, &files.memory)?;
@@ -137,15 +136,31 @@ impl Vmm {
 
     /// A new VM, paused at the point `files` saved: call [`Vmm::start`] to run it.
     /// The serial console writes to `serial_out`; boot metrics count from `start`.
+    /// `add_devices` adds the virtio devices, the same kinds in the same order as the
+    /// saved VM had (their backends may differ: another socket, another directory).
     pub fn restore(
         files: &SnapshotFiles,
         serial_out: SerialOutput,
         start: Instant,
+        add_devices: impl FnOnce(&mut Vmm) -> Result<(), BuildError>,
     ) -> Result<Vmm, SnapshotError> {
         let snapshot = read_state(&files.state)?;
         let kvm = open_kvm().map_err(|e| Box::new(BuildError::from(e)))?;
         let mem = restore_guest_memory(snapshot.memory_bytes, &files.memory)?;
-        Vmm::from_snapshot(kvm, mem, &snapshot, serial_out, start)
+        let mut vmm = Vmm::from_snapshot(kvm, mem, &snapshot, serial_out, start)?;
+        add_devices(&mut vmm).map_err(Box::new)?;
+        let saved = &snapshot.devices.virtio;
+        if saved.len() != vmm.devices.virtio.len() {
+            return Err(SnapshotError::Invalid(format!(
+                "{} virtio devices, this VM has {}",
+                saved.len(),
+                vmm.devices.virtio.len()
+            )));
+        }
+        for ((_, t), s) in vmm.devices.virtio.iter().zip(saved) {
+            lock(t).restore_state(s).map_err(SnapshotError::Device)?;
+        }
+        Ok(vmm)
     }
 
     fn from_snapshot(
@@ -182,8 +197,12 @@ impl Vmm {
 /// Reads and checks a state file: its size, its JSON, its format and VMM version, and
 /// that it describes at least one vCPU.
 pub fn read_state(file: &File) -> Result<Snapshot, SnapshotError> {
+    // From the start whatever the file offset, so one open file serves many restores.
     let mut text = Vec::new();
-    file.take(MAX_STATE_BYTES + 1)
+    let mut from_start = file.try_clone().map_err(SnapshotError::StateFile)?;
+    from_start.rewind().map_err(SnapshotError::StateFile)?;
+    from_start
+        .take(MAX_STATE_BYTES + 1)
         .read_to_end(&mut text)
         .map_err(SnapshotError::StateFile)?;
     if text.len() as u64 > MAX_STATE_BYTES {
@@ -254,6 +273,7 @@ mod tests {
             devices: DeviceStates {
                 serial: None,
                 i8042: None,
+                virtio: Vec::new(),
             },
         })
         .unwrap()
@@ -262,8 +282,6 @@ mod tests {
     fn file_with(bytes: &[u8]) -> File {
         let mut f = tempfile::tempfile().unwrap();
         f.write_all(bytes).unwrap();
-        use std::io::Seek;
-        f.rewind().unwrap();
         f
     }
 

@@ -401,7 +401,7 @@ fn a_snapshot_restores_into_new_vms_that_go_on_from_it() {
             Some(Box::new(Console::default())),
             Arc::new(DeviceCounters::default()),
         );
-        let mut vmm = Vmm::restore(&files, out, Instant::now()).expect("restore");
+        let mut vmm = Vmm::restore(&files, out, Instant::now(), |_| Ok(())).expect("restore");
         vmm.seccomp = Some(hyper_vmm::seccomp::Filters::compile().unwrap());
         vmm
     };
@@ -429,6 +429,132 @@ fn a_snapshot_restores_into_new_vms_that_go_on_from_it() {
     let mut word = [0u8; 4];
     std::os::unix::fs::FileExt::read_exact_at(&open("memory"), &mut word, COUNTER).unwrap();
     assert_eq!(u32::from_le_bytes(word), saved);
+}
+
+/// The rng test's queue: descriptor table, then avail and used rings (as `virtio_activate`).
+const RINGS: u32 = 0x10000;
+const AVAIL: u64 = RINGS as u64 + 0x400;
+const USED: u64 = RINGS as u64 + 0x800;
+/// Where descriptor `i` asks for 16 random bytes.
+fn rng_buf(i: u64) -> u64 {
+    0x20000 + i * 0x100
+}
+
+/// Puts descriptor `i` (16 device-writable bytes at `rng_buf(i)`) on the avail ring, as
+/// a driver does, and makes the avail index `i + 1`.
+fn post_rng_request(mem: &vm_memory::GuestMemoryMmap, i: u16) {
+    let desc = u64::from(RINGS) + 16 * u64::from(i);
+    mem.write_obj(rng_buf(u64::from(i)), GuestAddress(desc))
+        .unwrap();
+    mem.write_obj(16u32, GuestAddress(desc + 8)).unwrap();
+    mem.write_obj(2u16, GuestAddress(desc + 12)).unwrap(); // VIRTQ_DESC_F_WRITE
+    mem.write_obj(i, GuestAddress(AVAIL + 4 + 2 * u64::from(i)))
+        .unwrap();
+    mem.write_obj(i + 1, GuestAddress(AVAIL + 2)).unwrap();
+}
+
+/// Serves device events until the used index reaches `want`, then a little longer so an
+/// extra (wrong) completion would show.
+fn serve_until_used(vmm: &Vmm, want: u16) -> u16 {
+    let used = || vmm.mem.read_obj::<u16>(GuestAddress(USED + 2)).unwrap();
+    let t = Instant::now();
+    while used() < want {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "used index stuck at {}",
+            used()
+        );
+        vmm.event_loop.run_once(10).unwrap();
+    }
+    for _ in 0..5 {
+        vmm.event_loop.run_once(10).unwrap();
+    }
+    used()
+}
+
+#[test]
+fn a_restored_virtio_device_goes_on_from_the_saved_ring_positions() {
+    use hyper_vmm::devices::bus::lock;
+    use hyper_vmm::persist::SnapshotFiles;
+    if !kvm_usable() {
+        return;
+    }
+    // The guest activates the rng, posts request 0, notifies, and counts.
+    let mut asm = Asm::default();
+    asm.virtio_activate(MAGIC_ADDR, 1, RINGS);
+    asm.mmio_write32(RINGS, rng_buf(0) as u32) // desc 0: addr
+        .mmio_write32(RINGS + 8, 16) // len
+        .mmio_write32(RINGS + 12, 2) // flags WRITE, next 0
+        .mmio_write32(AVAIL as u32 + 4, 0) // ring[0] = desc 0
+        .mmio_write32(AVAIL as u32, 1 << 16) // idx 1
+        .mmio_write32(MAGIC_ADDR + 0x50, 0); // QueueNotify
+    let mut code = asm.0;
+    code.extend_from_slice(&counting_guest());
+    let console = Console::default();
+    let mut vmm = guest_vm(&code, &console);
+    add_rng(&mut vmm);
+    vmm.start().unwrap();
+    assert_eq!(serve_until_used(&vmm, 1), 1);
+    let first = vmm.mem.read_obj::<u128>(GuestAddress(rng_buf(0))).unwrap();
+    assert_ne!(first, 0);
+    counts_past(&vmm, 100);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name| dir.path().join(name);
+    let files = SnapshotFiles {
+        state: std::fs::File::create(path("state.json")).unwrap(),
+        memory: std::fs::File::create(path("memory")).unwrap(),
+    };
+    vmm.snapshot(&files).unwrap();
+    assert_eq!(vmm.handle_request(Request::PowerOff), Reply::done());
+    assert_eq!(vmm.run(), VmExit::Stopped);
+    drop(vmm);
+
+    let files = SnapshotFiles {
+        state: std::fs::File::open(path("state.json")).unwrap(),
+        memory: std::fs::File::open(path("memory")).unwrap(),
+    };
+    let out = SerialOutput::new(None, Arc::new(DeviceCounters::default()));
+    let mut restored = Vmm::restore(&files, out, Instant::now(), |vmm| {
+        add_rng(vmm);
+        Ok(())
+    })
+    .expect("restore");
+    restored.start().unwrap();
+    // Request 1, made after the restore, is the only one served: the device knew it had
+    // already answered request 0.
+    post_rng_request(&restored.mem, 1);
+    let (_, transport) = &restored.devices.virtio[0];
+    lock(transport).queue_evts()[0].write(1).unwrap();
+    assert_eq!(serve_until_used(&restored, 2), 2);
+    let mem = &restored.mem;
+    assert_ne!(mem.read_obj::<u128>(GuestAddress(rng_buf(1))).unwrap(), 0);
+    let again = mem.read_obj::<u128>(GuestAddress(rng_buf(0))).unwrap();
+    assert_eq!(again, first, "request 0 was served a second time");
+    assert_eq!(
+        mem.read_obj::<u32>(GuestAddress(USED + 4 + 8)).unwrap(),
+        1,
+        "used[1].id"
+    );
+    assert_eq!(
+        mem.read_obj::<u32>(GuestAddress(USED + 8 + 8)).unwrap(),
+        16,
+        "used[1].len"
+    );
+    assert_eq!(restored.handle_request(Request::PowerOff), Reply::done());
+    assert_eq!(restored.run(), VmExit::Stopped);
+
+    // A snapshot's device list must match the restored VM's.
+    let err = Vmm::restore(
+        &files,
+        SerialOutput::new(None, Arc::new(DeviceCounters::default())),
+        Instant::now(),
+        |_| Ok(()),
+    )
+    .err()
+    .expect("a VM without the rng must not restore")
+    .to_string();
+    assert!(err.contains("1 virtio devices, this VM has 0"), "{err}");
 }
 
 #[test]

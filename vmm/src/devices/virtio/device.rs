@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueState};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -134,6 +134,12 @@ pub trait VirtioDevice: Send {
     }
     /// Back to the pre-activation state; drops the queues and device fds.
     fn reset(&mut self, _ctl: &EventCtl) {}
+    /// For a snapshot of the active device: its queues as it has advanced them (the
+    /// transport's copies only know the driver's configuration). A device whose own state
+    /// cannot be saved yet says so.
+    fn queue_states(&self) -> Result<Vec<QueueState>, String> {
+        Err(format!("{} cannot be saved in a snapshot yet", self.name()))
+    }
 }
 
 /// Reads `data.len()` bytes at `offset` from a config-space byte image; out of range reads
