@@ -140,6 +140,10 @@ pub trait VirtioDevice: Send {
     fn queue_states(&self) -> Result<Vec<QueueState>, String> {
         Err(format!("{} cannot be saved in a snapshot yet", self.name()))
     }
+    /// Called once a restore has activated the device with its saved queues: tell the
+    /// driver whatever the new VM changed (vsock: its CID, and that every connection is
+    /// gone).
+    fn restored(&mut self, _ctl: &EventCtl) {}
 }
 
 /// Reads `data.len()` bytes at `offset` from a config-space byte image; out of range reads

@@ -274,6 +274,7 @@ impl MmioTransport {
             if !self.activated {
                 return Err(format!("{name}: the snapshot's queues do not activate"));
             }
+            self.device.restored(&self.ctl);
         }
         if s.interrupt_status != 0 {
             self.interrupt.trigger(s.interrupt_status);

@@ -22,7 +22,11 @@ use crate::metrics::{DeviceCounters, inc};
 const QUEUE_SIZE: u16 = 256;
 const RXQ: usize = 0;
 const TXQ: usize = 1;
+const EVQ: usize = 2;
 const NUM_QUEUES: usize = 3;
+/// `virtio_vsock_event.id` of a transport reset (virtio 1.2, 5.10.6.5): the driver
+/// drops every connection and reads the CID again.
+const EVENT_TRANSPORT_RESET: u32 = 0;
 
 /// The device's own sub-token: a 1 s timer that expires stale handshakes.
 const TIMER_SUB: u32 = u32::MAX;
@@ -34,6 +38,9 @@ pub struct Vsock {
     timer: TimerFd,
     active: Activation<ActivateContext>,
     counters: Arc<DeviceCounters>,
+    /// A transport reset the driver must still be told of (after a restore), sent once
+    /// it posts an event buffer.
+    reset_owed: bool,
 }
 
 impl Vsock {
@@ -45,7 +52,33 @@ impl Vsock {
             timer: TimerFd::new().map_err(|e| io::Error::from_raw_os_error(e.errno()))?,
             active: Activation::new(),
             counters,
+            reset_owed: false,
         })
+    }
+
+    /// Sends the owed transport reset, if the driver has an event buffer posted.
+    fn deliver_reset(&mut self) -> Result<(), DeviceError> {
+        let Some(a) = self.active.get_mut().filter(|_| self.reset_owed) else {
+            return Ok(());
+        };
+        let Some(chain) = a.queues[EVQ].pop_descriptor_chain(&a.mem) else {
+            return Ok(());
+        };
+        let head = chain.head_index();
+        let written = match chain.writer(&a.mem) {
+            Ok(mut w) if w.available_bytes() >= 4 => {
+                use std::io::Write;
+                w.write_all(&EVENT_TRANSPORT_RESET.to_le_bytes())
+                    .map(|()| 4)
+                    .unwrap_or(0)
+            }
+            _ => 0,
+        };
+        a.queues[EVQ].add_used(&a.mem, head, written)?;
+        a.interrupt.signal_used_queue();
+        // A buffer too small to hold the event was the driver's mistake: still told.
+        self.reset_owed = false;
+        Ok(())
     }
 
     fn process_tx(&mut self, ctl: &EventCtl) -> Result<(), DeviceError> {
@@ -155,8 +188,10 @@ impl VirtioDevice for Vsock {
         Ok(())
     }
     fn queue_notify(&mut self, index: usize, ctl: &EventCtl) -> Result<(), DeviceError> {
-        if index == TXQ {
-            self.process_tx(ctl)?;
+        match index {
+            TXQ => self.process_tx(ctl)?,
+            EVQ => self.deliver_reset()?,
+            _ => {}
         }
         // TX often produces replies; a new RX buffer may unblock queued packets.
         self.process_rx(ctl)
@@ -180,6 +215,28 @@ impl VirtioDevice for Vsock {
         let _ = self.timer.clear();
         self.muxer.reset(ctl);
         self.active.reset();
+        self.reset_owed = false;
+    }
+    /// Only a quiet device is saved: a connection's peer is a host socket of this VMM,
+    /// which no restored VM has. Whoever snapshots closes its connections first.
+    fn queue_states(&self) -> Result<Vec<virtio_queue::QueueState>, String> {
+        let open = self.muxer.connection_count();
+        if open > 0 || self.muxer.has_pending_rx() {
+            return Err(format!(
+                "vsock has {open} connections open or packets queued; close them before the snapshot"
+            ));
+        }
+        Ok(self
+            .active
+            .get()
+            .map(|a| a.queues.iter().map(|q| q.state()).collect())
+            .unwrap_or_default())
+    }
+    fn restored(&mut self, _ctl: &EventCtl) {
+        self.reset_owed = true;
+        if let Err(e) = self.deliver_reset() {
+            crate::rate_limited_warn!("vsock: cannot send the transport reset: {e}");
+        }
     }
 }
 
@@ -205,6 +262,7 @@ mod tests {
         dev: Vsock,
         rxq: MockSplitQueue<'a, GuestMemoryMmap>,
         txq: MockSplitQueue<'a, GuestMemoryMmap>,
+        evq: MockSplitQueue<'a, GuestMemoryMmap>,
         ctl: EventCtl,
         _dir: tempfile::TempDir,
         uds: std::path::PathBuf,
@@ -236,6 +294,7 @@ mod tests {
             dev,
             rxq,
             txq,
+            evq,
             ctl,
             _dir: dir,
             uds,
@@ -244,6 +303,40 @@ mod tests {
 
     fn write_hdr(mem: &GuestMemoryMmap, at: u64, h: Header) {
         mem.write_slice(&h.to_bytes(), GuestAddress(at)).unwrap();
+    }
+
+    #[test]
+    fn only_a_quiet_vsock_is_saved_and_a_restored_one_sends_a_transport_reset() {
+        let mem = test_memory();
+        let mut r = rig(&mem);
+        assert_eq!(r.dev.queue_states().unwrap().len(), NUM_QUEUES);
+        let _listener =
+            std::os::unix::net::UnixListener::bind(format!("{}_52", r.uds.display())).unwrap();
+        guest_connects_to_port_52(&mem, &mut r);
+        let err = r.dev.queue_states().unwrap_err();
+        assert!(err.contains("vsock has 1 connections open"), "{err}");
+
+        // Restored with no event buffer posted: the reset waits for one, sent once.
+        let mut r = rig(&mem);
+        r.dev.restored(&r.ctl);
+        assert!(used_elems(&mem, &r.evq).is_empty());
+        r.evq
+            .add_desc_chains(
+                &[
+                    desc(0x30_0000, 8, VRING_DESC_F_WRITE),
+                    desc(0x30_0100, 8, VRING_DESC_F_WRITE),
+                ],
+                0,
+            )
+            .unwrap();
+        mem.write_obj(u32::MAX, GuestAddress(0x30_0000)).unwrap();
+        r.dev.queue_notify(EVQ, &r.ctl).unwrap();
+        r.dev.queue_notify(EVQ, &r.ctl).unwrap();
+        assert_eq!(used_elems(&mem, &r.evq), vec![(0, 4)]);
+        assert_eq!(
+            mem.read_obj::<u32>(GuestAddress(0x30_0000)).unwrap(),
+            EVENT_TRANSPORT_RESET
+        );
     }
 
     #[test]
