@@ -6,7 +6,7 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use fuse_backend_rs::api::server::Server;
-use virtio_queue::QueueT;
+use virtio_queue::{QueueState, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::memory_view::memory_view;
@@ -32,6 +32,9 @@ pub const RESET_WAIT: Duration = Duration::from_millis(200);
 /// longer, whatever the request in progress does.
 struct ActiveSession {
     name: String,
+    /// The queues as the driver handed them over, which is what they still are while
+    /// the worker has answered nothing.
+    queues_at_start: Vec<QueueState>,
     stop: Arc<AtomicBool>,
     kick: Arc<EventFd>,
     done: mpsc::Receiver<()>,
@@ -56,6 +59,7 @@ pub struct Fs {
     kick: Arc<EventFd>,
     sessions: mpsc::Sender<Session>,
     active: Activation<ActiveSession>,
+    counters: Arc<DeviceCounters>,
 }
 
 impl Fs {
@@ -80,7 +84,7 @@ impl Fs {
             server: Arc::new(Server::new(Arc::new(fs))),
             kick: kick.clone(),
             sessions: parked,
-            counters,
+            counters: counters.clone(),
         };
         let dev = Fs {
             name: name.to_string(),
@@ -88,6 +92,7 @@ impl Fs {
             kick,
             sessions,
             active: Activation::new(),
+            counters,
         };
         Ok((dev, worker))
     }
@@ -122,6 +127,7 @@ impl VirtioDevice for Fs {
             }
             queues.push(q17);
         }
+        let queues_at_start = ctx.queues.iter().map(|q| q.state()).collect();
         let stop = Arc::new(AtomicBool::new(false));
         let (done_tx, done) = mpsc::channel();
         let session = Session {
@@ -139,6 +145,7 @@ impl VirtioDevice for Fs {
         }
         self.active.activate(ActiveSession {
             name: self.name.clone(),
+            queues_at_start,
             stop,
             kick: self.kick.clone(),
             done,
@@ -157,5 +164,23 @@ impl VirtioDevice for Fs {
 
     fn reset(&mut self, _ctl: &EventCtl) {
         self.active.reset();
+    }
+
+    /// Saved only before the guest's first FUSE request (a template is taken before the
+    /// share is mounted): the session's state (inodes, open files) lives in the host's
+    /// file system and cannot move to another VM. The worker counts a request before it
+    /// answers it, so with a count of 0 nothing is in the used rings yet, and a request
+    /// the guest has posted is answered by the restored VM.
+    fn queue_states(&self) -> Result<Vec<QueueState>, String> {
+        let Some(a) = self.active.get() else {
+            return Ok(Vec::new());
+        };
+        match self.counters.requests.load(Ordering::Acquire) {
+            0 => Ok(a.queues_at_start.clone()),
+            n => Err(format!(
+                "{} has answered {n} FUSE requests; only a share the guest has not mounted can be saved",
+                self.name
+            )),
+        }
     }
 }

@@ -62,6 +62,13 @@ impl Driver {
 
     /// A driver whose device worker runs under `filter`.
     fn with_filter(share: &Path, cache: FsCacheMode, filter: Option<Arc<BpfProgram>>) -> Self {
+        let mut d = Self::unactivated(share, cache, filter);
+        d.activate();
+        d
+    }
+
+    /// A driver that has not set DRIVER_OK yet.
+    fn unactivated(share: &Path, cache: FsCacheMode, filter: Option<Arc<BpfProgram>>) -> Self {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 8 << 20)]).unwrap();
         let counters = Arc::new(DeviceCounters::default());
         let cfg = FsConfig {
@@ -73,20 +80,25 @@ impl Driver {
         };
         let (fs, worker) = Fs::new("fs0", &cfg, counters.clone()).unwrap();
         worker.spawn(filter).unwrap();
-        let mut d = Driver {
+        Driver {
             mem,
             fs,
             counters,
             avail: [0; 2],
             unique: 0,
             as_user: None,
-        };
-        d.activate();
-        d
+        }
     }
 
-    /// What the guest driver does on DRIVER_OK: fresh rings, activation, FUSE INIT.
+    /// What the guest driver does on DRIVER_OK and its mount: fresh rings, activation,
+    /// FUSE INIT.
     fn activate(&mut self) {
+        self.activate_queues();
+        self.init();
+    }
+
+    /// The driver's DRIVER_OK: fresh rings, activation.
+    fn activate_queues(&mut self) {
         for q in 0..2 {
             // Zero the ring headers: the device starts from index 0 again.
             self.mem
@@ -114,6 +126,10 @@ impl Driver {
             interrupt: Interrupt::new(test_irq()),
         };
         self.fs.activate(ctx, &test_ctl()).unwrap();
+    }
+
+    /// The mount's first request.
+    fn init(&mut self) {
         let init = InitIn {
             major: KERNEL_VERSION,
             minor: KERNEL_MINOR_VERSION,
@@ -374,6 +390,25 @@ fn config_space_names_the_tag_and_one_request_queue() {
     assert_eq!(&cs[..7], b"myshare");
     assert!(cs[7..36].iter().all(|&b| b == 0));
     assert_eq!(u32::from_le_bytes(cs[36..40].try_into().unwrap()), 1);
+}
+
+#[test]
+fn only_a_share_the_guest_has_not_mounted_is_saved() {
+    let (_d, share) = scratch();
+    let mut drv = Driver::unactivated(&share, FsCacheMode::None, None);
+    assert!(drv.fs.queue_states().unwrap().is_empty(), "inactive");
+    drv.activate_queues();
+    let states = drv.fs.queue_states().unwrap();
+    assert_eq!(states.len(), 2);
+    assert!(
+        states
+            .iter()
+            .all(|q| q.ready && q.size == QSIZE && q.next_avail == 0 && q.next_used == 0),
+        "{states:?}"
+    );
+    drv.init();
+    let err = drv.fs.queue_states().unwrap_err();
+    assert!(err.contains("fs0 has answered 1 FUSE requests"), "{err}");
 }
 
 #[test]
