@@ -23,6 +23,7 @@ use crate::devices::virtio::net::Net;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
 use crate::metrics::DeviceCounters;
+use crate::persist::{Snapshot, SnapshotError};
 use crate::seccomp::{Filters, SeccompError};
 use crate::vmm::Vmm;
 use crate::vstate::kvm::KvmError;
@@ -72,6 +73,8 @@ pub enum BuildError {
     CmdlineTooLong { len: usize, max: usize },
     #[error("kernel command line contains a NUL byte")]
     CmdlineNul,
+    #[error("cannot restore the snapshot: {0}")]
+    Snapshot(Box<SnapshotError>),
     #[error(transparent)]
     BootParams(#[from] BootParamsError),
     #[error(transparent)]
@@ -181,7 +184,81 @@ pub fn build(cfg: &VmConfig, start: Instant) -> Result<Vmm, BuildError> {
     };
 
     tracing::debug!("initramfs loaded: {} µs", start.elapsed().as_micros());
-    // Devices.
+    add_devices(&mut vmm, cfg)?;
+
+    // Command line, zero page, MP table, boot vCPU state.
+    let cmdline = final_cmdline(cfg.base_cmdline(), &vmm.devices.cmdline_entries());
+    if cmdline.as_bytes().contains(&0) {
+        return Err(BuildError::CmdlineNul);
+    }
+    if cmdline.len() + 1 > CMDLINE_MAX_SIZE {
+        return Err(BuildError::CmdlineTooLong {
+            len: cmdline.len(),
+            max: CMDLINE_MAX_SIZE - 1,
+        });
+    }
+    let mut bytes = cmdline.clone().into_bytes();
+    bytes.push(0);
+    vmm.mem.write_slice(&bytes, GuestAddress(CMDLINE_ADDR))?;
+    tracing::debug!("kernel command line: {cmdline}");
+    let map = e820_map(mem_size);
+    write_zero_page(
+        &vmm.mem,
+        &BootInfo {
+            cmdline_addr: CMDLINE_ADDR,
+            cmdline_size: bytes.len(),
+            initrd: initrd_info,
+            e820: &map,
+            setup_header: loaded.setup_header,
+        },
+    )?;
+    mptable::write(&vmm.mem, cfg.vcpus)?;
+    if let Some(bsp) = vmm.vcpus.first() {
+        bsp.setup_boot_entry(&vmm.mem, entry)?;
+    }
+
+    bind_api(&mut vmm, cfg)?;
+    Ok(vmm)
+}
+
+/// Restores the VM saved in `snapshot` (its `memory` file beside it) with `cfg`'s devices
+/// and control socket instead of booting `cfg`'s kernel. The shape must match: the
+/// saved VM's vCPUs and memory are those `cfg` asks for.
+pub fn restore(
+    cfg: &VmConfig,
+    start: Instant,
+    snapshot: &Snapshot,
+    memory: &File,
+) -> Result<Vmm, BuildError> {
+    cfg.validate()?;
+    let (vcpus, bytes) = (snapshot.vcpus.len(), snapshot.memory_bytes);
+    if vcpus != usize::from(cfg.vcpus) || bytes != cfg.memory_mib << 20 {
+        return Err(BuildError::Snapshot(Box::new(SnapshotError::Invalid(
+            format!(
+                "a VM of {vcpus} vCPUs and {} MiB; the config asks for {} and {} MiB",
+                bytes >> 20,
+                cfg.vcpus,
+                cfg.memory_mib
+            ),
+        ))));
+    }
+    let serial_counters = Arc::new(DeviceCounters::default());
+    let serial = SerialOutput::new(serial_output(&cfg.serial)?, serial_counters.clone());
+    let mut vmm = Vmm::restore(snapshot, memory, serial, start, |vmm| add_devices(vmm, cfg))
+        .map_err(|e| BuildError::Snapshot(Box::new(e)))?;
+    vmm.stop_timeout = Duration::from_millis(cfg.stop_timeout_ms);
+    if cfg.seccomp {
+        vmm.seccomp = Some(Filters::compile()?);
+    }
+    vmm.metrics.insert_device("serial", serial_counters);
+    bind_api(&mut vmm, cfg)?;
+    tracing::debug!("restored: {} µs", start.elapsed().as_micros());
+    Ok(vmm)
+}
+
+/// `cfg`'s virtio devices, in the order that fixes their MMIO slots (a restore relies on
+/// it): vsock, block, net, fs, rng.
+fn add_devices(vmm: &mut Vmm, cfg: &VmConfig) -> Result<(), BuildError> {
     let mem = vmm.mem.clone();
     if let Some(v) = &cfg.vsock {
         let dev = Vsock::new(v.cid, &v.uds, vmm.metrics.device("vsock")).map_err(|e| {
@@ -228,37 +305,10 @@ pub fn build(cfg: &VmConfig, start: Instant) -> Result<Vmm, BuildError> {
             .add_virtio(&vmm.vm, &mem, &mut vmm.event_loop, dev)?;
     }
 
-    // Command line, zero page, MP table, boot vCPU state.
-    let cmdline = final_cmdline(cfg.base_cmdline(), &vmm.devices.cmdline_entries());
-    if cmdline.as_bytes().contains(&0) {
-        return Err(BuildError::CmdlineNul);
-    }
-    if cmdline.len() + 1 > CMDLINE_MAX_SIZE {
-        return Err(BuildError::CmdlineTooLong {
-            len: cmdline.len(),
-            max: CMDLINE_MAX_SIZE - 1,
-        });
-    }
-    let mut bytes = cmdline.clone().into_bytes();
-    bytes.push(0);
-    vmm.mem.write_slice(&bytes, GuestAddress(CMDLINE_ADDR))?;
-    tracing::debug!("kernel command line: {cmdline}");
-    let map = e820_map(mem_size);
-    write_zero_page(
-        &vmm.mem,
-        &BootInfo {
-            cmdline_addr: CMDLINE_ADDR,
-            cmdline_size: bytes.len(),
-            initrd: initrd_info,
-            e820: &map,
-            setup_header: loaded.setup_header,
-        },
-    )?;
-    mptable::write(&vmm.mem, cfg.vcpus)?;
-    if let Some(bsp) = vmm.vcpus.first() {
-        bsp.setup_boot_entry(&vmm.mem, entry)?;
-    }
+    Ok(())
+}
 
+fn bind_api(vmm: &mut Vmm, cfg: &VmConfig) -> Result<(), BuildError> {
     if let Some(path) = &cfg.api_socket {
         let api =
             ApiServer::bind(path, &vmm.event_loop.own_ctl()).map_err(|source| BuildError::Api {
@@ -267,7 +317,7 @@ pub fn build(cfg: &VmConfig, start: Instant) -> Result<Vmm, BuildError> {
             })?;
         vmm.set_api(api);
     }
-    Ok(vmm)
+    Ok(())
 }
 
 #[cfg(test)]

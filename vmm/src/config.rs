@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 pub use hyper_vmm_api::{
     BlockConfig, DEFAULT_CMDLINE, DEFAULT_MEMORY_MIB, DEFAULT_STOP_TIMEOUT_MS, DEFAULT_VCPUS,
-    FS_TAG_MAX, FsCacheMode, FsConfig, MAX_MEMORY_MIB, NetConfig, SerialOutputConfig, VmConfig,
-    VsockConfig,
+    FS_TAG_MAX, FsCacheMode, FsConfig, MAX_MEMORY_MIB, NetConfig, SerialOutputConfig,
+    SnapshotConfig, SnapshotFilesConfig, VmConfig, VsockConfig,
 };
 
 use crate::arch::x86_64::layout::MIN_MEMORY_MIB;
@@ -55,7 +55,11 @@ pub trait Validate {
 
 impl Validate for VmConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.kernel.as_os_str().is_empty() {
+        let restoring = self
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| s.restore_from.is_some());
+        if self.kernel.as_os_str().is_empty() && !restoring {
             return Err(ConfigError::NoKernel);
         }
         if self.vcpus == 0 || self.vcpus > MAX_CPUS {

@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Parser;
 use hyper_vmm::config::{self, SerialOutputConfig, Validate, VmConfig, VsockConfig};
+use hyper_vmm::persist::{Snapshot, SnapshotFiles};
 
 #[derive(Parser, Debug)]
 #[command(name = "hyper-vmm", version, about = "hyper's KVM microVM monitor")]
@@ -120,8 +121,58 @@ fn process_cpu_us() -> u64 {
     us(u.ru_utime) + us(u.ru_stime)
 }
 
+/// The snapshot files the config names, opened now: the jail has no place for them.
+struct OpenSnapshots {
+    save_to: Option<SnapshotFiles>,
+    restore_from: Option<(Snapshot, std::fs::File)>,
+}
+
+fn open_snapshots(cfg: &VmConfig) -> anyhow::Result<OpenSnapshots> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Some(s) = &cfg.snapshot else {
+        return Ok(OpenSnapshots {
+            save_to: None,
+            restore_from: None,
+        });
+    };
+    let create = |p: &std::path::Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(p)
+            .with_context(|| format!("snapshot.save_to: cannot create {}", p.display()))
+    };
+    let open = |p: &std::path::Path| {
+        std::fs::File::open(p)
+            .with_context(|| format!("snapshot.restore_from: cannot open {}", p.display()))
+    };
+    let save_to = match &s.save_to {
+        Some(f) => Some(SnapshotFiles {
+            state: create(&f.state)?,
+            memory: create(&f.memory)?,
+        }),
+        None => None,
+    };
+    let restore_from = match &s.restore_from {
+        Some(f) => {
+            let snapshot = hyper_vmm::persist::read_state(&open(&f.state)?)
+                .with_context(|| format!("snapshot.restore_from: {}", f.state.display()))?;
+            Some((snapshot, open(&f.memory)?))
+        }
+        None => None,
+    };
+    Ok(OpenSnapshots {
+        save_to,
+        restore_from,
+    })
+}
+
 fn run(start: Instant) -> anyhow::Result<i32> {
     let cfg = to_config(Cli::parse())?;
+    let snapshots = open_snapshots(&cfg)?;
     // Jailed, only the child comes back from here; the parent waits for it and exits.
     if let Some(jail) = &cfg.jail {
         hyper_vmm::jail::enter(&cfg, jail).context("jail")?;
@@ -130,7 +181,12 @@ fn run(start: Instant) -> anyhow::Result<i32> {
     if cfg.jail.is_some() {
         hyper_vmm::jail::termination_signals_ready();
     }
-    let mut vmm = hyper_vmm::builder::build(&cfg, start).context("cannot build the VM")?;
+    let mut vmm = match &snapshots.restore_from {
+        Some((snapshot, memory)) => hyper_vmm::builder::restore(&cfg, start, snapshot, memory)
+            .context("cannot restore the VM")?,
+        None => hyper_vmm::builder::build(&cfg, start).context("cannot build the VM")?,
+    };
+    vmm.snapshot_to = snapshots.save_to;
     if !cfg.fs.is_empty() {
         let n = hyper_vmm::privileges::raise_open_files_limit();
         tracing::debug!("open-file limit for the shares: {n}");

@@ -134,20 +134,21 @@ impl Vmm {
         Ok(())
     }
 
-    /// A new VM, paused at the point `files` saved: call [`Vmm::start`] to run it.
+    /// A new VM, paused at the point `snapshot` (read with [`read_state`]) and its
+    /// `memory` file saved: call [`Vmm::start`] to run it.
     /// The serial console writes to `serial_out`; boot metrics count from `start`.
     /// `add_devices` adds the virtio devices, the same kinds in the same order as the
     /// saved VM had (their backends may differ: another socket, another directory).
     pub fn restore(
-        files: &SnapshotFiles,
+        snapshot: &Snapshot,
+        memory: &File,
         serial_out: SerialOutput,
         start: Instant,
         add_devices: impl FnOnce(&mut Vmm) -> Result<(), BuildError>,
     ) -> Result<Vmm, SnapshotError> {
-        let snapshot = read_state(&files.state)?;
         let kvm = open_kvm().map_err(|e| Box::new(BuildError::from(e)))?;
-        let mem = restore_guest_memory(snapshot.memory_bytes, &files.memory)?;
-        let mut vmm = Vmm::from_snapshot(kvm, mem, &snapshot, serial_out, start)?;
+        let mem = restore_guest_memory(snapshot.memory_bytes, memory)?;
+        let mut vmm = Vmm::from_snapshot(kvm, mem, snapshot, serial_out, start)?;
         add_devices(&mut vmm).map_err(Box::new)?;
         let saved = &snapshot.devices.virtio;
         if saved.len() != vmm.devices.virtio.len() {

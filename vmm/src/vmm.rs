@@ -19,6 +19,7 @@ use crate::devices::legacy::SerialOutput;
 use crate::devices::virtio::fs::FsWorker;
 use crate::event_loop::EventLoop;
 use crate::metrics::Metrics;
+use crate::persist::SnapshotFiles;
 use crate::seccomp::{Filters, SeccompError, ThreadKind};
 use crate::vstate::kvm::open_kvm;
 use crate::vstate::memory::create_guest_memory;
@@ -67,6 +68,8 @@ pub struct Vmm {
     process_start: Instant,
     /// The MSRs a snapshot saves: every one KVM lists for this host.
     pub(crate) msr_indices: Vec<u32>,
+    /// Where a `snapshot` request saves the VM (`snapshot.save_to`, opened at start).
+    pub snapshot_to: Option<SnapshotFiles>,
 }
 
 impl Vmm {
@@ -160,6 +163,7 @@ impl Vmm {
             stop_timeout: Duration::from_millis(crate::config::DEFAULT_STOP_TIMEOUT_MS),
             process_start: start,
             msr_indices,
+            snapshot_to: None,
         })
     }
 
@@ -313,6 +317,17 @@ impl Vmm {
                 self.request_stop();
                 Reply::done()
             }
+            Request::Snapshot => match self.snapshot_to.take() {
+                Some(files) => {
+                    let saved = self.snapshot(&files);
+                    self.snapshot_to = Some(files);
+                    match saved {
+                        Ok(()) => Reply::done(),
+                        Err(e) => Reply::error(format!("snapshot: {e}")),
+                    }
+                }
+                None => Reply::error("snapshot: the config names no snapshot.save_to files"),
+            },
             Request::PowerOff => {
                 tracing::info!("power off: stopping the VM");
                 self.control.request_exit(VmExit::Stopped);

@@ -307,3 +307,146 @@ fn no_seccomp_runs_unfiltered_and_says_so() {
     assert_eq!(console, "OKx");
     assert!(stderr(&o).contains("seccomp is off"), "{}", stderr(&o));
 }
+
+/// Waits until `path` holds at least one byte; returns its contents.
+fn console_output(path: &Path) -> Vec<u8> {
+    let t = std::time::Instant::now();
+    loop {
+        let bytes = std::fs::read(path).unwrap_or_default();
+        if !bytes.is_empty() {
+            return bytes;
+        }
+        assert!(t.elapsed().as_secs() < 10, "no console output in {path:?}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// A VM with vsock, virtio-fs (not mounted) and rng, seccomp on, saved by a `snapshot`
+/// request and restored by a second hyper-vmm with other sockets and another share: the
+/// restored guest prints exactly the byte after the last one the saved guest printed.
+#[test]
+fn a_snapshot_request_saves_a_vm_that_another_vmm_restores() {
+    use hyper_vmm::config::{FsCacheMode, FsConfig, SnapshotConfig, SnapshotFilesConfig};
+    if !kvm_usable() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let k = dir.path().join("vmlinux");
+    // mov dx, 0x3f8; loop: out dx, al; inc al; jmp loop
+    std::fs::write(
+        &k,
+        tiny_elf(&[0x66, 0xba, 0xf8, 0x03, 0xee, 0xfe, 0xc0, 0xeb, 0xfb]),
+    )
+    .unwrap();
+    let files = SnapshotFilesConfig {
+        state: dir.path().join("state.json"),
+        memory: dir.path().join("memory"),
+    };
+    let config = |name: &str, snapshot: SnapshotConfig| {
+        let share = dir.path().join(format!("share-{name}"));
+        std::fs::create_dir(&share).unwrap();
+        let mut c = VmConfig::new(k.clone());
+        c.memory_mib = 64;
+        c.serial = SerialOutputConfig::File(dir.path().join(format!("{name}.console")));
+        c.api_socket = Some(dir.path().join(format!("{name}.sock")));
+        c.vsock = Some(VsockConfig {
+            uds: dir.path().join(format!("{name}.vsock")),
+            cid: 3,
+        });
+        c.fs = vec![FsConfig {
+            tag: "share".into(),
+            shared_dir: share,
+            cache: FsCacheMode::None,
+            writeback: false,
+            xattr: false,
+        }];
+        c.rng = true;
+        c.snapshot = Some(snapshot);
+        let path = dir.path().join(format!("{name}.json"));
+        std::fs::write(&path, c.to_json().unwrap()).unwrap();
+        path
+    };
+    let spawn = |cfg: &Path| {
+        Running(Some(
+            Command::new(env!("CARGO_BIN_EXE_hyper-vmm"))
+                .arg("--config")
+                .arg(cfg)
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        ))
+    };
+    let wait_api = |api: &Path| {
+        let t = std::time::Instant::now();
+        while !api.exists() {
+            assert!(t.elapsed().as_secs() < 10, "no control socket {api:?}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    let finish = |mut vm: Running| {
+        let out = vm.0.take().unwrap().wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        stderr
+    };
+
+    let saved_cfg = config(
+        "a",
+        SnapshotConfig {
+            save_to: Some(files.clone()),
+            restore_from: None,
+        },
+    );
+    let a = spawn(&saved_cfg);
+    let api_a = dir.path().join("a.sock");
+    wait_api(&api_a);
+    console_output(&dir.path().join("a.console"));
+    assert_eq!(ask(&api_a, "snapshot"), Reply::done());
+    assert_eq!(ask(&api_a, "ping").state(), Some(VmState::Paused));
+    assert_eq!(ask(&api_a, "poweroff"), Reply::done());
+    finish(a);
+    let last = *std::fs::read(dir.path().join("a.console"))
+        .unwrap()
+        .last()
+        .unwrap();
+
+    let restored_cfg = config(
+        "b",
+        SnapshotConfig {
+            save_to: None,
+            restore_from: Some(files.clone()),
+        },
+    );
+    let b = spawn(&restored_cfg);
+    let api_b = dir.path().join("b.sock");
+    wait_api(&api_b);
+    let printed = console_output(&dir.path().join("b.console"));
+    assert_eq!(
+        printed[0],
+        last.wrapping_add(1),
+        "the restored guest's first byte"
+    );
+    assert_eq!(ask(&api_b, "ping").state(), Some(VmState::Running));
+    // This VMM has no files to save to.
+    let err = ask(&api_b, "snapshot").into_result().unwrap_err();
+    assert!(err.contains("no snapshot.save_to"), "{err}");
+    assert_eq!(ask(&api_b, "poweroff"), Reply::done());
+    finish(b);
+
+    // A restore whose config asks for another VM shape is refused, by name.
+    let mut wrong: VmConfig =
+        VmConfig::from_json(&std::fs::read_to_string(&restored_cfg).unwrap()).unwrap();
+    wrong.memory_mib = 128;
+    wrong.api_socket = None;
+    wrong.vsock = None;
+    wrong.fs.clear();
+    let wrong_path = dir.path().join("wrong.json");
+    std::fs::write(&wrong_path, wrong.to_json().unwrap()).unwrap();
+    let o = vmm(&["--config", wrong_path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("a VM of 1 vCPUs and 64 MiB; the config asks for 1 and 128 MiB"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -361,7 +361,7 @@ fn counts_past(vmm: &Vmm, past: u32) {
 
 #[test]
 fn a_snapshot_restores_into_new_vms_that_go_on_from_it() {
-    use hyper_vmm::persist::SnapshotFiles;
+    use hyper_vmm::persist::{SnapshotFiles, read_state};
     if !kvm_usable() {
         return;
     }
@@ -393,15 +393,13 @@ fn a_snapshot_restores_into_new_vms_that_go_on_from_it() {
     // Two VMs from one snapshot, opened read-only: each goes on from the saved count.
     let open = |name| std::fs::File::open(dir.path().join(name)).unwrap();
     let restore = || {
-        let files = SnapshotFiles {
-            state: open("state.json"),
-            memory: open("memory"),
-        };
+        let snapshot = read_state(&open("state.json")).unwrap();
         let out = SerialOutput::new(
             Some(Box::new(Console::default())),
             Arc::new(DeviceCounters::default()),
         );
-        let mut vmm = Vmm::restore(&files, out, Instant::now(), |_| Ok(())).expect("restore");
+        let mut vmm = Vmm::restore(&snapshot, &open("memory"), out, Instant::now(), |_| Ok(()))
+            .expect("restore");
         vmm.seccomp = Some(hyper_vmm::seccomp::Filters::compile().unwrap());
         vmm
     };
@@ -475,7 +473,7 @@ fn serve_until_used(vmm: &Vmm, want: u16) -> u16 {
 #[test]
 fn a_restored_virtio_device_goes_on_from_the_saved_ring_positions() {
     use hyper_vmm::devices::bus::lock;
-    use hyper_vmm::persist::SnapshotFiles;
+    use hyper_vmm::persist::{SnapshotFiles, read_state};
     if !kvm_usable() {
         return;
     }
@@ -510,12 +508,10 @@ fn a_restored_virtio_device_goes_on_from_the_saved_ring_positions() {
     assert_eq!(vmm.run(), VmExit::Stopped);
     drop(vmm);
 
-    let files = SnapshotFiles {
-        state: std::fs::File::open(path("state.json")).unwrap(),
-        memory: std::fs::File::open(path("memory")).unwrap(),
-    };
+    let snapshot = read_state(&std::fs::File::open(path("state.json")).unwrap()).unwrap();
+    let memory = std::fs::File::open(path("memory")).unwrap();
     let out = SerialOutput::new(None, Arc::new(DeviceCounters::default()));
-    let mut restored = Vmm::restore(&files, out, Instant::now(), |vmm| {
+    let mut restored = Vmm::restore(&snapshot, &memory, out, Instant::now(), |vmm| {
         add_rng(vmm);
         Ok(())
     })
@@ -546,7 +542,8 @@ fn a_restored_virtio_device_goes_on_from_the_saved_ring_positions() {
 
     // A snapshot's device list must match the restored VM's.
     let err = Vmm::restore(
-        &files,
+        &snapshot,
+        &memory,
         SerialOutput::new(None, Arc::new(DeviceCounters::default())),
         Instant::now(),
         |_| Ok(()),

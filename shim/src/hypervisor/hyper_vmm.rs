@@ -478,6 +478,7 @@ mod tests {
             }),
             // Checked by its own tests.
             seccomp: got.seccomp,
+            snapshot: None,
         };
         assert_eq!(got, want);
         // What the VMM reads back is what was built.

@@ -173,6 +173,34 @@ pub struct VmConfig {
     /// Run jailed: own namespaces, a root holding only what this config names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jail: Option<JailConfig>,
+    /// Snapshot files: where a `snapshot` request saves the VM, and where it is restored
+    /// from instead of booting the kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotConfig>,
+}
+
+/// The VMM opens these before it enters its jail, so they need no place inside it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// Created (or truncated) at start, mode 0600, and written by a `snapshot` request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub save_to: Option<SnapshotFilesConfig>,
+    /// Restore the VM saved in these (opened read-only) instead of booting: the vCPUs,
+    /// memory size and virtio devices must be those of the saved VM; the devices'
+    /// backends (sockets, shared directories) may differ.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<SnapshotFilesConfig>,
+}
+
+/// A snapshot's two files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotFilesConfig {
+    /// The vCPUs', VM's and devices' state (JSON).
+    pub state: PathBuf,
+    /// Guest memory (sparse).
+    pub memory: PathBuf,
 }
 
 /// The VMM's jail: before building the VM it moves into new mount, pid, ipc, uts and net
@@ -221,6 +249,7 @@ impl VmConfig {
             stop_timeout_ms: DEFAULT_STOP_TIMEOUT_MS,
             seccomp: true,
             jail: None,
+            snapshot: None,
         }
     }
 
@@ -338,6 +367,7 @@ mod tests {
                 root: "/run/p/root".into(),
                 cgroup: Some("/sys/fs/cgroup/p".into()),
             }),
+            snapshot: None,
         };
         assert_eq!(c, want);
         assert_eq!(VmConfig::from_json(&c.to_json().unwrap()).unwrap(), want);

@@ -32,16 +32,20 @@ pub enum Request {
     PowerOff,
     /// Answered with [`Metrics`].
     Metrics,
+    /// Pause the VM and save it to the config's `snapshot.save_to`; answered once the
+    /// files are written. The VM stays paused (`resume` runs it on).
+    Snapshot,
 }
 
 impl Request {
-    pub const ALL: [Request; 6] = [
+    pub const ALL: [Request; 7] = [
         Request::Ping,
         Request::Pause,
         Request::Resume,
         Request::Stop,
         Request::PowerOff,
         Request::Metrics,
+        Request::Snapshot,
     ];
 
     /// The request's name, the value of `cmd`.
@@ -53,6 +57,7 @@ impl Request {
             Request::Stop => "stop",
             Request::PowerOff => "poweroff",
             Request::Metrics => "metrics",
+            Request::Snapshot => "snapshot",
         }
     }
 
@@ -89,14 +94,15 @@ impl fmt::Display for Request {
 
 impl std::str::FromStr for Request {
     type Err = String;
-    /// A request by its name (`ping`, `pause`, `resume`, `stop`, `poweroff`, `metrics`).
+    /// A request by its name (`ping`, `pause`, `resume`, `stop`, `poweroff`, `metrics`,
+    /// `snapshot`).
     fn from_str(s: &str) -> Result<Request, String> {
         Request::ALL
             .into_iter()
             .find(|r| r.name() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown command {s:?} (expected ping, pause, resume, stop, poweroff or metrics)"
+                    "unknown command {s:?} (expected ping, pause, resume, stop, poweroff, metrics or snapshot)"
                 )
             })
     }
@@ -293,6 +299,7 @@ mod tests {
             (Request::Stop, "{\"cmd\":\"stop\"}\n"),
             (Request::PowerOff, "{\"cmd\":\"poweroff\"}\n"),
             (Request::Metrics, "{\"cmd\":\"metrics\"}\n"),
+            (Request::Snapshot, "{\"cmd\":\"snapshot\"}\n"),
         ] {
             assert_eq!(req.to_line(), line, "{req}");
             assert_eq!(Request::from_line(line), Ok(req), "{line}");

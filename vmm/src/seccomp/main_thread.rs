@@ -5,6 +5,7 @@
 use seccompiler::SeccompRule;
 
 use super::allow_list::{AllowList, arg_in, args_are, sys, syscalls};
+use super::kvm::{KVM_GET_CLOCK, KVM_GET_IRQCHIP, KVM_GET_PIT2};
 
 /// setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO or SO_RCVTIMEO, ...) only.
 fn socket_timeouts() -> Vec<SeccompRule> {
@@ -42,6 +43,9 @@ pub fn allow_list() -> AllowList {
             SYS_fdatasync,
             // virtio-rng.
             SYS_getrandom,
+            // A snapshot: guest memory's data ranges, the files (opened at start) sized.
+            SYS_lseek,
+            SYS_ftruncate,
             // Removing the control and vsock sockets on exit.
             SYS_unlink,
             SYS_unlinkat,
@@ -50,6 +54,11 @@ pub fn allow_list() -> AllowList {
         .allow_when(sys!(SYS_socket), arg_in(0, &[libc::AF_UNIX as u64]))
         // Nonblocking control connections, and the bound on writing a reply to one.
         .allow_when(sys!(SYS_ioctl), arg_in(1, &[libc::FIONBIO]))
+        // A snapshot reads the VM's interrupt controllers, PIT and clock.
+        .allow_when(
+            sys!(SYS_ioctl),
+            arg_in(1, &[KVM_GET_IRQCHIP, KVM_GET_CLOCK, KVM_GET_PIT2]),
+        )
         .allow_when(sys!(SYS_setsockopt), socket_timeouts())
         // Kicking vCPUs out of KVM_RUN to pause or stop them.
         .allow_when(

@@ -17,6 +17,7 @@
 mod allow_list;
 mod common;
 mod fs_worker;
+mod kvm;
 mod main_thread;
 mod vcpu;
 

@@ -88,7 +88,7 @@ fn a_forbidden_syscall_on_each_kind_of_thread_kills_the_process() {
         case("main runs a shell", Main, exec_a_shell),
         case("main runs a vCPU", Main, || {
             // SAFETY: KVM_RUN on an fd that is not a vCPU; the filter decides first.
-            unsafe { libc::ioctl(-1, vcpu::KVM_RUN) };
+            unsafe { libc::ioctl(-1, kvm::KVM_RUN) };
         }),
         case("main signals a thread with SIGUSR1", Main, || {
             // SAFETY: the filter stops the call before it is made.
@@ -172,7 +172,7 @@ fn what_each_kind_of_thread_does_every_day_still_works() {
             on_filtered_thread(Vcpu, move || {
                 // EBADF, but allowed: the filter looks at the request only.
                 // SAFETY: an ioctl on an invalid fd.
-                assert_eq!(unsafe { libc::ioctl(-1, vcpu::KVM_RUN) }, -1);
+                assert_eq!(unsafe { libc::ioctl(-1, kvm::KVM_RUN) }, -1);
                 let (s, _) = listener.accept().unwrap();
                 s.set_nonblocking(true).unwrap();
             });
