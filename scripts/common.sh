@@ -6,6 +6,8 @@ HYPER_ROOT=${HYPER_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 HYPER_CACHE=${HYPER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hyper}
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+# median: the median of the integers on stdin, one per line.
+median() { sort -n | awk '{ a[NR] = $1 } END { print (NR % 2 ? a[(NR + 1) / 2] : int((a[NR / 2] + a[NR / 2 + 1]) / 2)) }'; }
 die() { log "error: $*"; exit 1; }
 
 # apt_need PKG...: installs the Debian packages that are missing (needs root).

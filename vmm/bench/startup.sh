@@ -18,7 +18,6 @@ initrd=$(bash guest-kernel-config/image/build.sh)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-median() { sort -n | awk '{ a[NR] = $1 } END { print (NR % 2 ? a[(NR + 1) / 2] : int((a[NR / 2] + a[NR / 2 + 1]) / 2)) }'; }
 : > "$work/spawn" ; : > "$work/wall" ; : > "$work/cpu" ; : > "$work/own" ; : > "$work/shmem"
 for i in $(seq "$n"); do
   log_file=$work/vmm-$i.log
