@@ -261,16 +261,14 @@ fn triple_fault_is_an_error() {
     println!("{why:?}");
 }
 
-#[test]
-fn pause_resume_and_stop_with_timeout() {
-    if !kvm_usable() {
-        return;
-    }
+/// A started guest that has set up its keyboard controller (so `stop` types
+/// Ctrl-Alt-Del and waits up to `stop_timeout`) and then spins, ignoring the keys.
+fn keyboard_guest_started(stop_timeout: Duration) -> Vmm {
     let console = Console::default();
     let mut asm = Asm::default();
     asm.init_i8042().serial(b's').spin();
     let mut vmm = guest_vm(&asm.0, &console);
-    vmm.stop_timeout = Duration::from_millis(300);
+    vmm.stop_timeout = stop_timeout;
     vmm.start().unwrap();
     let t = Instant::now();
     while !console.text().contains('s') {
@@ -280,6 +278,15 @@ fn pause_resume_and_stop_with_timeout() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+    vmm
+}
+
+#[test]
+fn pause_resume_and_stop_with_timeout() {
+    if !kvm_usable() {
+        return;
+    }
+    let mut vmm = keyboard_guest_started(Duration::from_millis(300));
     assert_eq!(vmm.handle_request(Request::Pause), Reply::done());
     assert_eq!(
         vmm.handle_request(Request::Ping).state(),
@@ -302,21 +309,8 @@ fn poweroff_stops_at_once_a_guest_that_would_ignore_ctrl_alt_del() {
     if !kvm_usable() {
         return;
     }
-    let console = Console::default();
-    let mut asm = Asm::default();
-    asm.init_i8042().serial(b's').spin();
-    let mut vmm = guest_vm(&asm.0, &console);
     // `stop` would wait this long for a reset that never comes.
-    vmm.stop_timeout = Duration::from_secs(30);
-    vmm.start().unwrap();
-    let t = Instant::now();
-    while !console.text().contains('s') {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "guest never got ready"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let mut vmm = keyboard_guest_started(Duration::from_secs(30));
     let t = Instant::now();
     assert_eq!(vmm.handle_request(Request::PowerOff), Reply::done());
     assert_eq!(vmm.run(), VmExit::Stopped);
