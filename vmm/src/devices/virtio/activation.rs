@@ -1,5 +1,9 @@
 //! What a device holds between DRIVER_OK and reset, written once for every device.
 
+use virtio_queue::QueueState;
+
+use super::device::ActivateContext;
+
 /// A device's run-time state `S`: set on DRIVER_OK, dropped on reset, so a `Drop` on `S`
 /// (the fs worker's) is the teardown. Event-loop devices keep their [`ActivateContext`].
 ///
@@ -50,6 +54,16 @@ impl<S> Activation<S> {
         let result = f(owner, &mut state);
         slot(owner).state = Some(state);
         Some(result)
+    }
+}
+
+impl Activation<ActivateContext> {
+    /// An event-loop device's queues as it has advanced them, for a snapshot; none while
+    /// inactive.
+    pub fn queue_states(&self) -> Vec<QueueState> {
+        self.get()
+            .map(|a| a.queues.iter().map(|q| q.state()).collect())
+            .unwrap_or_default()
     }
 }
 

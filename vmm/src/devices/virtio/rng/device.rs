@@ -118,11 +118,7 @@ impl VirtioDevice for Rng {
     }
     /// Nothing but its queue: each request is answered in full when it is popped.
     fn queue_states(&self) -> Result<Vec<virtio_queue::QueueState>, String> {
-        Ok(self
-            .active
-            .get()
-            .map(|a| a.queues.iter().map(|q| q.state()).collect())
-            .unwrap_or_default())
+        Ok(self.active.queue_states())
     }
 }
 

@@ -226,11 +226,7 @@ impl VirtioDevice for Vsock {
                 "vsock has {open} connections open or packets queued; close them before the snapshot"
             ));
         }
-        Ok(self
-            .active
-            .get()
-            .map(|a| a.queues.iter().map(|q| q.state()).collect())
-            .unwrap_or_default())
+        Ok(self.active.queue_states())
     }
     fn restored(&mut self, _ctl: &EventCtl) {
         self.reset_owed = true;
