@@ -22,6 +22,7 @@ use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::net::Net;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
+use crate::inherited_fds::InheritedFds;
 use crate::metrics::DeviceCounters;
 use crate::persist::{Snapshot, SnapshotError};
 use crate::seccomp::{Filters, SeccompError};
@@ -129,8 +130,8 @@ pub fn final_cmdline(base: &str, entries: &[String]) -> String {
 }
 
 /// Builds the VM described by `cfg`; `start` is when the process started (for the boot
-/// timer).
-pub fn build(cfg: &VmConfig, start: Instant) -> Result<Vmm, BuildError> {
+/// timer); `fds` holds the fds `cfg` names, claimed at start.
+pub fn build(cfg: &VmConfig, start: Instant, fds: &mut InheritedFds) -> Result<Vmm, BuildError> {
     cfg.validate()?;
     let path = cfg.kernel.display().to_string();
     let mut kernel = File::open(&cfg.kernel).map_err(|source| BuildError::KernelOpen {
@@ -184,7 +185,7 @@ pub fn build(cfg: &VmConfig, start: Instant) -> Result<Vmm, BuildError> {
     };
 
     tracing::debug!("initramfs loaded: {} µs", start.elapsed().as_micros());
-    add_devices(&mut vmm, cfg)?;
+    add_devices(&mut vmm, cfg, fds)?;
 
     // Command line, zero page, MP table, boot vCPU state.
     let cmdline = final_cmdline(cfg.base_cmdline(), &vmm.devices.cmdline_entries());
@@ -229,6 +230,7 @@ pub fn restore(
     start: Instant,
     snapshot: &Snapshot,
     memory: &File,
+    fds: &mut InheritedFds,
 ) -> Result<Vmm, BuildError> {
     cfg.validate()?;
     let (vcpus, bytes) = (snapshot.vcpus.len(), snapshot.memory_bytes);
@@ -244,8 +246,10 @@ pub fn restore(
     }
     let serial_counters = Arc::new(DeviceCounters::default());
     let serial = SerialOutput::new(serial_output(&cfg.serial)?, serial_counters.clone());
-    let mut vmm = Vmm::restore(snapshot, memory, serial, start, |vmm| add_devices(vmm, cfg))
-        .map_err(|e| BuildError::Snapshot(Box::new(e)))?;
+    let mut vmm = Vmm::restore(snapshot, memory, serial, start, |vmm| {
+        add_devices(vmm, cfg, fds)
+    })
+    .map_err(|e| BuildError::Snapshot(Box::new(e)))?;
     vmm.stop_timeout = Duration::from_millis(cfg.stop_timeout_ms);
     if cfg.seccomp {
         vmm.seccomp = Some(Filters::compile()?);
@@ -258,7 +262,7 @@ pub fn restore(
 
 /// `cfg`'s virtio devices, in the order that fixes their MMIO slots (a restore relies on
 /// it): vsock, block, net, fs, rng.
-fn add_devices(vmm: &mut Vmm, cfg: &VmConfig) -> Result<(), BuildError> {
+fn add_devices(vmm: &mut Vmm, cfg: &VmConfig, fds: &mut InheritedFds) -> Result<(), BuildError> {
     let mem = vmm.mem.clone();
     if let Some(v) = &cfg.vsock {
         let dev = Vsock::new(v.cid, &v.uds, vmm.metrics.device("vsock")).map_err(|e| {
@@ -283,8 +287,13 @@ fn add_devices(vmm: &mut Vmm, cfg: &VmConfig) -> Result<(), BuildError> {
     }
     for (i, n) in cfg.net.iter().enumerate() {
         let name = format!("net{i}");
+        let fd = n.fd.map(|fd| fds.take_net(i, fd)).transpose();
+        let fd = fd.map_err(|e| BuildError::Device {
+            device: name.clone(),
+            why: e.to_string(),
+        })?;
         let dev =
-            Net::new(&name, n, vmm.metrics.device(&name)).map_err(|e| device_err(&name, e))?;
+            Net::new(&name, n, fd, vmm.metrics.device(&name)).map_err(|e| device_err(&name, e))?;
         vmm.devices
             .add_virtio(&vmm.vm, &mem, &mut vmm.event_loop, Box::new(dev))?;
     }

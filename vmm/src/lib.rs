@@ -12,6 +12,7 @@ pub mod config;
 pub mod device_manager;
 pub mod devices;
 pub mod event_loop;
+pub mod inherited_fds;
 pub mod jail;
 pub mod metrics;
 pub mod persist;

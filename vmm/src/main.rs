@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Parser;
 use hyper_vmm::config::{self, SerialOutputConfig, Validate, VmConfig, VsockConfig};
+use hyper_vmm::inherited_fds::InheritedFds;
 use hyper_vmm::persist::{Snapshot, SnapshotFiles};
 
 #[derive(Parser, Debug)]
@@ -127,6 +128,16 @@ struct OpenSnapshots {
     restore_from: Option<(Snapshot, std::fs::File)>,
 }
 
+impl OpenSnapshots {
+    /// The fds the jail must keep open.
+    fn raw_fds(&self) -> Vec<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        let saved = self.save_to.iter().flat_map(|f| [&f.state, &f.memory]);
+        let restored = self.restore_from.iter().map(|(_, memory)| memory);
+        saved.chain(restored).map(|f| f.as_raw_fd()).collect()
+    }
+}
+
 fn open_snapshots(cfg: &VmConfig) -> anyhow::Result<OpenSnapshots> {
     use std::os::unix::fs::OpenOptionsExt;
     let Some(s) = &cfg.snapshot else {
@@ -172,19 +183,24 @@ fn open_snapshots(cfg: &VmConfig) -> anyhow::Result<OpenSnapshots> {
 
 fn run(start: Instant) -> anyhow::Result<i32> {
     let cfg = to_config(Cli::parse())?;
+    // Before anything else takes an fd number.
+    let mut fds = InheritedFds::claim(&cfg)?;
     let snapshots = open_snapshots(&cfg)?;
     // Jailed, only the child comes back from here; the parent waits for it and exits.
     if let Some(jail) = &cfg.jail {
-        hyper_vmm::jail::enter(&cfg, jail).context("jail")?;
+        let keep = [fds.raw_fds(), snapshots.raw_fds()].concat();
+        hyper_vmm::jail::enter(&cfg, jail, &keep).context("jail")?;
     }
     hyper_vmm::vmm::install_termination_handlers().context("cannot install signal handlers")?;
     if cfg.jail.is_some() {
         hyper_vmm::jail::termination_signals_ready();
     }
     let mut vmm = match &snapshots.restore_from {
-        Some((snapshot, memory)) => hyper_vmm::builder::restore(&cfg, start, snapshot, memory)
-            .context("cannot restore the VM")?,
-        None => hyper_vmm::builder::build(&cfg, start).context("cannot build the VM")?,
+        Some((snapshot, memory)) => {
+            hyper_vmm::builder::restore(&cfg, start, snapshot, memory, &mut fds)
+                .context("cannot restore the VM")?
+        }
+        None => hyper_vmm::builder::build(&cfg, start, &mut fds).context("cannot build the VM")?,
     };
     vmm.snapshot_to = snapshots.save_to;
     if !cfg.fs.is_empty() {

@@ -67,6 +67,14 @@ fn bad_options_are_clear_errors() {
         "{}",
         stderr(&o)
     );
+    // A net fd the parent did not pass: refused, not confused with one of the VMM's own.
+    let o = vmm(&["--kernel", "/k", "--net", "fd=77"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("net0: fd=77 is not open in hyper-vmm"),
+        "{}",
+        stderr(&o)
+    );
     let o = vmm(&["--kernel", "/k", "--vsock-uds", "/tmp/x.sock"]);
     assert_ne!(o.status.code(), Some(0));
     let dir = tempfile::tempdir().unwrap();

@@ -19,7 +19,8 @@ mod common;
 use common::{kvm_usable, tiny_elf};
 use hyper_vmm::api::{Reply, Request, VmState};
 use hyper_vmm::config::{
-    BlockConfig, FsCacheMode, FsConfig, NetConfig, SerialOutputConfig, VmConfig, VsockConfig,
+    BlockConfig, FsCacheMode, FsConfig, NetConfig, SerialOutputConfig, SnapshotConfig,
+    SnapshotFilesConfig, VmConfig, VsockConfig,
 };
 use hyper_vmm_api::JailConfig;
 
@@ -27,6 +28,8 @@ use hyper_vmm_api::JailConfig;
 const NET_FD: i32 = 11;
 /// An fd the jail must close: high enough that the VMM's own fds never reach it.
 const LEAKED_FD: i32 = 900;
+/// Where `launch` parks the fds it hands in before placing them.
+const ABOVE_TARGETS: i32 = 1000;
 
 fn usable() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -343,10 +346,21 @@ impl Jailed {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.path("vmm.log")).unwrap());
-        // SAFETY: dup2 is async-signal-safe; the fds stay open until spawn returns.
+        // SAFETY: fcntl and dup2 are async-signal-safe; the fds stay open until spawn
+        // returns.
         unsafe {
             cmd.pre_exec(move || {
-                for (from, to) in [(net_fd, NET_FD), (secret_fd, LEAKED_FD)] {
+                // Through numbers above both targets first: a source may already be a
+                // target's number (dup2 onto itself would keep close-on-exec), or the other
+                // target's.
+                let mut moved = [(net_fd, NET_FD), (secret_fd, LEAKED_FD)];
+                for (from, _) in &mut moved {
+                    *from = libc::fcntl(*from, libc::F_DUPFD_CLOEXEC, ABOVE_TARGETS);
+                    if *from < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                for (from, to) in moved {
                     if libc::dup2(from, to) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
@@ -662,6 +676,47 @@ fn the_inner_exit_status_is_passed_on() {
     assert_eq!(vm.wait().code(), Some(0), "{}", log(&vm));
     assert!(log(&vm).contains("reset"), "{}", log(&vm));
     assert!(vm.path("run/console.log").exists());
+}
+
+/// The snapshot files are opened before the jail, which closes every other inherited fd:
+/// a jailed VMM saves its VM, and a second jailed VMM, with its own jail, restores it.
+#[test]
+fn a_jailed_vmm_saves_a_snapshot_that_another_jailed_vmm_restores() {
+    if !usable() {
+        return;
+    }
+    let snapshots = tempfile::tempdir().unwrap();
+    let files = SnapshotFilesConfig {
+        state: snapshots.path().join("state.json"),
+        memory: snapshots.path().join("memory"),
+    };
+    let mut saved = prepare(SPIN, false, Share::PlainDir);
+    saved.cfg.snapshot = Some(SnapshotConfig {
+        save_to: Some(files.clone()),
+        restore_from: None,
+    });
+    saved.launch();
+    wait_running(&saved);
+    let reply = ask(&saved.api(), Request::Snapshot).unwrap();
+    assert_eq!(reply, Reply::done(), "{}", log(&saved));
+    assert_eq!(ask(&saved.api(), Request::PowerOff).unwrap(), Reply::done());
+    assert_eq!(saved.wait().code(), Some(0), "{}", log(&saved));
+    let memory = std::fs::metadata(&files.memory).unwrap().len();
+    assert_eq!(memory, 32 << 20, "the saved guest memory");
+
+    let mut restored = prepare(SPIN, false, Share::PlainDir);
+    restored.cfg.snapshot = Some(SnapshotConfig {
+        save_to: None,
+        restore_from: Some(files),
+    });
+    restored.launch();
+    wait_running(&restored);
+    assert!(log(&restored).contains("jailed"), "{}", log(&restored));
+    assert_eq!(
+        ask(&restored.api(), Request::PowerOff).unwrap(),
+        Reply::done()
+    );
+    assert_eq!(restored.wait().code(), Some(0), "{}", log(&restored));
 }
 
 #[test]

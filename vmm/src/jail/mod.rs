@@ -18,6 +18,7 @@ mod supervise;
 
 use std::ffi::CString;
 use std::io;
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
 pub use plan::{Bind, KVM_DEVICE, binds};
@@ -65,8 +66,8 @@ fn c_path(path: &Path) -> Result<CString, JailError> {
 /// Jails this process as `jail` says. Returns in the jailed child only; the process that
 /// called it supervises the child and exits with its status. Call on the main thread
 /// before any other thread exists. Termination signals stay blocked in the child until
-/// [`termination_signals_ready`].
-pub fn enter(cfg: &VmConfig, jail: &JailConfig) -> Result<(), JailError> {
+/// [`termination_signals_ready`]. Every inherited fd but `keep` is closed.
+pub fn enter(cfg: &VmConfig, jail: &JailConfig, keep: &[RawFd]) -> Result<(), JailError> {
     let binds = binds(cfg, &jail.root)?;
     let root_is_dir = std::fs::metadata(&jail.root).map(|m| m.is_dir());
     if !root_is_dir.map_err(step_err("find the jail root", &jail.root))? {
@@ -93,8 +94,7 @@ pub fn enter(cfg: &VmConfig, jail: &JailConfig) -> Result<(), JailError> {
     ))?;
     mounts::build_root(&jail.root, &binds)?;
     process::set_hostname()?;
-    let net_fds: Vec<i32> = cfg.net.iter().filter_map(|n| n.fd).collect();
-    process::close_inherited_fds(&net_fds)?;
+    process::close_inherited_fds(keep)?;
     process::limit_resources()?;
     tracing::info!(root = %jail.root.display(), binds = binds.len(), "jailed");
     Ok(())

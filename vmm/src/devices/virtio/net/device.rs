@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use virtio_queue::QueueT;
@@ -39,15 +39,18 @@ pub struct Net {
 }
 
 impl Net {
-    pub fn new(name: &str, cfg: &NetConfig, counters: Arc<DeviceCounters>) -> io::Result<Self> {
-        let tap = match (&cfg.tap, cfg.fd) {
+    /// A device on `cfg.tap` by name, or on `inherited`, the fd `cfg.fd` names (claimed
+    /// at start by [`crate::inherited_fds::InheritedFds`]).
+    pub fn new(
+        name: &str,
+        cfg: &NetConfig,
+        inherited: Option<OwnedFd>,
+        counters: Arc<DeviceCounters>,
+    ) -> io::Result<Self> {
+        let tap = match (&cfg.tap, inherited) {
             (Some(t), _) => open_tap(t)?,
             (None, Some(fd)) => {
-                // SAFETY: the parent handed us this fd to own; fcntl validates it is open.
-                if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                let f = unsafe { File::from_raw_fd(fd) };
+                let f = File::from(fd);
                 set_nonblocking(&f)?;
                 f
             }
@@ -261,7 +264,6 @@ mod tests {
     use super::*;
     use crate::devices::virtio::Interrupt;
     use crate::devices::virtio::test_utils::*;
-    use std::os::fd::IntoRawFd;
     use std::os::unix::net::UnixDatagram;
     use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
     use virtio_queue::mock::MockSplitQueue;
@@ -279,8 +281,7 @@ mod tests {
         let (ours, peer) = UnixDatagram::pair().unwrap();
         peer.set_read_timeout(Some(std::time::Duration::from_secs(2)))
             .unwrap();
-        // SAFETY: the fd comes from into_raw_fd, so the File is its only owner.
-        let tap = unsafe { File::from_raw_fd(ours.into_raw_fd()) };
+        let tap = File::from(OwnedFd::from(ours));
         set_nonblocking(&tap).unwrap();
         let counters = Arc::new(DeviceCounters::default());
         let mut net = Net::with_tap("net0", tap, Some([2, 0, 0, 0, 0, 9]), counters.clone());
