@@ -94,14 +94,16 @@ vm_start_qemu() {
 }
 
 # vm_start_hyper VM [--kernel P] [--initrd P] [--cmdline S] [--vcpus N] [--memory-mib M] [--vsock CID] [--api-socket P]
+#                   [--fs SPEC] [--config FILE.json] [--rng]
 vm_start_hyper() {
   local vm=$1; shift
   local kernel=$GUEST_KERNEL initrd=$GUEST_INITRD args=(--serial "$TH_ART/$vm.console")
   while [ $# -gt 0 ]; do
     case "$1" in
       --kernel) kernel=$2 ;; --initrd) initrd=$2 ;;
-      --cmdline|--vcpus|--memory-mib|--api-socket) args+=("$1" "$2") ;;
+      --cmdline|--vcpus|--memory-mib|--api-socket|--fs|--config) args+=("$1" "$2") ;;
       --vsock) args+=(--vsock-uds "$TH_VSOCK_DIR/$vm.vsock" --vsock-cid "$2") ;;
+      --rng) args+=(--rng); shift; continue ;;
       *) fail "vm_start_hyper: unknown option $1" ;;
     esac
     shift 2
