@@ -174,6 +174,19 @@ impl Muxer {
         self.conns.len()
     }
 
+    /// The open connections, for error messages: "host port H - guest port G (State)".
+    pub fn describe_connections(&self) -> Vec<String> {
+        let mut described: Vec<_> = self
+            .conns
+            .iter()
+            .map(|(&(host, guest), e)| {
+                format!("host port {host} - guest port {guest} ({:?})", e.conn.state)
+            })
+            .collect();
+        described.sort();
+        described
+    }
+
     pub fn has_pending_rx(&self) -> bool {
         !self.rxq.is_empty()
     }
