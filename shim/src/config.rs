@@ -34,6 +34,18 @@ pub struct Config {
     pub hypervisor: HypervisorConfig,
     pub agent: AgentConfig,
     pub runtime: RuntimeConfig,
+    pub factory: FactoryConfig,
+}
+
+/// VM templates (Kata's VM factory): a VM of each shape boots once, is saved when its
+/// agent is ready, and new pods of that shape restore from it instead of booting.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FactoryConfig {
+    /// Restore pods from templates, built on first use and cached under
+    /// `<runtime.state_dir>/.templates`, keyed by kernel, image, VMM and VM shape. Only
+    /// pods without network devices on a virtio-fs share use them yet; others boot.
+    pub template: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -287,6 +299,8 @@ mod tests {
             [runtime]
             log_level = "debug"
             state_dir = "/tmp/hyper"
+            [factory]
+            template = true
             "#,
         )
         .unwrap();
@@ -300,12 +314,14 @@ mod tests {
         assert_eq!(c.request_timeout(), Duration::from_secs(5));
         assert_eq!(c.create_container_timeout(), Duration::from_secs(7));
         assert_eq!(c.runtime.state_dir, PathBuf::from("/tmp/hyper"));
+        assert!(c.factory.template);
         // Unset keys keep their defaults.
         let partial = parse("[hypervisor]\nvcpus = 4\n").unwrap();
         assert_eq!(partial.hypervisor.memory_mib, 256);
         assert_eq!(partial.hypervisor.shared_fs, SharedFs::VirtioFs);
         assert_eq!(partial.hypervisor.virtio_fs_cache, VirtioFsCache::Auto);
         assert!(partial.hypervisor.jail && partial.hypervisor.seccomp);
+        assert!(!partial.factory.template, "templates are opt-in");
     }
 
     #[test]

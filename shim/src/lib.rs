@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod command;
 pub mod config;
+pub mod factory;
 pub mod host_cgroup;
 pub mod hypervisor;
 pub mod identifier;

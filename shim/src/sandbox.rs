@@ -15,7 +15,8 @@ use crate::agent::ready::ReadyListener;
 use crate::agent::{Agent, AgentError, AgentTimeouts};
 use crate::config::{Config, SharedFs};
 use crate::hypervisor::{
-    Disk, HyperVmm, Hypervisor, HypervisorError, NetDevice, SharedDir, Stop, VmSpec, process_alive,
+    Disk, HyperVmm, Hypervisor, HypervisorError, NetDevice, SharedDir, SnapshotUse, Stop, VmSpec,
+    process_alive,
 };
 use crate::network::{NetworkError, PodNetwork, PortForwarder, TapDevice};
 use crate::rootfs;
@@ -199,6 +200,11 @@ pub const VMM_PID_FILE: &str = "vmm.pid";
 const CONSOLE_TAIL_LINES: usize = 30;
 /// How often the agent is tried while waiting for its ready call.
 const READY_POLL: Duration = Duration::from_millis(250);
+/// How long a VM restored from a template may take to answer before the pod boots one
+/// instead: a restored agent answers at once, or its template is broken.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Host entropy given to a restored guest's RNG (a ChaCha key is 32).
+const RESEED_BYTES: usize = 64;
 
 impl Sandbox {
     /// Boots the VM, waits for the agent and creates the sandbox in the guest; then
@@ -260,11 +266,7 @@ impl Sandbox {
         let (rootfs_path, disks, shares, storages) = match config.hypervisor.shared_fs {
             SharedFs::VirtioFs => {
                 let share = Share::create(state_dir)?;
-                let dir = SharedDir {
-                    tag: SHARE_TAG.into(),
-                    path: share.served_dir().to_path_buf(),
-                    cache: config.hypervisor.virtio_fs_cache.as_str().into(),
-                };
+                let dir = share_device(config, &share);
                 (
                     RootfsPath::Shared(share),
                     vec![],
@@ -284,69 +286,65 @@ impl Sandbox {
                 )
             }
         };
-        let spec = VmSpec {
-            kernel: config.hypervisor.kernel.clone(),
-            initrd: config.hypervisor.image.clone(),
-            kernel_params: config.hypervisor.kernel_params.clone(),
-            vcpus: req.size.vcpus,
-            memory_mib: req.size.memory_mib,
-            disks,
-            shares,
-            console_log: config
-                .hypervisor
-                .debug_console
-                .then(|| state_dir.join("console.log")),
-            cgroup: req.cgroup.clone(),
-            nets: taps
-                .iter()
-                .map(|t| NetDevice {
-                    tap_fd: std::os::fd::AsRawFd::as_raw_fd(&t.fd),
-                    mac: t.mac.clone(),
-                })
-                .collect(),
-        };
-        let mut hypervisor = backend.hypervisor(config, state_dir);
-        // Bound before the VMM starts, so the agent's call cannot come too early.
-        let ready = match ReadyListener::bind(&hypervisor.vsock_uds()) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                tracing::warn!(pod = %req.id, "no listener for the agent's ready call (polling instead): {e}");
-                None
+        let mut spec = vm_spec(config, req.size, state_dir);
+        spec.disks = disks;
+        spec.shares = shares;
+        spec.cgroup = req.cgroup.clone();
+        spec.nets = taps
+            .iter()
+            .map(|t| NetDevice {
+                tap_fd: std::os::fd::AsRawFd::as_raw_fd(&t.fd),
+                mac: t.mac.clone(),
+            })
+            .collect();
+        // Snapshots hold no disk or network device yet: those pods boot.
+        let template = if config.factory.template
+            && matches!(rootfs_path, RootfsPath::Shared(_))
+            && spec.nets.is_empty()
+        {
+            match crate::factory::template_for(config, backend, req.size).await {
+                Ok(t) => {
+                    req.trace.mark(Step::TemplateReady);
+                    Some(t)
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %req.id, "no VM template, booting instead: {e}");
+                    None
+                }
             }
+        } else {
+            None
         };
         let booting = std::time::Instant::now();
-        hypervisor.start(&spec).await?;
-        req.trace.mark(Step::VmmSpawned);
-        // Who runs this sandbox: `delete` must leave a pod alone while its shim lives.
-        if let Err(e) = crate::pid_file::write(&state_dir.join(OWNER_PID_FILE), std::process::id())
-        {
-            tracing::warn!(pod = %req.id, "write {OWNER_PID_FILE}: {e}");
-        }
-        let vmm_pid = hypervisor.pid();
-        if let Some(pid) = vmm_pid
-            && let Err(e) = crate::pid_file::write(&state_dir.join(VMM_PID_FILE), pid)
-        {
-            // What `delete` after a shim crash kills, and what `hyperctl list` shows.
-            tracing::warn!(pod = %req.id, "write vmm.pid: {e}");
-        }
-        let agent = match wait_for_agent(
-            backend,
-            hypervisor.as_ref(),
-            ready.as_ref(),
-            config.boot_timeout(),
-            state_dir,
-        )
-        .await
-        {
-            Ok(agent) => agent,
-            Err(e) => {
-                let _ = hypervisor.stop(Stop::PowerOff).await;
-                return Err(e);
+        let started = match &template {
+            Some(t) => {
+                spec.snapshot = Some(SnapshotUse::RestoreFrom(t.files()));
+                match Self::start_vm(config, backend, req, state_dir, &spec).await {
+                    Ok(started) => Ok(started),
+                    Err(e) => {
+                        tracing::warn!(
+                            pod = %req.id,
+                            template = %t.key,
+                            "cannot restore the VM template, discarded it and booting instead: {e}"
+                        );
+                        t.discard();
+                        spec.snapshot = None;
+                        Self::start_vm(config, backend, req, state_dir, &spec).await
+                    }
+                }
             }
+            None => Self::start_vm(config, backend, req, state_dir, &spec).await,
         };
+        let (hypervisor, agent) = started?;
+        let vmm_pid = hypervisor.pid();
         req.trace.mark(Step::AgentReady);
         // bench-ctr-run reads this: VMM spawn to the agent answering.
-        tracing::info!(pod = %req.id, boot_ms = booting.elapsed().as_millis() as u64, "agent ready");
+        tracing::info!(
+            pod = %req.id,
+            boot_ms = booting.elapsed().as_millis() as u64,
+            restored = spec.snapshot.is_some(),
+            "agent ready"
+        );
         backend.agent_ready(&hypervisor.vsock_uds(), req.id);
         let port_forward = match network {
             Some(n) => start_port_forward(n, hypervisor.vsock_uds(), req.id).await,
@@ -386,6 +384,70 @@ impl Sandbox {
         }
         req.trace.mark(Step::SandboxCreated);
         Ok(sandbox)
+    }
+
+    /// Starts the VM of `spec` (booted, or restored from its snapshot) and waits for its
+    /// agent; a restored VM gets its own identity first. On failure the VM is stopped.
+    async fn start_vm(
+        config: &Config,
+        backend: &dyn SandboxBackend,
+        req: &BootRequest<'_>,
+        state_dir: &Path,
+        spec: &VmSpec,
+    ) -> Result<(Box<dyn Hypervisor>, Arc<dyn Agent>), SandboxError> {
+        let restored = spec.snapshot.is_some();
+        let mut hypervisor = backend.hypervisor(config, state_dir);
+        // Bound before the VMM starts, so the agent's call cannot come too early. A
+        // restored agent made its call before the template was saved: poll it instead.
+        let ready = match restored {
+            true => None,
+            false => match ReadyListener::bind(&hypervisor.vsock_uds()) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(pod = %req.id, "no listener for the agent's ready call (polling instead): {e}");
+                    None
+                }
+            },
+        };
+        hypervisor.start(spec).await?;
+        req.trace.mark(Step::VmmSpawned);
+        // Who runs this sandbox: `delete` must leave a pod alone while its shim lives.
+        if let Err(e) = crate::pid_file::write(&state_dir.join(OWNER_PID_FILE), std::process::id())
+        {
+            tracing::warn!(pod = %req.id, "write {OWNER_PID_FILE}: {e}");
+        }
+        if let Some(pid) = hypervisor.pid()
+            && let Err(e) = crate::pid_file::write(&state_dir.join(VMM_PID_FILE), pid)
+        {
+            // What `delete` after a shim crash kills, and what `hyperctl list` shows.
+            tracing::warn!(pod = %req.id, "write vmm.pid: {e}");
+        }
+        let timeout = match restored {
+            true => config.boot_timeout().min(RESTORE_TIMEOUT),
+            false => config.boot_timeout(),
+        };
+        let agent = async {
+            let agent = wait_for_agent(
+                backend,
+                hypervisor.as_ref(),
+                ready.as_ref(),
+                timeout,
+                state_dir,
+            )
+            .await?;
+            if restored {
+                fresh_identity(agent.as_ref()).await?;
+            }
+            Ok::<_, SandboxError>(agent)
+        }
+        .await;
+        match agent {
+            Ok(agent) => Ok((hypervisor, agent)),
+            Err(e) => {
+                let _ = hypervisor.stop(Stop::PowerOff).await;
+                Err(e)
+            }
+        }
     }
 
     /// Reports the VMM's death (through its pidfd, whoever reaps it) and the guest's OOM
@@ -534,6 +596,47 @@ impl Sandbox {
     }
 }
 
+/// The VM every pod of this config and size starts from: no devices yet, no cgroup.
+pub(crate) fn vm_spec(config: &Config, size: VmSize, state_dir: &Path) -> VmSpec {
+    VmSpec {
+        kernel: config.hypervisor.kernel.clone(),
+        initrd: config.hypervisor.image.clone(),
+        kernel_params: config.hypervisor.kernel_params.clone(),
+        vcpus: size.vcpus,
+        memory_mib: size.memory_mib,
+        disks: vec![],
+        shares: vec![],
+        console_log: config
+            .hypervisor
+            .debug_console
+            .then(|| state_dir.join("console.log")),
+        cgroup: None,
+        nets: vec![],
+        snapshot: None,
+    }
+}
+
+/// The virtio-fs device that serves the pod's share.
+pub(crate) fn share_device(config: &Config, share: &Share) -> SharedDir {
+    SharedDir {
+        tag: SHARE_TAG.into(),
+        path: share.served_dir().to_path_buf(),
+        cache: config.hypervisor.virtio_fs_cache.as_str().into(),
+    }
+}
+
+/// A VM restored from a template shares its kernel RNG state and clock with every other
+/// VM of that template: the agent mixes in host entropy, reseeds, and sets the clock,
+/// before any workload runs. (The hostname comes with CreateSandbox.)
+async fn fresh_identity(agent: &dyn Agent) -> Result<(), SandboxError> {
+    use std::io::Read;
+    let mut seed = vec![0u8; RESEED_BYTES];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut seed)?;
+    agent.reseed_random(seed).await?;
+    agent.set_guest_time(std::time::SystemTime::now()).await?;
+    Ok(())
+}
+
 /// Port forwarding for a pod with a network namespace. The pod runs without it (only
 /// `kubectl port-forward` needs it) when the kernel cannot steer its loopback: say why.
 async fn start_port_forward(
@@ -553,7 +656,7 @@ async fn start_port_forward(
 /// Retries the agent connection until it answers a health check, the VMM dies or the
 /// timeout passes, whichever comes first. Between tries it waits for the agent's ready
 /// call, or polls every 25 ms without a listener for it.
-async fn wait_for_agent(
+pub(crate) async fn wait_for_agent(
     backend: &dyn SandboxBackend,
     hypervisor: &dyn Hypervisor,
     ready: Option<&ReadyListener>,

@@ -18,6 +18,8 @@ pub enum Step {
     /// containerd's first Create arrived.
     CreateReceived,
     ConfigLoaded,
+    /// The pod's VM template was found, or built (config `factory.template`).
+    TemplateReady,
     VmmSpawned,
     /// The VMM's vCPU threads entered KVM_RUN (the VMM's own clock).
     VcpusStarted,
@@ -39,11 +41,12 @@ pub enum Step {
 }
 
 impl Step {
-    pub const ALL: [Step; 17] = [
+    pub const ALL: [Step; 18] = [
         Step::ShimSpawned,
         Step::ShimServing,
         Step::CreateReceived,
         Step::ConfigLoaded,
+        Step::TemplateReady,
         Step::VmmSpawned,
         Step::VcpusStarted,
         Step::GuestInit,
@@ -65,6 +68,7 @@ impl Step {
             Step::ShimServing => "shim_serving",
             Step::CreateReceived => "create_received",
             Step::ConfigLoaded => "config_loaded",
+            Step::TemplateReady => "template_ready",
             Step::VmmSpawned => "vmm_spawned",
             Step::VcpusStarted => "vcpus_started",
             Step::GuestInit => "guest_init",

@@ -69,6 +69,10 @@ pub trait Agent: Send + Sync {
     async fn health(&self) -> Result<(), AgentError>;
     async fn create_sandbox(&self, req: CreateSandboxRequest) -> Result<(), AgentError>;
     async fn destroy_sandbox(&self, sandbox_id: &str) -> Result<(), AgentError>;
+    /// Mixes `seed` into the guest's kernel RNG, credits it and reseeds the CRNG.
+    async fn reseed_random(&self, seed: Vec<u8>) -> Result<(), AgentError>;
+    /// Sets the guest's wall clock.
+    async fn set_guest_time(&self, now: std::time::SystemTime) -> Result<(), AgentError>;
 
     async fn create_container(&self, req: CreateContainerRequest) -> Result<(), AgentError>;
     async fn start_container(&self, container_id: &str) -> Result<(), AgentError>;

@@ -105,6 +105,34 @@ impl Agent for TtrpcAgent {
             .map_err(err("DestroySandbox"))
     }
 
+    async fn reseed_random(&self, seed: Vec<u8>) -> Result<(), AgentError> {
+        let req = pb::ReseedRandomDevRequest {
+            data: seed,
+            ..Default::default()
+        };
+        self.client
+            .reseed_random_dev(self.prompt(), &req)
+            .await
+            .map(drop)
+            .map_err(err("ReseedRandomDev"))
+    }
+
+    async fn set_guest_time(&self, now: std::time::SystemTime) -> Result<(), AgentError> {
+        let since_epoch = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let req = pb::SetGuestDateTimeRequest {
+            sec: since_epoch.as_secs() as i64,
+            usec: i64::from(since_epoch.subsec_micros()),
+            ..Default::default()
+        };
+        self.client
+            .set_guest_date_time(self.prompt(), &req)
+            .await
+            .map(drop)
+            .map_err(err("SetGuestDateTime"))
+    }
+
     async fn create_container(&self, req: CreateContainerRequest) -> Result<(), AgentError> {
         self.client
             .create_container(deadline(self.timeouts.create_container), &req)
@@ -346,5 +374,26 @@ impl Agent for TtrpcAgent {
             .await
             .map(|e| e.container_id)
             .map_err(err("GetOOMEvent"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A VM is saved only once the shim's connections to its agent are closed: dropping
+    /// the client must close its socket.
+    #[tokio::test]
+    async fn dropping_the_agent_closes_its_connection() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let agent = TtrpcAgent::new(ours, AgentTimeouts::default());
+        drop(agent);
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(2), theirs.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0))),
+            "the agent's socket stayed open: {read:?}"
+        );
     }
 }

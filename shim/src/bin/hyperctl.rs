@@ -177,7 +177,11 @@ fn list(config: &Config) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e).with_context(|| format!("read {}", dir.display())),
     };
-    for e in entries.flatten().filter(|e| e.path().is_dir()) {
+    // Dot entries are the shim's own (VM templates), not sandboxes.
+    let sandboxes = entries
+        .flatten()
+        .filter(|e| e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.'));
+    for e in sandboxes {
         let file = e.path().join(hyper_shim::sandbox::VMM_PID_FILE);
         let pid = pid_file::read(&file).map(|r| r.pid);
         let state = match (pid, pid_file::read_live(&file, "hyper-vmm")) {

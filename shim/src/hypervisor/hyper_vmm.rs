@@ -13,7 +13,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use hyper_vmm_api::{
     BASE_CMDLINE, BlockConfig, FsCacheMode, FsConfig, JailConfig, MAX_VCPUS, NetConfig, Reply,
-    Request, SerialOutputConfig, Success, VmConfig, VsockConfig,
+    Request, SerialOutputConfig, SnapshotConfig, SnapshotFilesConfig, Success, VmConfig,
+    VsockConfig,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -21,7 +22,7 @@ use tokio::net::UnixStream;
 use crate::pid_file::Process;
 use crate::state_dir::{create_private_file, make_private_dir};
 
-use super::{BootTimes, Hypervisor, HypervisorError, Stop, VmSpec};
+use super::{BootTimes, Hypervisor, HypervisorError, SnapshotFiles, SnapshotUse, Stop, VmSpec};
 
 /// Guest CID of every VM: each VM has its own vsock device, so they need not differ.
 pub const GUEST_CID: u32 = 3;
@@ -29,6 +30,8 @@ pub const GUEST_CID: u32 = 3;
 const FIRST_TAP_FD: RawFd = 3;
 /// How long a control request may take, connect to reply, before it is an error.
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a `snapshot` request may take: it writes all of guest memory.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the start-up trace waits for the VMM's own boot times.
 const BOOT_TIMES_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a VMM may take to exit after `poweroff` or SIGKILL: it only stops its
@@ -165,6 +168,20 @@ impl HyperVmm {
             cgroup: spec.cgroup.clone(),
         });
         cfg.seccomp = self.seccomp;
+        let files = |f: &SnapshotFiles| SnapshotFilesConfig {
+            state: f.state.clone(),
+            memory: f.memory.clone(),
+        };
+        cfg.snapshot = spec.snapshot.as_ref().map(|s| match s {
+            SnapshotUse::SaveTo(f) => SnapshotConfig {
+                save_to: Some(files(f)),
+                restore_from: None,
+            },
+            SnapshotUse::RestoreFrom(f) => SnapshotConfig {
+                save_to: None,
+                restore_from: Some(files(f)),
+            },
+        });
         Ok(cfg)
     }
 
@@ -271,7 +288,7 @@ fn check_file(what: &'static str, path: &Path) -> Result<(), HypervisorError> {
 }
 
 /// Resolves a bare binary name on PATH, the way a shell would.
-fn resolve_binary(binary: &Path) -> Result<PathBuf, HypervisorError> {
+pub(crate) fn resolve_binary(binary: &Path) -> Result<PathBuf, HypervisorError> {
     if binary.components().count() > 1 {
         return if binary.is_file() {
             Ok(binary.to_path_buf())
@@ -386,6 +403,13 @@ impl Hypervisor for HyperVmm {
         self.request(Request::Resume).await.map(|_| ())
     }
 
+    async fn snapshot(&self) -> Result<(), HypervisorError> {
+        // Writing guest memory takes longer than any other request.
+        request(&self.api_socket(), Request::Snapshot, SNAPSHOT_TIMEOUT)
+            .await
+            .map(|_| ())
+    }
+
     fn vsock_uds(&self) -> PathBuf {
         vsock_uds_in(&self.run_dir)
     }
@@ -438,6 +462,7 @@ mod tests {
             console_log: None,
             cgroup: Some("/sys/fs/cgroup/default/p1".into()),
             nets: vec![],
+            snapshot: None,
         }
     }
 
@@ -496,6 +521,35 @@ mod tests {
         assert!(got.seccomp, "seccomp is on by default");
         let open = HyperVmm::new("hyper-vmm".into(), "/run/hyper/p1".into()).with_seccomp(false);
         assert!(!open.vm_config(&spec()).unwrap().seccomp);
+
+        let files = SnapshotFiles {
+            state: "/t/state.json".into(),
+            memory: "/t/memory".into(),
+        };
+        let want = SnapshotFilesConfig {
+            state: "/t/state.json".into(),
+            memory: "/t/memory".into(),
+        };
+        for (name, use_, save_to, restore_from) in [
+            (
+                "save",
+                SnapshotUse::SaveTo(files.clone()),
+                Some(&want),
+                None,
+            ),
+            (
+                "restore",
+                SnapshotUse::RestoreFrom(files),
+                None,
+                Some(&want),
+            ),
+        ] {
+            let mut s = spec();
+            s.snapshot = Some(use_);
+            let got = vmm.vm_config(&s).unwrap().snapshot.unwrap();
+            assert_eq!(got.save_to.as_ref(), save_to, "{name}");
+            assert_eq!(got.restore_from.as_ref(), restore_from, "{name}");
+        }
     }
 
     #[test]

@@ -28,6 +28,27 @@ pub struct VmSpec {
     pub cgroup: Option<PathBuf>,
     /// virtio-net devices, each backed by an open tap.
     pub nets: Vec<NetDevice>,
+    /// Save the VM for [`Hypervisor::snapshot`], or restore it instead of booting.
+    pub snapshot: Option<SnapshotUse>,
+}
+
+/// A VM snapshot's two files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotFiles {
+    /// The VM's state (vCPUs, irqchip, clock, devices).
+    pub state: PathBuf,
+    /// Guest memory, mapped copy-on-write by a restored VM.
+    pub memory: PathBuf,
+}
+
+/// What a VM does with a snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SnapshotUse {
+    /// Boots, and saves itself here when asked ([`Hypervisor::snapshot`]).
+    SaveTo(SnapshotFiles),
+    /// Goes on from this snapshot instead of booting: the spec's shape and devices must
+    /// be those of the saved VM (their host backends may differ).
+    RestoreFrom(SnapshotFiles),
 }
 
 /// A virtio-net device on a tap the caller opened (and keeps open until `start` returns;
@@ -82,6 +103,9 @@ pub trait Hypervisor: Send + Sync {
     async fn stop(&mut self, how: Stop) -> Result<(), HypervisorError>;
     async fn pause(&self) -> Result<(), HypervisorError>;
     async fn resume(&self) -> Result<(), HypervisorError>;
+    /// Pauses the VM and saves it to the spec's [`SnapshotUse::SaveTo`] files; the VM
+    /// stays paused.
+    async fn snapshot(&self) -> Result<(), HypervisorError>;
     /// The unix socket of the guest's hybrid vsock.
     fn vsock_uds(&self) -> PathBuf;
     /// PID of the VMM process, while it runs.

@@ -17,7 +17,9 @@ use tokio::sync::watch;
 use super::*;
 use crate::agent::{Agent, AgentError, OutStream, ProcessRef};
 use crate::config::{Config, SharedFs};
-use crate::hypervisor::{BootTimes, Hypervisor, HypervisorError, Stop, VmSpec};
+use crate::hypervisor::{
+    BootTimes, Hypervisor, HypervisorError, SnapshotFiles, SnapshotUse, Stop, VmSpec,
+};
 use crate::sandbox::SandboxBackend;
 
 /// What the fakes saw, in order: "vmm start", "CreateContainer c1", …
@@ -78,6 +80,12 @@ impl Agent for FakeAgent {
     }
     async fn destroy_sandbox(&self, id: &str) -> Result<(), AgentError> {
         self.call("DestroySandbox", id)
+    }
+    async fn reseed_random(&self, seed: Vec<u8>) -> Result<(), AgentError> {
+        self.call("ReseedRandomDev", &seed.len().to_string())
+    }
+    async fn set_guest_time(&self, _: std::time::SystemTime) -> Result<(), AgentError> {
+        self.call("SetGuestDateTime", "")
     }
     async fn create_container(&self, r: CreateContainerRequest) -> Result<(), AgentError> {
         self.call("CreateContainer", &r.container_id)
@@ -178,16 +186,35 @@ impl Agent for FakeAgent {
     }
 }
 
-/// A "VMM" that is a `sleep` process.
+/// A "VMM" that is a `sleep` process. Its snapshot is [`FAKE_SNAPSHOT`] in the state
+/// file; it restores only from that.
 struct FakeHypervisor {
     dir: PathBuf,
     child: Option<std::process::Child>,
     log: Log,
+    save_to: Option<SnapshotFiles>,
 }
+
+const FAKE_SNAPSHOT: &str = "a fake VM";
 
 #[async_trait]
 impl Hypervisor for FakeHypervisor {
-    async fn start(&mut self, _spec: &VmSpec) -> Result<(), HypervisorError> {
+    async fn start(&mut self, spec: &VmSpec) -> Result<(), HypervisorError> {
+        match &spec.snapshot {
+            Some(SnapshotUse::RestoreFrom(f)) => {
+                let state = std::fs::read_to_string(&f.state).unwrap_or_default();
+                if state != FAKE_SNAPSHOT {
+                    push(&self.log, "vmm restore refused");
+                    return Err(HypervisorError::DiedDuringBoot {
+                        status: "exit status: 1".into(),
+                        console: format!("{}: not a snapshot", f.state.display()),
+                    });
+                }
+                push(&self.log, "vmm restore");
+            }
+            Some(SnapshotUse::SaveTo(f)) => self.save_to = Some(f.clone()),
+            None => {}
+        }
         let child = std::process::Command::new("sleep")
             .arg("1000")
             .stdin(std::process::Stdio::null())
@@ -211,6 +238,16 @@ impl Hypervisor for FakeHypervisor {
         Ok(())
     }
     async fn resume(&self) -> Result<(), HypervisorError> {
+        Ok(())
+    }
+    async fn snapshot(&self) -> Result<(), HypervisorError> {
+        let f = self
+            .save_to
+            .as_ref()
+            .expect("snapshot of a VM started with save_to");
+        std::fs::write(&f.state, FAKE_SNAPSHOT)?;
+        std::fs::write(&f.memory, "")?;
+        push(&self.log, "vmm snapshot");
         Ok(())
     }
     fn vsock_uds(&self) -> PathBuf {
@@ -252,6 +289,7 @@ impl SandboxBackend for FakeBackend {
             dir: state_dir.to_path_buf(),
             child: None,
             log: self.log.clone(),
+            save_to: None,
         })
     }
     async fn connect_agent(&self, _: &Path, _: Duration) -> Result<Arc<dyn Agent>, String> {
@@ -274,6 +312,8 @@ impl PodEvents for Recorder {
 
 struct Rig {
     dir: tempfile::TempDir,
+    config: Config,
+    backend: Arc<FakeBackend>,
     pod: Arc<Pod>,
     agent: Arc<FakeAgent>,
     log: Log,
@@ -282,10 +322,15 @@ struct Rig {
 }
 
 fn rig_with(shared_fs: SharedFs, agent: FakeAgent) -> Rig {
+    rig_configured(agent, |config, _| config.hypervisor.shared_fs = shared_fs)
+}
+
+/// A rig whose config `configure` changes (given the rig's temporary dir).
+fn rig_configured(agent: FakeAgent, configure: impl FnOnce(&mut Config, &Path)) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::default();
     config.runtime.state_dir = dir.path().join("state");
-    config.hypervisor.shared_fs = shared_fs;
+    configure(&mut config, dir.path());
     let log = agent.log.clone();
     let agent = Arc::new(agent);
     let backend = Arc::new(FakeBackend {
@@ -294,9 +339,16 @@ fn rig_with(shared_fs: SharedFs, agent: FakeAgent) -> Rig {
     });
     let events = Arc::new(Recorder::default());
     let trace = Arc::new(StartupTrace::new());
-    let pod = Pod::new(config, backend, events.clone(), trace.clone());
+    let pod = Pod::new(
+        config.clone(),
+        backend.clone(),
+        events.clone(),
+        trace.clone(),
+    );
     Rig {
         dir,
+        config,
+        backend,
         pod,
         agent,
         log,
@@ -329,14 +381,18 @@ impl Rig {
     }
 
     async fn create_with(&self, id: &str, stdio: Stdio) -> PodResult<()> {
-        self.pod
-            .create(NewContainer {
-                id: id.into(),
-                bundle: self.bundle(id),
-                rootfs_mounts: Vec::new(),
-                stdio,
-            })
-            .await
+        self.create_in(&self.pod, id, stdio).await
+    }
+
+    /// Creates container `id` in `pod` (this rig's, or [`Rig::another_pod`]).
+    async fn create_in(&self, pod: &Pod, id: &str, stdio: Stdio) -> PodResult<()> {
+        pod.create(NewContainer {
+            id: id.into(),
+            bundle: self.bundle(id),
+            rootfs_mounts: Vec::new(),
+            stdio,
+        })
+        .await
     }
 
     /// A stdout FIFO with containerd's (non-blocking) read end open, as before Create.
@@ -674,6 +730,8 @@ async fn the_startup_trace_follows_the_first_container_from_boot_to_state_remove
         Step::ShimServing,
         Step::CreateReceived,
         Step::ConfigLoaded,
+        // Only pods restored from a template (config `factory.template`).
+        Step::TemplateReady,
     ];
     let mut last = 0;
     for step in Step::ALL.into_iter().filter(|s| !not_here.contains(s)) {
@@ -966,4 +1024,168 @@ fn pod_id_follows_cri_then_runc_annotations() {
         })
         .collect();
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+// ---- VM templates (config `factory.template`)
+
+/// A rig that restores pods from templates; its kernel, image and VMM are files of its
+/// own (the template key reads them).
+fn template_rig(agent: FakeAgent) -> Rig {
+    rig_configured(agent, |config, dir| {
+        config.factory.template = true;
+        let h = &mut config.hypervisor;
+        for (name, slot) in [
+            ("vmlinux", &mut h.kernel),
+            ("initramfs", &mut h.image),
+            ("hyper-vmm", &mut h.path),
+        ] {
+            let p = dir.join(name);
+            std::fs::write(&p, name).unwrap();
+            *slot = p;
+        }
+    })
+}
+
+impl Rig {
+    /// Another pod with this rig's config, fakes and log.
+    fn another_pod(&self) -> Arc<Pod> {
+        Pod::new(
+            self.config.clone(),
+            self.backend.clone(),
+            self.events.clone(),
+            Arc::new(StartupTrace::new()),
+        )
+    }
+
+    /// The complete templates in the state dir.
+    fn templates(&self) -> Vec<PathBuf> {
+        let dir = self.state_root().join(crate::factory::TEMPLATES_DIR);
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// What the fakes logged from entry `from` on.
+    fn log_from(&self, from: usize) -> Vec<String> {
+        self.log.lock().unwrap()[from..].to_vec()
+    }
+}
+
+/// The fakes' log of a pod restored from its template, up to CreateSandbox.
+fn restored(pod: &str) -> Vec<String> {
+    [
+        "vmm restore",
+        "vmm start",
+        "ReseedRandomDev 64",
+        "SetGuestDateTime",
+        &format!("CreateSandbox {pod}"),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// The fakes' log of a template's build.
+const TEMPLATE_BUILT: [&str; 4] = [
+    "vmm start",
+    "vmm snapshot",
+    "vmm stop",
+    "vmm stop: PowerOff",
+];
+
+#[tokio::test]
+async fn the_first_pod_builds_the_template_and_every_pod_restores_from_it() {
+    let r = template_rig(FakeAgent::default());
+    r.create("c1").await.unwrap();
+    let log = r.log_from(0);
+    assert_eq!(log[..4], TEMPLATE_BUILT, "{log:#?}");
+    assert_eq!(log[4..9], restored("c1"), "{log:#?}");
+    assert!(r.trace.at(Step::TemplateReady).is_some());
+    let templates = r.templates();
+    assert_eq!(templates.len(), 1, "{templates:?}");
+    assert!(templates[0].join("inputs.txt").is_file());
+
+    let second = r.another_pod();
+    let before = r.log.lock().unwrap().len();
+    r.create_in(&second, "c2", Stdio::default()).await.unwrap();
+    let log = r.log_from(before);
+    assert_eq!(log[..5], restored("c2"), "built again: {log:#?}");
+
+    r.pod.delete(&init("c1")).await.unwrap();
+    second.delete(&init("c2")).await.unwrap();
+    assert_eq!(
+        r.pod_dirs(),
+        [crate::factory::TEMPLATES_DIR],
+        "kept for the next pods"
+    );
+    assert_eq!(r.templates(), templates);
+    assert!(r.mounts_left().is_empty(), "{:?}", r.mounts_left());
+}
+
+#[tokio::test]
+async fn a_template_that_cannot_be_restored_is_discarded_and_the_pod_boots() {
+    let r = template_rig(FakeAgent::default());
+    r.create("c1").await.unwrap();
+    r.pod.delete(&init("c1")).await.unwrap();
+    let template = r.templates().pop().unwrap();
+    std::fs::write(template.join("state.json"), "{\"truncated").unwrap();
+
+    let second = r.another_pod();
+    let before = r.log.lock().unwrap().len();
+    r.create_in(&second, "c2", Stdio::default()).await.unwrap();
+    let log = r.log_from(before);
+    assert_eq!(
+        log[..3],
+        ["vmm restore refused", "vmm start", "CreateSandbox c2"],
+        "{log:#?}"
+    );
+    assert!(
+        r.templates().is_empty(),
+        "the broken template is still there"
+    );
+    second.delete(&init("c2")).await.unwrap();
+
+    // The next pod builds it anew.
+    let third = r.another_pod();
+    let before = r.log.lock().unwrap().len();
+    r.create_in(&third, "c3", Stdio::default()).await.unwrap();
+    let log = r.log_from(before);
+    assert_eq!(log[..4], TEMPLATE_BUILT, "{log:#?}");
+    assert_eq!(log[4..9], restored("c3"), "{log:#?}");
+    third.delete(&init("c3")).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_restored_vm_whose_rng_cannot_be_reseeded_runs_nothing() {
+    let agent = FakeAgent::default();
+    agent.fail.lock().unwrap().insert("ReseedRandomDev");
+    let r = template_rig(agent);
+    r.create("c1").await.unwrap();
+    let log = r.log_from(TEMPLATE_BUILT.len());
+    let want = [
+        "vmm restore",
+        "vmm start",
+        "ReseedRandomDev 64",
+        "vmm stop",
+        "vmm stop: PowerOff",
+        "vmm start",
+        "CreateSandbox c1",
+    ];
+    assert_eq!(log[..want.len()], want, "{log:#?}");
+    assert!(r.templates().is_empty());
+    r.pod.delete(&init("c1")).await.unwrap();
+}
+
+#[tokio::test]
+async fn without_its_inputs_no_template_is_built_and_the_pod_boots() {
+    // The default kernel, image and VMM paths do not exist here.
+    let r = rig_configured(FakeAgent::default(), |c, _| c.factory.template = true);
+    r.create("c1").await.unwrap();
+    assert_eq!(r.log_from(0)[..2], ["vmm start", "CreateSandbox c1"]);
+    assert_eq!(r.trace.at(Step::TemplateReady), None);
+    r.pod.delete(&init("c1")).await.unwrap();
 }
