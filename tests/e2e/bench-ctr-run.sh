@@ -4,8 +4,9 @@
 # (medians and their ratio), and the shim's and the VMM's peak RSS for a running pod.
 # Env: BENCH_N (runs per runtime, default 10), BENCH_SHARED_FS (the shim's shared_fs:
 # virtio-fs, the default, or none), BENCH_OPEN=1 (also hyper with the VMM unconfined,
-# jail = false and seccomp = false: what the jail and the filters cost). Not in the
-# default suite.
+# jail = false and seccomp = false: what the jail and the filters cost), BENCH_TEMPLATE=1
+# (also hyper with `[factory] template = true`: pods restored from a VM template, built
+# by one warm-up run first). Not in the default suite.
 # timeout: 1800
 # needs: containerd hyper-vmm containerd-shim-hyper-v1
 # shellcheck source=lib.sh
@@ -23,6 +24,10 @@ if [ "${BENCH_OPEN:-}" = 1 ]; then
   awk '{ print } /^\[hypervisor\]$/ { print "jail = false"; print "seccomp = false" }' $CTD-hyper.toml > $CTD-hyper-open.toml
   runtimes=(hyper hyper-open runc)
 fi
+if [ "${BENCH_TEMPLATE:-}" = 1 ]; then
+  sed 's/^template = .*/template = true/' $CTD-hyper.toml > $CTD-hyper-template.toml
+  runtimes+=(hyper-template)
+fi
 stop_rss_pod() {
   ctr tasks kill -s SIGKILL rss > /dev/null 2>&1 || true
   local t0; t0=$(now_ms)
@@ -38,6 +43,7 @@ one() { # one RUNTIME ROUND
   local rt=$1 id=b-$1-$2 t0 rc=0 extra=()
   [ "$rt" = hyper ] && extra=(--runtime io.containerd.hyper.v1 --runtime-config-path $CTD-hyper.toml)
   [ "$rt" = hyper-open ] && extra=(--runtime io.containerd.hyper.v1 --runtime-config-path $CTD-hyper-open.toml)
+  [ "$rt" = hyper-template ] && extra=(--runtime io.containerd.hyper.v1 --runtime-config-path $CTD-hyper-template.toml)
   [ "$rt" = runc ] && extra=(--runtime io.containerd.runc.v2)
   t0=$(now_ms)
   ctr run --rm "${extra[@]}" "$BUSYBOX_REF" "$id" true > /dev/null 2>&1 || rc=$?
@@ -45,6 +51,11 @@ one() { # one RUNTIME ROUND
   MS[$rt]+="$(( $(now_ms) - t0 )) "
   echo "round $2 $rt: $(( $(now_ms) - t0 )) ms"
 }
+# The template's build is no pod's start: one run before the rounds makes it.
+if [ -n "${BENCH_TEMPLATE:-}" ]; then
+  one hyper-template 0 > /dev/null
+  MS[hyper-template]=""
+fi
 # Alternated, each round in a rotated order, so drift hits every runtime alike.
 for ((i = 1; i <= n; i++)); do
   k=${#runtimes[@]}
@@ -78,11 +89,17 @@ while read -r step; do
   took=$(awk -v s="$step" '$1 == s { print $3 }' "$TH_ART/startup-samples.txt" | median)
   printf '  %-18s %8s %8s\n' "$step" "$at" "$took"
 done < "$TH_ART/startup-steps.txt"
+# The shim's "agent ready" line: VMM spawn to the agent answering, per pod.
+boot_ms() { grep -o "agent ready pod=b-$1-[0-9]* boot_ms=[0-9]*" "$TH_ART/containerd.log" | sed 's/.*boot_ms=//' | tr '\n' ' '; }
+if [ -n "${MS[hyper-template]:-}" ]; then
+  mt=$(median <<<"${MS[hyper-template]}")
+  log "RESULT from a VM template: ${mt} ms; template/runc $(awk -v a="$mt" -v b="$mr" 'BEGIN { printf "%.2f", a / b }'), cold/template $(awk -v a="$mh" -v b="$mt" 'BEGIN { printf "%.2f", a / b }')"
+  bh=$(boot_ms hyper | median); bt=$(boot_ms hyper-template | median)
+  log "RESULT VMM spawn to agent ready, median: cold ${bh:-?} ms, restored ${bt:-?} ms"
+fi
 if [ -n "${MS[hyper-open]:-}" ]; then
   mo=$(median <<<"${MS[hyper-open]}")
   log "RESULT unconfined VMM (jail = false, seccomp = false): ${mo} ms; confined/unconfined $(awk -v a="$mh" -v b="$mo" 'BEGIN { printf "%.3f", a / b }')"
-  # The shim's "agent ready" line: VMM spawn to the agent answering, per pod.
-  boot_ms() { grep -o "agent ready pod=b-$1-[0-9]* boot_ms=[0-9]*" "$TH_ART/containerd.log" | sed 's/.*boot_ms=//' | tr '\n' ' '; }
   bh=$(boot_ms hyper | median); bo=$(boot_ms hyper-open | median)
   log "RESULT VMM spawn to agent ready, median: confined ${bh:-?} ms, unconfined ${bo:-?} ms; ratio $(awk -v a="$bh" -v b="$bo" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "?" }')"
 fi

@@ -242,7 +242,8 @@ ctr() { command ctr --address $CTD/containerd.sock "$@"; }
 crictl() { command crictl --config $CTD/crictl.yaml "$@"; }
 # hyper_config: the shim's config for the tests, in $CTD-hyper.toml: the test host's guest
 # kernel and image, timeouts scaled for TCG, the guest console kept in
-# /tmp/hyper/<pod>/console.log unless HYPER_DEBUG_CONSOLE=false (quiet boots, for benchmarks).
+# /tmp/hyper/<pod>/console.log unless HYPER_DEBUG_CONSOLE=false (quiet boots, for benchmarks);
+# with HYPER_TEMPLATE=true pods restore from VM templates (any test then runs restored pods).
 hyper_config() {
   mkdir -p /tmp/hyper
   cat > $CTD-hyper.toml <<EOT
@@ -258,6 +259,8 @@ create_container_timeout_ms = 120000
 [runtime]
 log_level = "debug"
 state_dir = "/tmp/hyper"
+[factory]
+template = ${HYPER_TEMPLATE:-false}
 EOT
 }
 # tctr SECONDS ARGS...: ctr with a time limit (timeout cannot run the ctr function).
