@@ -178,7 +178,7 @@ for ns in /var/run/netns/*; do
   [ -e "$ns" ] || continue
   ! nsenter --net="$ns" ip -o link | grep -q hyper_tap || fail "a tap is left in $ns"
 done
-[ -z "$(ls -A /tmp/hyper/ 2>/dev/null)" ] || fail "state left in /tmp/hyper: $(ls -A /tmp/hyper/)"
+[ -z "$(hyper_state_left)" ] || fail "state left in /tmp/hyper: $(hyper_state_left)"
 [ -z "$(find /sys/fs/cgroup/hyper-e2e-pods -mindepth 1 -type d 2>/dev/null)" ] \
   || fail "pod cgroups left: $(find /sys/fs/cgroup/hyper-e2e-pods -mindepth 1 -type d)"
 rmdir /sys/fs/cgroup/hyper-e2e-pods 2>/dev/null || true

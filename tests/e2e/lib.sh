@@ -263,6 +263,9 @@ state_dir = "/tmp/hyper"
 template = ${HYPER_TEMPLATE:-false}
 EOT
 }
+# hyper_state_left: what pods left in /tmp/hyper, the shim's state dir here: the VM
+# templates' cache (.templates) stays on purpose, and *.toml are the tests' configs.
+hyper_state_left() { ls -A /tmp/hyper 2>/dev/null | grep -v -e '^\.templates$' -e '\.toml$' || true; }
 # tctr SECONDS ARGS...: ctr with a time limit (timeout cannot run the ctr function).
 tctr() { timeout "$1" "$(type -P ctr)" --address $CTD/containerd.sock "${@:2}"; }
 # pids_matching REGEX: processes whose command line matches (the test host has no pgrep).

@@ -76,5 +76,5 @@ left=$(pids_matching "$shims")
 [ -z "$left" ] || fail "processes left after the VMM died: $(for p in $left; do tr '\0' ' ' < /proc/$p/cmdline; echo; done)"
 mounts=$(grep -c " $CTD/state/\| /tmp/hyper/" /proc/mounts || true)
 [ "$mounts" -eq 0 ] || fail "mounts left: $(grep " $CTD/state/\| /tmp/hyper/" /proc/mounts)"
-[ -z "$(ls -A /tmp/hyper 2>/dev/null)" ] || fail "state left in /tmp/hyper: $(ls -A /tmp/hyper)"
+[ -z "$(hyper_state_left)" ] || fail "state left in /tmp/hyper: $(hyper_state_left)"
 log "VMM killed: task exited 255, shim/VMM/mounts/state gone"

@@ -46,5 +46,5 @@ left() { pids_matching '^(/usr/local/bin/)?(containerd-shim-hyper-v1|hyper-vmm) 
 while [ -n "$(left)" ] && (( $(now_ms) - t1 < 30000 )); do th_sleep 0.2; done
 [ -z "$(left)" ] || fail "shims/VMMs still running 30 s after the pods ended: $(left)"
 grep -q ' /tmp/hyper/' /proc/self/mountinfo && fail "share mounts left: $(grep ' /tmp/hyper/' /proc/self/mountinfo)"
-[ -z "$(ls -A /tmp/hyper 2>/dev/null | grep -v '\.toml$')" ] || fail "state left in /tmp/hyper: $(ls -A /tmp/hyper)"
+[ -z "$(hyper_state_left)" ] || fail "state left in /tmp/hyper: $(hyper_state_left)"
 log "PASS-INFO $pods parallel pods in $took ms; nothing left behind"

@@ -83,6 +83,6 @@ t0=$(now_ms)
 while [ -n "$(pids_matching "$VMM_RE|$SHIM_RE")" ] && (( $(now_ms) - t0 < 15000 )); do th_sleep 0.2; done
 [ -z "$(pids_matching "$VMM_RE|$SHIM_RE")" ] || fail "shim/VMM still running 15 s after the last container was removed"
 ! grep -q " /tmp/hyper/" /proc/mounts || fail "mounts left: $(grep ' /tmp/hyper/' /proc/mounts)"
-[ -z "$(ls -A /tmp/hyper 2>/dev/null)" ] || fail "state left in /tmp/hyper: $(ls -A /tmp/hyper)"
+[ -z "$(hyper_state_left)" ] || fail "state left in /tmp/hyper: $(hyper_state_left)"
 [ "$(cat $VOL/shared)" = hello-from-c1 ] || fail "the volume's file was touched by the teardown"
 log "last container removed: shim and VMM gone, no mounts or state left, volume intact"
