@@ -15,7 +15,8 @@ ctd_start
 templates=/tmp/hyper/.templates
 # run ID: a pod named host-ID that prints 16 random bytes, its hostname and its clock;
 # sets OUT. ctr 1.6 has no --hostname, and with --config takes nothing but the spec: the
-# default spec from `ctr oci spec` gets the hostname, the command and the rootfs.
+# default spec from `ctr oci spec` gets the hostname, the command, the rootfs and the
+# cgroup ctr gives a container (/default itself has children once other tests ran).
 cat > $CTD/rootfs/ident.sh <<'EOT'
 b=/bin/busybox
 $b head -c 16 /dev/urandom | $b od -An -tx1 | $b tr -d ' \n'; echo
@@ -26,7 +27,8 @@ run() {
   local rc=0 t0; t0=$(now_ms)
   ctr oci spec | sed -e "1s|^{|{ \"hostname\": \"host-$1\",|" \
     -e 's|^    "process": {$|    "process": { "args": ["/bin/sh", "/ident.sh"], "env": ["PATH=/bin"],|' \
-    -e "s|\"path\": \"rootfs\"|\"path\": \"$CTD/rootfs\"|" > $CTD/spec-$1.json
+    -e "s|\"path\": \"rootfs\"|\"path\": \"$CTD/rootfs\"|" \
+    -e "s|\"cgroupsPath\": \"/default\"|\"cgroupsPath\": \"/default/$1\"|" > $CTD/spec-$1.json
   printf -v HOST_BEFORE '%(%s)T' -1
   OUT=$(ctr run --rm --runtime io.containerd.hyper.v1 --runtime-config-path $CTD-hyper.toml \
           --config $CTD/spec-$1.json "$1" 2>&1) || rc=$?
