@@ -54,6 +54,14 @@ fn store(path: &Path) -> impl FnOnce(std::io::Error) -> FactoryError + '_ {
     }
 }
 
+/// A snapshot's files in `dir`: where a build saves them and a template keeps them.
+fn snapshot_files(dir: &Path) -> SnapshotFiles {
+    SnapshotFiles {
+        state: dir.join(STATE_FILE),
+        memory: dir.join(MEMORY_FILE),
+    }
+}
+
 /// A saved VM, ready to restore.
 #[derive(Debug, Clone)]
 pub struct Template {
@@ -63,10 +71,7 @@ pub struct Template {
 
 impl Template {
     pub fn files(&self) -> SnapshotFiles {
-        SnapshotFiles {
-            state: self.dir.join(STATE_FILE),
-            memory: self.dir.join(MEMORY_FILE),
-        }
+        snapshot_files(&self.dir)
     }
 
     /// Removes a template that could not be restored; the next pod builds it anew.
@@ -167,10 +172,7 @@ async fn save_template_vm(
     make_private_dir(&saved)?;
     let mut spec = sandbox::vm_spec(config, size, work);
     spec.shares = vec![sandbox::share_device(config, &share)];
-    spec.snapshot = Some(SnapshotUse::SaveTo(SnapshotFiles {
-        state: saved.join(STATE_FILE),
-        memory: saved.join(MEMORY_FILE),
-    }));
+    spec.snapshot = Some(SnapshotUse::SaveTo(snapshot_files(&saved)));
     let mut vm = backend.hypervisor(config, work);
     let ready = ReadyListener::bind(&vm.vsock_uds()).ok();
     vm.start(&spec).await?;
