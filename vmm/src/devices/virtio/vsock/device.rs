@@ -38,9 +38,23 @@ pub struct Vsock {
     timer: TimerFd,
     active: Activation<ActivateContext>,
     counters: Arc<DeviceCounters>,
-    /// A transport reset the driver must still be told of (after a restore), sent once
-    /// it posts an event buffer.
-    reset_owed: bool,
+    /// Where the transport reset of a restore stands.
+    reset: Reset,
+}
+
+/// A restored device's transport reset. Until the driver has handled it, nothing goes to
+/// the guest's RX queue: the reset closes every connected guest socket when it is
+/// handled, so a connection made before then (the shim's first one to the agent) would
+/// be cut off. Linux's driver handles each event, reposts its buffer and kicks the event
+/// queue: that kick is the sign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reset {
+    /// None owed (a device that booted, or the driver has handled it).
+    Done,
+    /// Owed: sent once the driver posts an event buffer.
+    Owed,
+    /// Sent; waiting for the driver's next event-queue kick.
+    Sent,
 }
 
 impl Vsock {
@@ -52,13 +66,13 @@ impl Vsock {
             timer: TimerFd::new().map_err(|e| io::Error::from_raw_os_error(e.errno()))?,
             active: Activation::new(),
             counters,
-            reset_owed: false,
+            reset: Reset::Done,
         })
     }
 
     /// Sends the owed transport reset, if the driver has an event buffer posted.
     fn deliver_reset(&mut self) -> Result<(), DeviceError> {
-        let Some(a) = self.active.get_mut().filter(|_| self.reset_owed) else {
+        let Some(a) = self.active.get_mut().filter(|_| self.reset == Reset::Owed) else {
             return Ok(());
         };
         let Some(chain) = a.queues[EVQ].pop_descriptor_chain(&a.mem) else {
@@ -77,7 +91,7 @@ impl Vsock {
         a.queues[EVQ].add_used(&a.mem, head, written)?;
         a.interrupt.signal_used_queue();
         // A buffer too small to hold the event was the driver's mistake: still told.
-        self.reset_owed = false;
+        self.reset = Reset::Sent;
         Ok(())
     }
 
@@ -105,6 +119,9 @@ impl Vsock {
     }
 
     fn process_rx(&mut self, ctl: &EventCtl) -> Result<(), DeviceError> {
+        if self.reset != Reset::Done {
+            return Ok(());
+        }
         let Some(a) = self.active.get_mut() else {
             return Ok(());
         };
@@ -190,7 +207,10 @@ impl VirtioDevice for Vsock {
     fn queue_notify(&mut self, index: usize, ctl: &EventCtl) -> Result<(), DeviceError> {
         match index {
             TXQ => self.process_tx(ctl)?,
-            EVQ => self.deliver_reset()?,
+            EVQ => match self.reset {
+                Reset::Sent => self.reset = Reset::Done,
+                _ => self.deliver_reset()?,
+            },
             _ => {}
         }
         // TX often produces replies; a new RX buffer may unblock queued packets.
@@ -215,7 +235,7 @@ impl VirtioDevice for Vsock {
         let _ = self.timer.clear();
         self.muxer.reset(ctl);
         self.active.reset();
-        self.reset_owed = false;
+        self.reset = Reset::Done;
     }
     /// Connections are not saved: each one's peer is a host socket of this VMM, which no
     /// restored VM has. The restored device resets the guest's transport instead, which
@@ -232,7 +252,7 @@ impl VirtioDevice for Vsock {
         Ok(self.active.queue_states())
     }
     fn restored(&mut self, _ctl: &EventCtl) {
-        self.reset_owed = true;
+        self.reset = Reset::Owed;
         if let Err(e) = self.deliver_reset() {
             crate::rate_limited_warn!("vsock: cannot send the transport reset: {e}");
         }
@@ -342,6 +362,31 @@ mod tests {
             mem.read_obj::<u32>(GuestAddress(0x30_0000)).unwrap(),
             EVENT_TRANSPORT_RESET
         );
+    }
+
+    /// Until the driver has handled the reset (its next event-queue kick), nothing is
+    /// put on the RX queue, which the reset would cut off.
+    #[test]
+    fn a_restored_vsock_holds_rx_until_the_driver_has_handled_the_reset() {
+        let mem = test_memory();
+        let mut r = rig(&mem);
+        r.evq
+            .add_desc_chains(&[desc(0x30_0000, 8, VRING_DESC_F_WRITE)], 0)
+            .unwrap();
+        r.dev.restored(&r.ctl);
+        assert_eq!(used_elems(&mem, &r.evq), vec![(0, 4)], "reset sent at once");
+        // A REQUEST to a port nobody listens on: a RST is owed, and held.
+        guest_connects_to_port_52(&mem, &mut r);
+        assert!(r.dev.muxer.has_pending_rx());
+        assert!(
+            used_elems(&mem, &r.rxq).is_empty(),
+            "RX before the reset was handled"
+        );
+        r.dev.queue_notify(EVQ, &r.ctl).unwrap();
+        assert_eq!(used_elems(&mem, &r.rxq), vec![(0, HDR_SIZE as u32)]);
+        let mut hb = [0u8; HDR_SIZE];
+        mem.read_slice(&mut hb, GuestAddress(0x20_0000)).unwrap();
+        assert_eq!(Header::from_bytes(&hb).op, OP_RST);
     }
 
     #[test]
