@@ -21,6 +21,9 @@ pub enum Step {
     /// The pod's VM template was found, or built (config `factory.template`).
     TemplateReady,
     VmmSpawned,
+    /// The VMM had restored the VM from its template (the VMM's own clock; a VM that
+    /// booted has none): VM restore time alone is this less `VmmSpawned`.
+    VmRestored,
     /// The VMM's vCPU threads entered KVM_RUN (the VMM's own clock).
     VcpusStarted,
     /// The guest kernel handed over to `/init` (the VMM's boot timer).
@@ -41,13 +44,14 @@ pub enum Step {
 }
 
 impl Step {
-    pub const ALL: [Step; 18] = [
+    pub const ALL: [Step; 19] = [
         Step::ShimSpawned,
         Step::ShimServing,
         Step::CreateReceived,
         Step::ConfigLoaded,
         Step::TemplateReady,
         Step::VmmSpawned,
+        Step::VmRestored,
         Step::VcpusStarted,
         Step::GuestInit,
         Step::AgentReady,
@@ -70,6 +74,7 @@ impl Step {
             Step::ConfigLoaded => "config_loaded",
             Step::TemplateReady => "template_ready",
             Step::VmmSpawned => "vmm_spawned",
+            Step::VmRestored => "vm_restored",
             Step::VcpusStarted => "vcpus_started",
             Step::GuestInit => "guest_init",
             Step::AgentReady => "agent_ready",

@@ -256,7 +256,11 @@ pub fn restore(
     }
     vmm.metrics.insert_device("serial", serial_counters);
     bind_api(&mut vmm, cfg)?;
-    tracing::debug!("restored: {} µs", start.elapsed().as_micros());
+    let restored_us = start.elapsed().as_micros() as u64;
+    vmm.metrics
+        .restored_us
+        .store(restored_us, std::sync::atomic::Ordering::Relaxed);
+    tracing::debug!("restored: {restored_us} µs");
     Ok(vmm)
 }
 

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub boot_time_us: Arc<AtomicU64>,
     /// µs from process start to the vCPU threads being started (0 until then).
     pub vcpus_started_us: AtomicU64,
+    /// µs from process start to the VM restored from a snapshot (0: it booted).
+    pub restored_us: AtomicU64,
     devices: Mutex<BTreeMap<String, Arc<DeviceCounters>>>,
 }
 
@@ -90,6 +92,7 @@ impl Metrics {
         MetricsReport {
             boot_time_us: r(&self.boot_time_us),
             vcpus_started_us: r(&self.vcpus_started_us),
+            restored_us: r(&self.restored_us),
             exits: ExitMetrics {
                 io_in: r(&e.io_in),
                 io_out: r(&e.io_out),

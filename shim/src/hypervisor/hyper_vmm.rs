@@ -427,6 +427,7 @@ impl Hypervisor for HyperVmm {
             }) => Some(BootTimes {
                 vcpus_started_us: m.vcpus_started_us,
                 guest_init_us: m.boot_time_us,
+                restored_us: m.restored_us,
             }),
             Ok(_) => None,
             Err(e) => {

@@ -133,6 +133,8 @@ pub enum Stop {
 pub struct BootTimes {
     pub vcpus_started_us: u64,
     pub guest_init_us: u64,
+    /// A VM restored from a template: when the VMM had restored it (0: it booted).
+    pub restored_us: u64,
 }
 
 /// True while `pid` exists and is not a zombie (a zombie is dead, only not yet reaped).

@@ -265,6 +265,7 @@ impl Hypervisor for FakeHypervisor {
 const FAKE_BOOT_TIMES: BootTimes = BootTimes {
     vcpus_started_us: 1_000,
     guest_init_us: 2_000,
+    restored_us: 0,
 };
 
 impl Drop for FakeHypervisor {
@@ -732,6 +733,7 @@ async fn the_startup_trace_follows_the_first_container_from_boot_to_state_remove
         Step::ConfigLoaded,
         // Only pods restored from a template (config `factory.template`).
         Step::TemplateReady,
+        Step::VmRestored,
     ];
     let mut last = 0;
     for step in Step::ALL.into_iter().filter(|s| !not_here.contains(s)) {

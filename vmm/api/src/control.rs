@@ -157,6 +157,9 @@ pub struct Metrics {
     pub boot_time_us: u64,
     /// µs from the VMM's start to its vCPU threads entering KVM_RUN (0 until then).
     pub vcpus_started_us: u64,
+    /// µs from the VMM's start to the VM restored from its snapshot, paused with its
+    /// devices (0 for a VM that booted).
+    pub restored_us: u64,
     pub exits: ExitMetrics,
     /// By device name: "serial", "vsock", "block0", …
     pub devices: BTreeMap<String, DeviceMetrics>,
