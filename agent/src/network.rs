@@ -84,6 +84,9 @@ pub fn validate(req: &agent::CreateSandboxRequest) -> Result<(), NetError> {
         let f = format!("interfaces[{i}]");
         valid_ifname(&format!("{f}.name"), &itf.name)?;
         parse_mac(&format!("{f}.hw_addr"), &itf.hw_addr)?;
+        if !itf.device_hw_addr.is_empty() {
+            parse_mac(&format!("{f}.device_hw_addr"), &itf.device_hw_addr)?;
+        }
         if itf.mtu != 0 && !(68..=65535).contains(&itf.mtu) {
             return Err(invalid(
                 format!("{f}.mtu"),
@@ -176,13 +179,21 @@ async fn apply(h: &Handle, req: &agent::CreateSandboxRequest) -> Result<(), NetE
     for (i, itf) in req.interfaces.iter().enumerate() {
         let f = format!("interfaces[{i}]");
         let mac = parse_mac(&f, &itf.hw_addr)?;
-        let idx = index_by_mac(h, &format!("{f}.hw_addr"), &mac, &itf.hw_addr).await?;
+        // A restored VM's device still has the template's address: found by it, renamed.
+        let (found_by, now) = match itf.device_hw_addr.as_str() {
+            "" => ("hw_addr", itf.hw_addr.as_str()),
+            other => ("device_hw_addr", other),
+        };
+        let idx = index_by_mac(h, &format!("{f}.{found_by}"), &parse_mac(&f, now)?, now).await?;
         h.link()
             .set(LinkUnspec::new_with_index(idx).down().build())
             .execute()
             .await
             .map_err(nl(format!("{f}: set down")))?;
         let mut b = LinkUnspec::new_with_index(idx).name(itf.name.clone());
+        if !itf.device_hw_addr.is_empty() {
+            b = b.address(mac);
+        }
         if itf.mtu != 0 {
             b = b.mtu(itf.mtu);
         }
@@ -376,6 +387,14 @@ mod tests {
                 .starts_with("interfaces[0].hw_addr")
         );
         req.interfaces[0].hw_addr = "02:00:00:00:00:01".into();
+        req.interfaces[0].device_hw_addr = "02:00:00:00:00".into();
+        assert!(
+            validate(&req)
+                .unwrap_err()
+                .to_string()
+                .starts_with("interfaces[0].device_hw_addr")
+        );
+        req.interfaces[0].device_hw_addr = "02:68:79:00:00:00".into();
         req.interfaces[0].mtu = 10;
         assert!(
             validate(&req)

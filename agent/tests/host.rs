@@ -855,22 +855,44 @@ async fn sandbox_network_via_rtnetlink() {
         "name",
         "v1",
     ]);
+    // A device that still has a template's address (a restored VM): found by it, given
+    // the pod's.
+    ip(&[
+        "link",
+        "add",
+        "w0",
+        "address",
+        "02:68:79:00:00:00",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "w1",
+    ]);
     h.client
         .create_sandbox(
             ctx(),
             &agent::CreateSandboxRequest {
                 sandbox_id: "net".into(),
-                interfaces: vec![agent::Interface {
-                    name: "eth7".into(),
-                    hw_addr: "02:00:00:00:00:aa".into(),
-                    mtu: 1400,
-                    addresses: vec![agent::IPAddress {
-                        address: "10.9.8.7".into(),
-                        prefix_len: 24,
+                interfaces: vec![
+                    agent::Interface {
+                        name: "eth7".into(),
+                        hw_addr: "02:00:00:00:00:aa".into(),
+                        mtu: 1400,
+                        addresses: vec![agent::IPAddress {
+                            address: "10.9.8.7".into(),
+                            prefix_len: 24,
+                            ..Default::default()
+                        }],
                         ..Default::default()
-                    }],
-                    ..Default::default()
-                }],
+                    },
+                    agent::Interface {
+                        name: "eth9".into(),
+                        hw_addr: "02:00:00:00:00:cc".into(),
+                        device_hw_addr: "02:68:79:00:00:00".into(),
+                        ..Default::default()
+                    },
+                ],
                 routes: vec![
                     agent::Route {
                         dest: "10.10.0.0/16".into(),
@@ -900,6 +922,11 @@ async fn sandbox_network_via_rtnetlink() {
         "{link}"
     );
     assert!(link.contains(",UP"), "{link}");
+    let renamed = ip(&["-o", "link", "show", "eth9"]);
+    assert!(
+        renamed.contains("link/ether 02:00:00:00:00:cc"),
+        "{renamed}"
+    );
     assert!(ip(&["-o", "addr", "show", "eth7"]).contains("10.9.8.7/24"));
     let routes = ip(&["route"]);
     assert!(routes.contains("10.10.0.0/16 via 10.9.8.1"), "{routes}");
