@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hyper_agent_protocol::agent::{CreateContainerRequest, CreateSandboxRequest, Storage};
+use hyper_agent_protocol::agent::{
+    self as pb, CreateContainerRequest, CreateSandboxRequest, Storage,
+};
 use hyper_agent_protocol::{AGENT_VSOCK_PORT, guest};
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
@@ -14,6 +16,7 @@ use tokio::task::JoinHandle;
 use crate::agent::ready::ReadyListener;
 use crate::agent::{Agent, AgentError, AgentTimeouts};
 use crate::config::{Config, SharedFs};
+use crate::factory::Shape;
 use crate::hypervisor::{
     Disk, HyperVmm, Hypervisor, HypervisorError, NetDevice, SharedDir, SnapshotUse, Stop, VmSpec,
     process_alive,
@@ -290,19 +293,14 @@ impl Sandbox {
         spec.disks = disks;
         spec.shares = shares;
         spec.cgroup = req.cgroup.clone();
-        spec.nets = taps
-            .iter()
-            .map(|t| NetDevice {
-                tap_fd: std::os::fd::AsRawFd::as_raw_fd(&t.fd),
-                mac: t.mac.clone(),
-            })
-            .collect();
-        // Snapshots hold no disk or network device yet: those pods boot.
-        let template = if config.factory.template
-            && matches!(rootfs_path, RootfsPath::Shared(_))
-            && spec.nets.is_empty()
-        {
-            match crate::factory::template_for(config, backend, req.size).await {
+        spec.nets = net_devices(taps);
+        // Snapshots hold no disk device yet: pods with a disk rootfs boot.
+        let template = if config.factory.template && matches!(rootfs_path, RootfsPath::Shared(_)) {
+            let shape = Shape {
+                size: req.size,
+                nics: taps.len(),
+            };
+            match crate::factory::template_for(config, backend, shape).await {
                 Ok(t) => {
                     req.trace.mark(Step::TemplateReady);
                     Some(t)
@@ -367,7 +365,9 @@ impl Sandbox {
             sandbox_id: req.id.to_string(),
             hostname: req.hostname.to_string(),
             storages,
-            interfaces: network.map(PodNetwork::interfaces).unwrap_or_default(),
+            interfaces: network
+                .map(|n| guest_interfaces(n, spec.snapshot.is_some()))
+                .unwrap_or_default(),
             routes: network.map(PodNetwork::routes).unwrap_or_default(),
             // containerd names the sandbox's namespaces by the pid we give it for the
             // pod's tasks (ours), and by CNI's namespace.
@@ -559,6 +559,8 @@ impl Sandbox {
             // Asked now, off the start path: the VMM's own times of its boot.
             if let Some(t) = h.boot_times().await {
                 self.trace
+                    .mark_vmm_reported(Step::VmRestored, t.restored_us);
+                self.trace
                     .mark_vmm_reported(Step::VcpusStarted, t.vcpus_started_us);
                 self.trace
                     .mark_vmm_reported(Step::GuestInit, t.guest_init_us);
@@ -623,6 +625,28 @@ pub(crate) fn share_device(config: &Config, share: &Share) -> SharedDir {
         path: share.served_dir().to_path_buf(),
         cache: config.hypervisor.virtio_fs_cache.as_str().into(),
     }
+}
+
+/// The VMM's network devices on `taps`, in their order.
+pub(crate) fn net_devices(taps: &[TapDevice]) -> Vec<NetDevice> {
+    taps.iter()
+        .map(|t| NetDevice {
+            tap_fd: std::os::fd::AsRawFd::as_raw_fd(&t.fd),
+            mac: t.mac.clone(),
+        })
+        .collect()
+}
+
+/// The pod's interfaces for the agent; in a VM restored from a template each device
+/// still has the template's MAC, which the agent finds it by and replaces.
+fn guest_interfaces(network: &PodNetwork, restored: bool) -> Vec<pb::Interface> {
+    let mut interfaces = network.interfaces();
+    if restored {
+        for (i, itf) in interfaces.iter_mut().enumerate() {
+            itf.device_hw_addr = crate::factory::template_mac(i);
+        }
+    }
+    interfaces
 }
 
 /// A VM restored from a template shares its kernel RNG state and clock with every other

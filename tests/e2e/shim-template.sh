@@ -1,8 +1,8 @@
 #!/bin/bash
 # VM templates (`[factory] template = true`): the first pod builds the template, later
 # pods restore from it, each with its own RNG output, hostname and the host's clock; a
-# template whose kernel changed is not used, a new one is built; a template that cannot be
-# restored is discarded and the pod boots instead.
+# template whose kernel changed is not used, a new one is built and the stale one
+# removed; a template that cannot be restored is discarded and the pod boots instead.
 # timeout: 420
 # needs: containerd hyper-vmm containerd-shim-hyper-v1
 # shellcheck source=lib.sh
@@ -13,6 +13,10 @@ mkdir -p $CTD && cp "$GUEST_KERNEL" $CTD/vmlinux
 GUEST_KERNEL=$CTD/vmlinux HYPER_TEMPLATE=true hyper_config
 ctd_start
 templates=/tmp/hyper/.templates
+# new_keys: the templates this test built (other tests' stay in the cache).
+keys() { ls "$templates" 2>/dev/null | grep -v -e '\.lock$' -e '\.build-' || true; }
+keys > $CTD/templates-before
+new_keys() { keys | grep -vxF -f $CTD/templates-before || true; }
 # run ID: a pod named host-ID that prints 16 random bytes, its hostname and its clock;
 # sets OUT. ctr 1.6 has no --hostname, and with --config takes nothing but the spec: the
 # default spec from `ctr oci spec` gets the hostname, the command, the rootfs and the
@@ -51,7 +55,7 @@ restored_pods() { grep -c 'agent ready.*restored=true' "$TH_ART/containerd.log" 
 
 run t1; check_identity t1; r1=$(head -1 <<<"$OUT")
 grep -q 'VM template built' "$TH_ART/containerd.log" || fail "the first pod built no template"
-key=$(ls "$templates" | grep -v -e '\.lock$' -e '\.build-' || true)
+key=$(new_keys)
 [ -n "$key" ] && [ -s "$templates/$key/state.json" ] || fail "no template in $templates: $(ls -la "$templates" 2>&1)"
 log "template $key: $(grep -m1 -o 'VM template built.*' "$TH_ART/containerd.log"); $(du -k "$templates/$key/memory" | cut -f1) kB of memory on disk"
 run t2; check_identity t2; r2=$(head -1 <<<"$OUT")
@@ -65,10 +69,11 @@ touch $CTD/vmlinux
 run t3; check_identity t3
 [ "$(grep -c 'VM template built' "$TH_ART/containerd.log")" -eq 2 ] || fail "no new template after the kernel changed"
 old_key=$key
-key=$(ls "$templates" | grep -v -e '\.lock$' -e '\.build-' -e "^$old_key\$" || true)
+key=$(new_keys | grep -vxF "$old_key" || true)
 [ -n "$key" ] || fail "no template of a new key: $(ls "$templates")"
 [ "$(restored_pods)" -ge 3 ] || fail "t3 was not restored from the new template"
-log "PASS-INFO shim-template: after the kernel changed the next pod built template $key (was $old_key)"
+[ ! -e "$templates/$old_key" ] && [ ! -e "$templates/$old_key.lock" ] || fail "the stale template $old_key was kept: $(ls "$templates")"
+log "PASS-INFO shim-template: after the kernel changed the next pod built template $key and removed the stale $old_key"
 
 # A template truncated on disk is refused, discarded, and the pod boots.
 head -c 100 "$templates/$key/state.json" > "$templates/$key/state.json.new"

@@ -7,26 +7,26 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
-use crate::sizing::VmSize;
 
-use super::FactoryError;
+use super::{FactoryError, Shape};
 
 /// Bumped when what a template holds changes meaning (e.g. the agent's ready point).
 const KEY_FORMAT: u32 = 1;
 
 /// The text a template's key hashes, one input per line (kept beside the template, so a
 /// reader can see what it was built from).
-pub fn inputs(config: &Config, size: VmSize) -> Result<String, FactoryError> {
+pub fn inputs(config: &Config, shape: Shape) -> Result<String, FactoryError> {
     let h = &config.hypervisor;
     let vmm = crate::hypervisor::hyper_vmm::resolve_binary(&h.path)?;
     Ok(format!(
-        "format {KEY_FORMAT}\nkernel {}\nimage {}\nvmm {}\nvcpus {}\nmemory_mib {}\n\
+        "format {KEY_FORMAT}\nkernel {}\nimage {}\nvmm {}\nvcpus {}\nmemory_mib {}\nnics {}\n\
          kernel_params {:?}\ndebug_console {}\nvirtio_fs_cache {}\n",
         identity("hypervisor.kernel", &h.kernel)?,
         identity("hypervisor.image", &h.image)?,
         identity("hypervisor.path", &vmm)?,
-        size.vcpus,
-        size.memory_mib,
+        shape.size.vcpus,
+        shape.size.memory_mib,
+        shape.nics,
         h.kernel_params,
         h.debug_console,
         h.virtio_fs_cache.as_str(),
@@ -37,6 +37,27 @@ pub fn inputs(config: &Config, size: VmSize) -> Result<String, FactoryError> {
 pub fn key(inputs: &str) -> String {
     let digest = Sha256::digest(inputs.as_bytes());
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether a template built from `old` inputs can never be used again: one of its
+/// kernel, image or VMM files is at a path whose file `current` sees changed.
+pub fn is_stale(old: &str, current: &str) -> bool {
+    let now = input_files(current);
+    input_files(old)
+        .iter()
+        .any(|(path, was)| now.iter().any(|(p, is)| p == path && is != was))
+}
+
+/// The files an [`inputs`] text names: (path, identity) of its kernel, image and VMM.
+fn input_files(inputs: &str) -> Vec<(&str, &str)> {
+    inputs
+        .lines()
+        .filter_map(|line| {
+            let (what, rest) = line.split_once(' ')?;
+            matches!(what, "kernel" | "image" | "vmm").then_some(())?;
+            rest.rsplit_once(" dev=")
+        })
+        .collect()
 }
 
 /// A file as the key sees it: its path and what changes whenever it is rebuilt or
@@ -64,6 +85,7 @@ fn identity(what: &'static str, path: &Path) -> Result<String, FactoryError> {
 mod tests {
     use super::*;
     use crate::config::VirtioFsCache;
+    use crate::sizing::VmSize;
 
     struct Files {
         _dir: tempfile::TempDir,
@@ -85,30 +107,34 @@ mod tests {
         Files { _dir: dir, config }
     }
 
-    const SIZE: VmSize = VmSize {
-        vcpus: 1,
-        memory_mib: 256,
+    const SHAPE: Shape = Shape {
+        size: VmSize {
+            vcpus: 1,
+            memory_mib: 256,
+        },
+        nics: 0,
     };
 
-    fn key_of(config: &Config, size: VmSize) -> String {
-        key(&inputs(config, size).unwrap())
+    fn key_of(config: &Config, shape: Shape) -> String {
+        key(&inputs(config, shape).unwrap())
     }
 
     #[test]
     fn the_same_inputs_give_the_same_key() {
         let f = files();
-        assert_eq!(key_of(&f.config, SIZE), key_of(&f.config, SIZE));
-        assert_eq!(key_of(&f.config, SIZE).len(), 16);
+        assert_eq!(key_of(&f.config, SHAPE), key_of(&f.config, SHAPE));
+        assert_eq!(key_of(&f.config, SHAPE).len(), 16);
     }
 
     #[test]
     fn every_input_changes_the_key() {
         let f = files();
-        let base = key_of(&f.config, SIZE);
-        type Change = fn(&mut Config, &mut VmSize);
-        let cases: [(&str, Change); 7] = [
-            ("vcpus", |_, s| s.vcpus = 2),
-            ("memory", |_, s| s.memory_mib = 512),
+        let base = key_of(&f.config, SHAPE);
+        type Change = fn(&mut Config, &mut Shape);
+        let cases: [(&str, Change); 8] = [
+            ("vcpus", |_, s| s.size.vcpus = 2),
+            ("memory", |_, s| s.size.memory_mib = 512),
+            ("nics", |_, s| s.nics = 1),
             ("kernel_params", |c, _| {
                 c.hypervisor.kernel_params = "x=1".into()
             }),
@@ -127,12 +153,34 @@ mod tests {
         ];
         for (name, change) in cases {
             let f = files();
-            let (mut config, mut size) = (f.config.clone(), SIZE);
-            let before = key_of(&config, size);
-            change(&mut config, &mut size);
-            assert_ne!(key_of(&config, size), before, "{name}");
+            let (mut config, mut shape) = (f.config.clone(), SHAPE);
+            let before = key_of(&config, shape);
+            change(&mut config, &mut shape);
+            assert_ne!(key_of(&config, shape), before, "{name}");
         }
-        assert_eq!(key_of(&f.config, SIZE), base);
+        assert_eq!(key_of(&f.config, SHAPE), base);
+    }
+
+    #[test]
+    fn only_templates_of_changed_files_are_stale() {
+        let f = files();
+        let old = inputs(&f.config, SHAPE).unwrap();
+        let bigger = Shape { nics: 1, ..SHAPE };
+        assert!(!is_stale(&old, &old), "unchanged");
+        assert!(
+            !is_stale(&old, &inputs(&f.config, bigger).unwrap()),
+            "another shape"
+        );
+        let other = files();
+        assert!(
+            !is_stale(&old, &inputs(&other.config, SHAPE).unwrap()),
+            "other files"
+        );
+        std::fs::write(&f.config.hypervisor.image, "a rebuilt image").unwrap();
+        assert!(
+            is_stale(&old, &inputs(&f.config, bigger).unwrap()),
+            "image rebuilt"
+        );
     }
 
     #[test]
@@ -140,7 +188,7 @@ mod tests {
         let f = files();
         let mut config = f.config.clone();
         config.hypervisor.image = "/nonexistent/initramfs".into();
-        let err = inputs(&config, SIZE).unwrap_err().to_string();
+        let err = inputs(&config, SHAPE).unwrap_err().to_string();
         assert!(
             err.contains("hypervisor.image") && err.contains("/nonexistent/initramfs"),
             "{err}"

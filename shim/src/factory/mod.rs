@@ -4,6 +4,11 @@
 //! of booting. Templates live in `<runtime.state_dir>/.templates/<key>/`, the key hashing
 //! what the VM was built from ([`key`]), so a rebuilt kernel, image or VMM gets a new
 //! template. The pod gives the restored VM its own identity (`sandbox`).
+//!
+//! A template for pods with network interfaces has as many virtio-net devices, saved on
+//! taps with nothing behind them ([`isolated_taps`]); a restored VM's devices are the
+//! pod's taps, but the guest keeps the MACs it read at boot ([`template_mac`]), so the
+//! agent gives each interface the pod's.
 mod key;
 
 use std::fs::File;
@@ -15,6 +20,7 @@ use nix::fcntl::{Flock, FlockArg};
 use crate::agent::ready::ReadyListener;
 use crate::config::Config;
 use crate::hypervisor::{HypervisorError, SnapshotFiles, SnapshotUse, Stop};
+use crate::network::isolated_taps;
 use crate::sandbox::{self, SandboxBackend, SandboxError};
 use crate::share::{Share, remove_tree};
 use crate::sizing::VmSize;
@@ -45,6 +51,24 @@ pub enum FactoryError {
     Build(Box<SandboxError>),
     #[error(transparent)]
     Hypervisor(#[from] HypervisorError),
+}
+
+/// What a template is for: pods of this size with this many network interfaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub size: VmSize,
+    pub nics: usize,
+}
+
+/// The MAC a template's `index`th network device had when the guest probed it (locally
+/// administered, "hy"): what a restored guest's interface carries until the agent gives
+/// it the pod's.
+pub fn template_mac(index: usize) -> String {
+    format!(
+        "02:68:79:00:{:02x}:{:02x}",
+        (index >> 8) & 0xff,
+        index & 0xff
+    )
 }
 
 fn store(path: &Path) -> impl FnOnce(std::io::Error) -> FactoryError + '_ {
@@ -85,15 +109,15 @@ impl Template {
     }
 }
 
-/// The template for pods of `size`: the cached one, else one built now. Shims that
+/// The template for pods of `shape`: the cached one, else one built now. Shims that
 /// need the same missing template take turns (a lock file per key): one builds it, the
 /// others then find it.
 pub async fn template_for(
     config: &Config,
     backend: &dyn SandboxBackend,
-    size: VmSize,
+    shape: Shape,
 ) -> Result<Template, FactoryError> {
-    let inputs = key::inputs(config, size)?;
+    let inputs = key::inputs(config, shape)?;
     let key = key::key(&inputs);
     let state_dir = &config.runtime.state_dir;
     let root = create_pod_dir(state_dir, TEMPLATES_DIR).map_err(store(state_dir))?;
@@ -106,9 +130,30 @@ pub async fn template_for(
     }
     let _turn = lock(&root.join(format!("{}.lock", template.key))).await?;
     if !template.is_complete() {
-        build(config, backend, size, &root, &template, &inputs).await?;
+        build(config, backend, shape, &root, &template, &inputs).await?;
+        prune_stale(&root, &inputs);
     }
     Ok(template)
+}
+
+/// Removes the templates built from a kernel, image or VMM file that has changed since
+/// (their keys can never come up again); templates of other shapes or other files stay.
+fn prune_stale(root: &Path, current: &str) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let Ok(inputs) = std::fs::read_to_string(dir.join(INPUTS_FILE)) else {
+            continue;
+        };
+        if key::is_stale(&inputs, current) {
+            let key = entry.file_name().to_string_lossy().into_owned();
+            remove_tree(&dir);
+            let _ = std::fs::remove_file(root.join(format!("{key}.lock")));
+            tracing::info!(template = %key, "removed a VM template whose inputs changed");
+        }
+    }
 }
 
 /// Waits for the exclusive lock on `path` (created if need be); held until dropped.
@@ -133,7 +178,7 @@ async fn lock(path: &Path) -> Result<Flock<File>, FactoryError> {
 async fn build(
     config: &Config,
     backend: &dyn SandboxBackend,
-    size: VmSize,
+    shape: Shape,
     root: &Path,
     template: &Template,
     inputs: &str,
@@ -142,7 +187,7 @@ async fn build(
     remove_tree(&work);
     make_private_dir(&work).map_err(store(&work))?;
     let started = std::time::Instant::now();
-    let built = match save_template_vm(config, backend, size, &work).await {
+    let built = match save_template_vm(config, backend, shape, &work).await {
         Ok(saved) => std::fs::write(saved.join(INPUTS_FILE), inputs)
             .and_then(|()| std::fs::rename(&saved, &template.dir))
             .map_err(store(&template.dir)),
@@ -159,23 +204,30 @@ async fn build(
     built
 }
 
-/// Boots a VM in `work` with the pod's devices (an empty share, no disk or network) and
-/// saves it once its agent answers; returns the directory that holds the snapshot.
+/// Boots a VM in `work` with the pod's devices (an empty share, the pod's number of
+/// network devices on isolated taps, no disk) and saves it once its agent answers;
+/// returns the directory that holds the snapshot.
 async fn save_template_vm(
     config: &Config,
     backend: &dyn SandboxBackend,
-    size: VmSize,
+    shape: Shape,
     work: &Path,
 ) -> Result<PathBuf, SandboxError> {
     let share = Share::create(work)?;
     let saved = work.join("snapshot");
     make_private_dir(&saved)?;
-    let mut spec = sandbox::vm_spec(config, size, work);
+    let mut spec = sandbox::vm_spec(config, shape.size, work);
     spec.shares = vec![sandbox::share_device(config, &share)];
     spec.snapshot = Some(SnapshotUse::SaveTo(snapshot_files(&saved)));
+    // Held until the template VM is gone: the namespace and its taps go with it.
+    let (_netns, taps) = isolated_taps((0..shape.nics).map(template_mac).collect())?;
+    spec.nets = sandbox::net_devices(&taps);
     let mut vm = backend.hypervisor(config, work);
     let ready = ReadyListener::bind(&vm.vsock_uds()).ok();
-    vm.start(&spec).await?;
+    let started = vm.start(&spec).await;
+    // The VMM holds the taps now (or failed without them).
+    drop(taps);
+    started?;
     let snapshot = async {
         let ready = ready;
         let agent = sandbox::wait_for_agent(

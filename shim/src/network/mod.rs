@@ -6,6 +6,7 @@
 //! The namespace's own stack then sees no traffic: the guest is the pod on the network.
 //! Its loopback still matters to containerd, which serves `PortForward` by dialing there:
 //! `port_forward` takes those connections into the guest.
+mod isolated;
 mod netns;
 mod port_forward;
 mod sk_lookup;
@@ -26,6 +27,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
+pub use isolated::isolated_taps;
 pub use netns::NetnsError;
 pub use port_forward::{PortForwardError, PortForwarder};
 
