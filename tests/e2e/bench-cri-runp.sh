@@ -12,7 +12,7 @@ need_bin containerd crictl hyper-vmm containerd-shim-hyper-v1 runc
 n=${BENCH_N:-5}
 W=/tmp/bench-runp
 mkdir -p $W
-HYPER_DEBUG_CONSOLE=false hyper_config
+HYPER_TEMPLATE=false HYPER_DEBUG_CONSOLE=false hyper_config
 cp $CTD-hyper.toml $W/cold.toml
 sed 's/^template = .*/template = true/' $CTD-hyper.toml > $W/template.toml
 trap 'cri_remove_pods; _th_cleanup; rm -rf "$W"' EXIT
