@@ -283,16 +283,23 @@ mod tests {
         RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))
     }
 
+    /// A datagram socket pair standing in for a tap: the device's end (non-blocking,
+    /// as a tap is) and the peer's.
+    fn datagram_tap() -> (File, UnixDatagram) {
+        let (ours, peer) = UnixDatagram::pair().unwrap();
+        let tap = File::from(OwnedFd::from(ours));
+        set_nonblocking(&tap).unwrap();
+        (tap, peer)
+    }
+
     #[test]
     fn frames_both_ways_and_hostile_buffers() {
         let mem = test_memory();
         let rxq = MockSplitQueue::create(&mem, GuestAddress(0), 16);
         let txq = MockSplitQueue::create(&mem, GuestAddress(0x1_0000), 16);
-        let (ours, peer) = UnixDatagram::pair().unwrap();
+        let (tap, peer) = datagram_tap();
         peer.set_read_timeout(Some(std::time::Duration::from_secs(2)))
             .unwrap();
-        let tap = File::from(OwnedFd::from(ours));
-        set_nonblocking(&tap).unwrap();
         let counters = Arc::new(DeviceCounters::default());
         let mut net = Net::with_tap("net0", tap, Some([2, 0, 0, 0, 0, 9]), counters.clone());
         let mut mac = [0u8; 6];
@@ -374,14 +381,8 @@ mod tests {
             )
             .unwrap();
         };
-        let pair = || {
-            let (ours, peer) = UnixDatagram::pair().unwrap();
-            let tap = File::from(OwnedFd::from(ours));
-            set_nonblocking(&tap).unwrap();
-            (tap, peer)
-        };
         let counters = Arc::new(DeviceCounters::default());
-        let (tap, old_peer) = pair();
+        let (tap, old_peer) = datagram_tap();
         let mut saved = Net::with_tap("net0", tap, Some([2, 0, 0, 0, 0, 1]), counters.clone());
         assert!(saved.queue_states().unwrap().is_empty(), "inactive");
         activate(
@@ -404,7 +405,7 @@ mod tests {
         assert_eq!(states[RXQ].next_avail, 1);
         assert_eq!(states[RXQ].next_used, 1);
 
-        let (tap, new_peer) = pair();
+        let (tap, new_peer) = datagram_tap();
         let mut restored = Net::with_tap("net0", tap, Some([2, 0, 0, 0, 0, 2]), counters);
         let queues = states
             .iter()
