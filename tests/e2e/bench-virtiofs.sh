@@ -4,12 +4,15 @@
 # tmpfs inside the guest (what the nested guest costs without virtio-fs), rounds alternated: sequential write (dd, fsync) and read of BENCH_MIB MiB, untar of a
 # tree of BENCH_FILES files (default 2,000: under TCG each file costs the guest ~80 ms;
 # bigger trees take proportionally longer), and a stat of every file of it (ls -lR). Prints
-# each median and the guest/host ratio. Rerun: tests/harness/run.sh --env BENCH_N=3 bench-virtiofs
+# each median and the guest/host ratio, and for each virtio-fs workload where its time went
+# (the VMM's counters before and after it: FUSE requests by opcode with their sizes and the
+# device's time on them, kicks, interrupts, MMIO exits).
+# Rerun: tests/harness/run.sh --env BENCH_N=3 bench-virtiofs
 # timeout: 3600
 # needs: containerd hyper-vmm containerd-shim-hyper-v1
 # shellcheck source=lib.sh
 . "$TH_LIB"
-need_bin containerd ctr hyper-vmm containerd-shim-hyper-v1 tar
+need_bin containerd ctr hyper-vmm containerd-shim-hyper-v1 hyperctl tar
 N=${BENCH_N:-3}
 MIB=${BENCH_MIB:-64}
 FILES=${BENCH_FILES:-2000}
@@ -52,12 +55,57 @@ round_cmds() {
     "s=\$(ms 'ls -lR $d/x$i')" \
     "echo \$w \$r \$u \$s"
 }
+vmm_metrics() { hyperctl --config $CTD-hyper.toml vmm --sandbox bfs --prometheus metrics; }
+# breakdown WORKLOAD MS BEFORE AFTER: what the VMM counted during one virtio-fs workload.
+breakdown() {
+  printf '%s\n' "$3" | sed 's/^/0 /' > /dev/shm/m.before
+  printf '%s\n' "$4" | sed 's/^/1 /' > /dev/shm/m.after
+  cat /dev/shm/m.before /dev/shm/m.after | awk -v w="$1" -v ms="$2" '
+    $2 ~ /^#/ { next }
+    { v[$2] += ($1 ? $3 : -$3) }
+    function dev(f) { return v["hyper_vmm_device_" f "_total{device=\"fs0\"}"] }
+    END {
+      req = dev("requests"); s = ms / 1000
+      exits = v["hyper_vmm_exits_total{reason=\"mmio_read\"}"] + v["hyper_vmm_exits_total{reason=\"mmio_write\"}"]
+      line = sprintf("BREAKDOWN %s: %d ms, %d FUSE requests (%.0f/s), %.1f KiB in and %.1f KiB out per request, %d kicks, %d interrupts, %d MMIO exits to the VMM;", \
+        w, ms, req, req / (s ? s : 1), dev("tx_bytes") / (req ? req : 1) / 1024, dev("rx_bytes") / (req ? req : 1) / 1024, dev("notifications"), dev("interrupts"), exits)
+      busy = 0
+      for (k in v) if (k ~ /^hyper_vmm_device_op_requests_total\{device="fs0"/ && v[k] > 0) {
+        op = k; sub(/.*op="/, "", op); sub(/".*/, "", op)
+        b = v["hyper_vmm_device_op_busy_seconds_total{device=\"fs0\",op=\"" op "\"}"]
+        n = v["hyper_vmm_device_op_in_bytes_total{device=\"fs0\",op=\"" op "\"}"]
+        busy += b
+        ops = ops sprintf(" %s %d x %.1f KiB %.2f ms;", op, v[k], n / v[k] / 1024, b * 1000 / v[k])
+      }
+      printf "%s device busy %.1f%% of the time;%s\n", line, busy * 100000 / (ms ? ms : 1), ops
+    }'
+}
+# guest_step NAME CMD: runs CMD in the container, timed in the guest; prints its ms and
+# logs its breakdown.
+guest_step() {
+  local before after t
+  before=$(vmm_metrics) || { echo "hyperctl vmm metrics failed: $before" >&2; return 1; }
+  t=$(gexec "$MS; ms '$2'") || { echo "guest $1 failed: $t" >&2; return 1; }
+  after=$(vmm_metrics) || { echo "hyperctl vmm metrics failed: $after" >&2; return 1; }
+  [ "$t" = FAILED ] || log "$(breakdown "$1" "$t" "$before" "$after")" >&2
+  echo "$t"
+}
+# guest_round I: the four workloads on the virtio-fs volume, one exec each.
+guest_round() {
+  local i=$1 w r u s
+  w=$(guest_step write "dd if=/dev/zero of=/data/w$i bs=1M count=$MIB conv=fsync") || return 1
+  r=$(guest_step read "cat /data/r$i > /dev/null") || return 1
+  gexec "mkdir -p /data/x$i" > /dev/null || return 1
+  u=$(guest_step untar "tar -xf /data/tree.tar -C /data/x$i") || return 1
+  s=$(guest_step ls-lR "ls -lR /data/x$i") || return 1
+  echo "$w $r $u $s"
+}
 declare -a GW GR GU GS HW HR HU HS LW LR LU LS
 for i in $(seq 1 "$N"); do
   # A fresh file to read on each side, written by the host so no guest cache holds it.
   head -c $((MIB << 20)) /dev/zero > $VOL/r$i
   mkdir -p /tmp/bench-host && cp $VOL/tree.tar /tmp/bench-host/ && head -c $((MIB << 20)) /dev/zero > /tmp/bench-host/r$i
-  g=$(gexec "$(round_cmds /data "$i")") || fail "guest round $i failed: $g"
+  g=$(guest_round "$i") || fail "guest round $i failed: $g"
   # The same in the guest's own memory: /gtmp is a tmpfs the guest mounts itself.
   l=$(gexec "mkdir -p /gtmp/b && cp /data/tree.tar /gtmp/b/ && head -c $((MIB << 20)) /dev/zero > /gtmp/b/r$i && $(round_cmds /gtmp/b "$i" | tr '\n' ';' | sed 's/;$//'); rm -rf /gtmp/b") \
     || fail "guest tmpfs round $i failed: $l"

@@ -3,8 +3,9 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use hyper_vmm_api::{DeviceMetrics, ExitMetrics, Metrics as MetricsReport};
+use hyper_vmm_api::{DeviceMetrics, ExitMetrics, Metrics as MetricsReport, OpMetrics};
 
 /// vCPU exits by reason, summed over all vCPUs.
 #[derive(Default)]
@@ -35,6 +36,49 @@ pub struct DeviceCounters {
     pub requests: AtomicU64,
     /// Malformed input from the guest that was rejected.
     pub errors: AtomicU64,
+    /// Queue notifications from the guest (for devices that count them).
+    pub notifications: AtomicU64,
+    /// Used-buffer interrupts raised (for devices that count them).
+    pub interrupts: AtomicU64,
+    /// By kind of request, for devices that tell kinds apart (virtio-fs: FUSE opcodes).
+    /// The kinds are the device's own names, never the guest's, so the map stays small.
+    ops: Mutex<BTreeMap<&'static str, OpTotals>>,
+}
+
+/// One kind's sums; time in ns so that sub-µs requests still add up.
+#[derive(Default)]
+struct OpTotals {
+    requests: u64,
+    busy_ns: u64,
+    in_bytes: u64,
+    out_bytes: u64,
+}
+
+impl DeviceCounters {
+    /// Counts one request of kind `op` that took `busy` to serve.
+    pub fn record_op(&self, op: &'static str, in_bytes: u64, out_bytes: u64, busy: Duration) {
+        let mut ops = self.ops.lock().unwrap_or_else(|e| e.into_inner());
+        let o = ops.entry(op).or_default();
+        o.requests += 1;
+        o.busy_ns += busy.as_nanos() as u64;
+        o.in_bytes += in_bytes;
+        o.out_bytes += out_bytes;
+    }
+
+    fn ops(&self) -> BTreeMap<String, OpMetrics> {
+        let ops = self.ops.lock().unwrap_or_else(|e| e.into_inner());
+        ops.iter()
+            .map(|(k, o)| {
+                let m = OpMetrics {
+                    requests: o.requests,
+                    busy_us: o.busy_ns / 1000,
+                    in_bytes: o.in_bytes,
+                    out_bytes: o.out_bytes,
+                };
+                (k.to_string(), m)
+            })
+            .collect()
+    }
 }
 
 #[derive(Default)]
@@ -85,6 +129,9 @@ impl Metrics {
                     rx_bytes: r(&d.rx_bytes),
                     requests: r(&d.requests),
                     errors: r(&d.errors),
+                    notifications: r(&d.notifications),
+                    interrupts: r(&d.interrupts),
+                    ops: d.ops(),
                 };
                 (name.clone(), counts)
             })

@@ -57,6 +57,9 @@ enum Command {
         /// A sandbox id from `hyperctl list` (its control socket is in the state dir).
         #[arg(long)]
         sandbox: Option<String>,
+        /// Print `metrics` in the Prometheus text format instead of the JSON reply.
+        #[arg(long)]
+        prometheus: bool,
         command: Request,
     },
     /// Talk to the agent inside a running VM.
@@ -114,15 +117,22 @@ async fn real_main() -> Result<()> {
         Command::Vmm {
             api_socket,
             sandbox,
+            prometheus,
             command,
         } => {
+            if prometheus && command != Request::Metrics {
+                bail!("--prometheus goes with the metrics request only");
+            }
             let socket = match (api_socket, sandbox) {
                 (Some(p), _) => p,
                 (None, Some(s)) => api_socket_in(&sandbox_dir(&config, &s, "--sandbox")?),
                 (None, None) => bail!("give --api-socket PATH or --sandbox ID"),
             };
             let success = request(&socket, command, CONTROL_TIMEOUT).await?;
-            print!("{}", Reply::Ok(success).to_line());
+            match success.metrics {
+                Some(m) if prometheus => print!("{}", m.to_prometheus()),
+                _ => print!("{}", Reply::Ok(success).to_line()),
+            }
             Ok(())
         }
         Command::Agent {

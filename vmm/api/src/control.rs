@@ -147,6 +147,27 @@ pub struct DeviceMetrics {
     pub requests: u64,
     /// Malformed input from the guest that was rejected.
     pub errors: u64,
+    /// Queue notifications (kicks) from the guest driver.
+    pub notifications: u64,
+    /// Used-buffer interrupts raised to the guest.
+    pub interrupts: u64,
+    /// By kind of request (for virtio-fs, the FUSE opcode: "LOOKUP", "WRITE", …); only
+    /// devices that tell request kinds apart fill it.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub ops: BTreeMap<String, OpMetrics>,
+}
+
+/// Requests of one kind on one device.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OpMetrics {
+    pub requests: u64,
+    /// Time spent serving them, in µs (the device's own thread, queue wait excluded).
+    pub busy_us: u64,
+    /// Request bytes the guest sent (headers included).
+    pub in_bytes: u64,
+    /// Reply bytes written back to the guest.
+    pub out_bytes: u64,
 }
 
 /// What `metrics` reports.

@@ -7,12 +7,14 @@
 //!   JSON object per line each way, `{"cmd":"pause"}` → `{"ok":true}` or
 //!   `{"ok":false,"error":"…"}`.
 //! - [`BASE_CMDLINE`] is the guest kernel command line every VM starts from.
+//! - [`Metrics::to_prometheus`] renders the `metrics` reply as Prometheus text.
 //!
 //! The VMM keeps validation and flag parsing (they need its limits and errors); this
 //! crate is serde only.
 
 mod config;
 mod control;
+mod prometheus;
 
 pub use config::*;
 pub use control::*;

@@ -154,6 +154,7 @@ impl VirtioDevice for Fs {
     }
 
     fn queue_notify(&mut self, _index: usize, _ctl: &EventCtl) -> Result<(), DeviceError> {
+        crate::metrics::inc(&self.counters.notifications);
         if self.active.get().is_some() {
             self.kick
                 .write(1)

@@ -3,10 +3,11 @@
 //! loop only kicks it when the guest notifies a queue; a reset stops it between requests.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, LazyLock, mpsc};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
-use fuse_backend_rs::abi::fuse_abi::{GetxattrIn, InHeader, OutHeader};
+use fuse_backend_rs::abi::fuse_abi::{GetxattrIn, InHeader, Opcode, OutHeader};
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::PassthroughFs;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
@@ -126,6 +127,7 @@ impl FsWorker {
             used = true;
         }
         if used {
+            inc(&self.counters.interrupts);
             s.interrupt.signal_used_queue();
         }
         Ok(())
@@ -151,8 +153,25 @@ fn handle(
             return 0;
         }
     };
-    add(&counters.tx_bytes, reader.available_bytes() as u64);
+    let in_bytes = reader.available_bytes() as u64;
+    add(&counters.tx_bytes, in_bytes);
     let header = reader.clone().read_obj::<InHeader>().ok();
+    let op = header.map_or("UNDECODABLE", |h| opcode_name(h.opcode));
+    let started = Instant::now();
+    let len = answer(server, reader, writer, header, counters, name);
+    counters.record_op(op, in_bytes, u64::from(len), started.elapsed());
+    len
+}
+
+/// What [`handle`] replies once the chain is known to be readable and writable.
+fn answer(
+    server: &FsServer,
+    reader: Reader<'_>,
+    writer: VirtioFsWriter<'_>,
+    header: Option<InHeader>,
+    counters: &DeviceCounters,
+    name: &str,
+) -> u32 {
     // For an error reply of our own, should the server give up on the request.
     let mut spare: Writer<'_> = writer.clone().into();
     if let Some(h) = header
@@ -178,6 +197,25 @@ fn handle(
                 _ => 0,
             }
         }
+    }
+}
+
+/// A FUSE opcode's name as the metrics report it ("LOOKUP", "WRITE", …); the guest picks
+/// the number, so anything unassigned is "UNKNOWN" rather than a name of its own.
+fn opcode_name(op: u32) -> &'static str {
+    static NAMES: LazyLock<Vec<String>> = LazyLock::new(|| {
+        (0..Opcode::MaxOpcode as u32)
+            .map(|op| match op {
+                // Opcode::from transmutes, which is only defined for assigned opcodes.
+                0 => String::new(),
+                op if UNASSIGNED_OPCODES.contains(&op) => String::new(),
+                op => format!("{:?}", Opcode::from(op)).to_uppercase(),
+            })
+            .collect()
+    });
+    match NAMES.get(op as usize) {
+        Some(n) if !n.is_empty() => n,
+        _ => "UNKNOWN",
     }
 }
 
