@@ -9,7 +9,7 @@
 # device's time on them, kicks, interrupts, MMIO exits).
 # Rerun: tests/harness/run.sh --env BENCH_N=3 bench-virtiofs
 # timeout: 3600
-# needs: containerd hyper-vmm containerd-shim-hyper-v1
+# needs: containerd hyper-vmm containerd-shim-hyper-v1 hyperctl
 # shellcheck source=lib.sh
 . "$TH_LIB"
 need_bin containerd ctr hyper-vmm containerd-shim-hyper-v1 hyperctl tar
