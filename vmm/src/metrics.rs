@@ -65,7 +65,8 @@ impl DeviceCounters {
         o.out_bytes += out_bytes;
     }
 
-    fn ops(&self) -> BTreeMap<String, OpMetrics> {
+    /// The per-kind sums so far.
+    pub fn ops(&self) -> BTreeMap<String, OpMetrics> {
         let ops = self.ops.lock().unwrap_or_else(|e| e.into_inner());
         ops.iter()
             .map(|(k, o)| {

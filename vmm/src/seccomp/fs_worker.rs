@@ -15,7 +15,10 @@ const UNCHANGED: u64 = u32::MAX as u64;
 pub fn allow_list() -> AllowList {
     super::common::allow_list()
         .allow(syscalls![
-            // The kick eventfd.
+            // Waiting on the queues' notification eventfds and the reset kick, and
+            // draining them.
+            SYS_poll,
+            SYS_ppoll,
             SYS_read,
             // File data.
             SYS_readv,

@@ -121,6 +121,13 @@ pub trait VirtioDevice: Send {
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     /// Takes the queues; register device fds with `ctl` (sub-tokens ≥ DEVICE_SUB_BASE).
     fn activate(&mut self, ctx: ActivateContext, ctl: &EventCtl) -> Result<(), ActivateError>;
+    /// The eventfds the guest's notifications of each queue should go to, for a device
+    /// that waits on them itself (on a thread of its own). The transport then hands them
+    /// to KVM as its ioeventfds and never polls them; `None` (the default): the transport
+    /// makes its own and calls `queue_notify`.
+    fn queue_events(&self) -> Option<Vec<EventFd>> {
+        None
+    }
     /// The guest notified queue `index`.
     fn queue_notify(&mut self, index: usize, ctl: &EventCtl) -> Result<(), DeviceError>;
     /// An event on a device fd (sub-token ≥ DEVICE_SUB_BASE).

@@ -150,14 +150,29 @@ impl MmioTransport {
         ctl: EventCtl,
     ) -> std::io::Result<Self> {
         let mut queues = Vec::new();
-        let mut queue_evts = Vec::new();
-        for (i, &max) in device.queue_max_sizes().iter().enumerate() {
-            let q = Queue::new(max).map_err(|e| std::io::Error::other(e.to_string()))?;
-            queues.push(q);
-            let evt = EventFd::new(libc::EFD_NONBLOCK)?;
-            ctl.add(evt.as_raw_fd(), EventSet::IN, i as u32)?;
-            queue_evts.push(evt);
+        for &max in device.queue_max_sizes() {
+            queues.push(Queue::new(max).map_err(|e| std::io::Error::other(e.to_string()))?);
         }
+        let queue_evts = match device.queue_events() {
+            Some(evts) if evts.len() == queues.len() => evts,
+            Some(evts) => {
+                return Err(std::io::Error::other(format!(
+                    "{} has {} queues but {} queue eventfds",
+                    device.name(),
+                    queues.len(),
+                    evts.len()
+                )));
+            }
+            None => {
+                let mut evts = Vec::new();
+                for i in 0..queues.len() {
+                    let evt = EventFd::new(libc::EFD_NONBLOCK)?;
+                    ctl.add(evt.as_raw_fd(), EventSet::IN, i as u32)?;
+                    evts.push(evt);
+                }
+                evts
+            }
+        };
         Ok(MmioTransport {
             device,
             mem,
@@ -612,6 +627,8 @@ mod tests {
         resets: usize,
         acked: u64,
         fail_notify: bool,
+        /// Queue eventfds the device waits on itself, if any.
+        own_events: Option<Vec<EventFd>>,
     }
 
     struct Dummy(Arc<Mutex<Log>>);
@@ -649,18 +666,59 @@ mod tests {
         fn reset(&mut self, _: &EventCtl) {
             self.0.lock().unwrap().resets += 1;
         }
+        fn queue_events(&self) -> Option<Vec<EventFd>> {
+            let l = self.0.lock().unwrap();
+            let evts = l.own_events.as_ref()?;
+            Some(evts.iter().map(|e| e.try_clone().unwrap()).collect())
+        }
     }
 
     fn transport() -> (MmioTransport, Arc<Mutex<Log>>) {
-        let log = Arc::new(Mutex::new(Log::default()));
+        transport_with(Log::default()).unwrap()
+    }
+
+    fn transport_with(log: Log) -> std::io::Result<(MmioTransport, Arc<Mutex<Log>>)> {
+        let log = Arc::new(Mutex::new(log));
         let t = MmioTransport::new(
             Box::new(Dummy(log.clone())),
             test_memory(),
             test_irq(),
             test_ctl(),
-        )
-        .unwrap();
-        (t, log)
+        )?;
+        Ok((t, log))
+    }
+
+    #[test]
+    fn a_device_that_waits_on_its_queues_itself_gets_their_notifications() {
+        let evts = || (0..2).map(|_| test_irq()).collect::<Vec<_>>();
+        let own = evts();
+        let mine: Vec<EventFd> = own.iter().map(|e| e.try_clone().unwrap()).collect();
+        let log = Log {
+            own_events: Some(own),
+            ..Log::default()
+        };
+        let (mut t, log) = transport_with(log).unwrap();
+        negotiate(&mut t);
+        setup_queue(&mut t, 1, 8, 0x1_0000);
+        wr(&mut t, REG_STATUS, ALL_OK);
+        // A trapped QueueNotify (no ioeventfd) lands where KVM's would: the device's own.
+        wr(&mut t, REG_QUEUE_NOTIFY, 1);
+        assert_eq!(mine[1].read().unwrap(), 1);
+        assert!(mine[0].read().is_err(), "queue 0 was not notified");
+        assert!(
+            log.lock().unwrap().notifies.is_empty(),
+            "no queue_notify call"
+        );
+
+        let short = Log {
+            own_events: Some(evts()[..1].iter().map(|e| e.try_clone().unwrap()).collect()),
+            ..Log::default()
+        };
+        let err = transport_with(short).err().unwrap().to_string();
+        assert!(
+            err.contains("dummy has 2 queues but 1 queue eventfds"),
+            "{err}"
+        );
     }
 
     fn rd(t: &mut MmioTransport, off: u64) -> u32 {

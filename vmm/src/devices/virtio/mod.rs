@@ -30,6 +30,9 @@ pub const TYPE_FS: u32 = 26;
 
 /// Feature bit every device offers: we speak only modern (1.0+) virtio.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// The used and avail rings carry event indexes, so each side tells the other when it
+/// wants to be notified (virtio 1.2, 2.7.10).
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 
 /// Guest-facing interrupt causes (InterruptStatus bits).
 pub const INT_VRING: u32 = 0x1;

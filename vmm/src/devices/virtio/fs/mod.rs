@@ -8,6 +8,7 @@
 
 mod device;
 mod memory_view;
+mod passthrough;
 mod share;
 mod worker;
 

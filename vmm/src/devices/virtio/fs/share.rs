@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 
+use super::passthrough::{EXTRA_OPTIONS, Passthrough};
 use crate::config::{FsCacheMode, FsConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +38,7 @@ fn timeout(mode: FsCacheMode) -> Duration {
 }
 
 /// Opens `cfg.shared_dir` for serving.
-pub fn open_share(cfg: &FsConfig) -> Result<PassthroughFs<()>, ShareError> {
+pub fn open_share(cfg: &FsConfig) -> Result<Passthrough, ShareError> {
     let err = |why: String| ShareError::Dir {
         tag: cfg.tag.clone(),
         path: cfg.shared_dir.clone(),
@@ -71,7 +72,7 @@ pub fn open_share(cfg: &FsConfig) -> Result<PassthroughFs<()>, ShareError> {
     };
     let fs = PassthroughFs::<()>::new(fs_cfg).map_err(|e| err(e.to_string()))?;
     fs.import().map_err(|e| err(e.to_string()))?;
-    Ok(fs)
+    Ok(Passthrough::new(fs, EXTRA_OPTIONS))
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use crate::devices::virtio::device::{ActivateContext, VirtioDevice};
 use crate::devices::virtio::test_utils::{
     VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, check_cases, test_ctl, test_irq,
 };
-use crate::devices::virtio::{Interrupt, TYPE_FS};
+use crate::devices::virtio::{Interrupt, TYPE_FS, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::metrics::DeviceCounters;
 use crate::seccomp::child::{Outcome, in_child};
 use crate::seccomp::{BpfProgram, ThreadKind};
@@ -39,6 +39,8 @@ struct Driver {
     unique: u64,
     /// The uid and gid requests carry (root when `None`).
     as_user: Option<u32>,
+    /// The interrupt of the current activation.
+    interrupt: Option<Arc<Interrupt>>,
 }
 
 /// A reply: the FUSE error (0 or a negative errno) and the bytes after the header.
@@ -87,6 +89,7 @@ impl Driver {
             avail: [0; 2],
             unique: 0,
             as_user: None,
+            interrupt: None,
         }
     }
 
@@ -120,24 +123,48 @@ impl Driver {
                 q
             })
             .collect();
+        let interrupt = Interrupt::new(test_irq());
+        self.interrupt = Some(interrupt.clone());
         let ctx = ActivateContext {
             mem: self.mem.clone(),
             queues,
-            interrupt: Interrupt::new(test_irq()),
+            interrupt,
         };
         self.fs.activate(ctx, &test_ctl()).unwrap();
     }
 
     /// The mount's first request.
     fn init(&mut self) {
+        self.init_with(0);
+    }
+
+    /// INIT with the kernel offering `flags`; returns the device's answer.
+    fn init_with(&mut self, flags: u32) -> InitOut {
         let init = InitIn {
             major: KERNEL_VERSION,
             minor: KERNEL_MINOR_VERSION,
             max_readahead: 128 << 10,
-            flags: 0,
+            flags,
         };
         let r = self.call(Opcode::Init as u32, 0, init.as_slice());
         assert_eq!(r.error, 0, "INIT failed");
+        *InitOut::from_slice(&r.body[..std::mem::size_of::<InitOut>()]).unwrap()
+    }
+
+    /// Whether the device raises its interrupt within `wait` (it does so just after
+    /// publishing a reply, so a reply seen is not yet an interrupt seen).
+    fn interrupted_within(&self, wait: Duration) -> bool {
+        let irq = self.interrupt.as_ref().expect("activated").irq_evt();
+        let deadline = Instant::now() + wait;
+        loop {
+            if irq.read().is_ok() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Puts one chain of (addr, len, flags) on queue `q`, notifies, and waits for the
@@ -1135,4 +1162,144 @@ fn the_worker_serves_every_operation_under_its_seccomp_filter() {
         },
     );
     assert_eq!(outcome, Outcome::Exited(0), "stderr:\n{stderr}");
+}
+
+/// The kernel's INIT flags for 1 MiB requests (both live in the first 32 bits).
+const LARGE_REQUESTS: u32 = (FsOptions::MAX_PAGES.bits() | FsOptions::BIG_WRITES.bits()) as u32;
+
+#[test]
+fn init_offers_1_mib_requests_to_a_kernel_that_takes_them() {
+    let cases = [
+        (
+            "a kernel offering MAX_PAGES",
+            (LARGE_REQUESTS, 1 << 20, 256),
+        ),
+        ("a kernel offering nothing", (0, 4096, 0)),
+    ];
+    check_cases(cases, |(offered, max_write, max_pages)| {
+        let (_d, share) = scratch();
+        let mut drv = Driver::unactivated(&share, FsCacheMode::Auto, None);
+        drv.activate_queues();
+        let out = drv.init_with(offered);
+        assert_eq!((out.max_write, out.max_pages), (max_write, max_pages));
+        assert_eq!(out.flags & !offered, 0, "only offered flags are enabled");
+    });
+}
+
+#[test]
+fn a_1_mib_write_and_read_are_one_request_each() {
+    let (_d, share) = scratch();
+    let mut drv = Driver::unactivated(&share, FsCacheMode::Auto, None);
+    drv.activate_queues();
+    drv.init_with(LARGE_REQUESTS);
+    let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    let mut p = CreateIn {
+        flags: (libc::O_RDWR | libc::O_CREAT) as u32,
+        mode: 0o644,
+        umask: 0,
+        fuse_flags: 0,
+    }
+    .as_slice()
+    .to_vec();
+    p.extend(cstr("big"));
+    let r = drv.call(Opcode::Create as u32, ROOT_ID, &p);
+    assert_eq!(r.error, 0);
+    let e = *EntryOut::from_slice(&r.body[..std::mem::size_of::<EntryOut>()]).unwrap();
+    let fh = OpenOut::from_slice(&r.body[std::mem::size_of::<EntryOut>()..][..16])
+        .unwrap()
+        .fh;
+    let before = requests(&drv);
+    assert_eq!(drv.write(e.nodeid, fh, 0, &data), Ok(1 << 20));
+    assert_eq!(drv.read(e.nodeid, fh, 0, 1 << 20).as_deref(), Ok(&data[..]));
+    assert_eq!(requests(&drv) - before, 2);
+    drv.release(e.nodeid, fh);
+    assert_eq!(std::fs::read(share.join("big")).unwrap(), data);
+}
+
+#[test]
+fn requests_are_counted_by_opcode() {
+    let (_d, share) = scratch();
+    let mut drv = Driver::new(&share, FsCacheMode::Auto);
+    drv.lookup(ROOT_ID, "hello").unwrap();
+    drv.lookup(ROOT_ID, "missing").unwrap_err();
+    let unassigned = drv.request(7, ROOT_ID, &[]);
+    assert_eq!(
+        drv.raw(&unassigned, REPLY_CAP).unwrap().error,
+        -libc::ENOSYS
+    );
+    let ops = drv.counters.ops();
+    let count = |op: &str| ops.get(op).map_or(0, |o| o.requests);
+    assert_eq!(
+        (count("INIT"), count("LOOKUP"), count("UNKNOWN")),
+        (1, 2, 1),
+        "{ops:?}"
+    );
+    let lookup = &ops["LOOKUP"];
+    let header = std::mem::size_of::<InHeader>() as u64;
+    assert_eq!(
+        lookup.in_bytes,
+        2 * header + 6 + 8,
+        "two names with their NULs"
+    );
+    assert!(lookup.out_bytes > 0);
+}
+
+const IRQ_WAIT: Duration = Duration::from_secs(5);
+
+/// The driver's `used_event` (after the avail ring) and the device's `avail_event` (after
+/// the used ring), as EVENT_IDX places them.
+fn used_event_addr(q: usize) -> u64 {
+    avail_addr(q) + 4 + 2 * u64::from(QSIZE)
+}
+fn avail_event_addr(q: usize) -> u64 {
+    used_addr(q) + 4 + 8 * u64::from(QSIZE)
+}
+
+#[test]
+fn with_event_idx_the_device_interrupts_and_wants_kicks_only_as_the_rings_say() {
+    let (_d, share) = scratch();
+    let mut drv = Driver::unactivated(&share, FsCacheMode::Auto, None);
+    assert_ne!(drv.fs.features() & VIRTIO_RING_F_EVENT_IDX, 0, "offered");
+    drv.fs
+        .ack_features(VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX);
+    drv.activate_queues();
+    let used_event = |drv: &Driver, v: u16| {
+        drv.mem
+            .write_obj(v, GuestAddress(used_event_addr(1)))
+            .unwrap()
+    };
+    // "Interrupt me once the used index passes 0": the INIT's reply does.
+    used_event(&drv, 0);
+    drv.init();
+    assert!(
+        drv.interrupted_within(IRQ_WAIT),
+        "used_event 0: the first reply interrupts"
+    );
+    // The device asks to be kicked for the next request, the avail index it waits at.
+    let avail_event: u16 = drv.mem.read_obj(GuestAddress(avail_event_addr(1))).unwrap();
+    assert_eq!(avail_event, 1);
+    // A driver busy with its own work moves used_event ahead: no interrupt.
+    used_event(&drv, 100);
+    drv.lookup(ROOT_ID, "hello").unwrap();
+    assert!(
+        !drv.interrupted_within(Duration::from_millis(100)),
+        "used_event 100: the second reply is silent"
+    );
+    used_event(&drv, drv.used_idx(1));
+    drv.lookup(ROOT_ID, "hello").unwrap();
+    assert!(
+        drv.interrupted_within(IRQ_WAIT),
+        "used_event caught up: the third reply interrupts"
+    );
+}
+
+#[test]
+fn without_event_idx_every_batch_interrupts() {
+    let (_d, share) = scratch();
+    let mut drv = Driver::new(&share, FsCacheMode::Auto);
+    assert!(drv.interrupted_within(IRQ_WAIT), "INIT");
+    for name in ["hello", "missing"] {
+        let _ = drv.lookup(ROOT_ID, name);
+        assert!(drv.interrupted_within(IRQ_WAIT), "{name}");
+    }
 }

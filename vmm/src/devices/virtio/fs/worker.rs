@@ -1,7 +1,11 @@
 //! The thread that answers the guest's FUSE requests, so a slow host file system never
-//! stalls the event loop (vsock, block, net and the control socket live there). The event
-//! loop only kicks it when the guest notifies a queue; a reset stops it between requests.
+//! stalls the event loop (vsock, block, net and the control socket live there). It waits
+//! on the queues' notification eventfds itself (KVM signals them on the guest's
+//! QueueNotify write), so a request reaches it without passing through the event loop,
+//! and it keeps the guest's kicks off while it drains a queue. A reset stops it between
+//! requests.
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, mpsc};
 use std::thread::JoinHandle;
@@ -9,13 +13,13 @@ use std::time::Instant;
 
 use fuse_backend_rs::abi::fuse_abi::{GetxattrIn, InHeader, Opcode, OutHeader};
 use fuse_backend_rs::api::server::Server;
-use fuse_backend_rs::passthrough::PassthroughFs;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
 use virtio_queue_017::{Queue, QueueT};
 use vm_memory_017::ByteValued;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::memory_view::MemoryView;
+use super::passthrough::Passthrough;
 use crate::devices::virtio::Interrupt;
 use crate::metrics::{DeviceCounters, add, inc};
 use crate::seccomp::{BpfProgram, spawn_filtered};
@@ -31,7 +35,7 @@ const XATTR_SIZE_MAX: u32 = 1 << 16;
 /// FORGET and BATCH_FORGET: the driver expects no reply.
 const NO_REPLY_OPCODES: [u32; 2] = [2, 42];
 
-pub type FsServer = Server<Arc<PassthroughFs<()>>>;
+pub type FsServer = Server<Arc<Passthrough>>;
 
 /// Turns a queue the transport configured (0.18) into the same queue in 0.17 types.
 pub fn queue_017(q: &virtio_queue::Queue) -> Result<Queue, String> {
@@ -65,7 +69,10 @@ pub struct Session {
 pub struct FsWorker {
     pub name: String,
     pub server: Arc<FsServer>,
+    /// Written by a reset: look at the session's stop flag.
     pub kick: Arc<EventFd>,
+    /// One per queue: the guest's notifications.
+    pub notify: Vec<Arc<EventFd>>,
     pub sessions: mpsc::Receiver<Session>,
     pub counters: Arc<DeviceCounters>,
 }
@@ -83,50 +90,98 @@ impl FsWorker {
         }
     }
 
-    /// Waits for kicks and drains every queue on each, until the session is stopped or a
-    /// queue breaks (then the device stays silent until the guest resets it).
+    /// Drains every queue, then waits for a notification or a stop, until the session is
+    /// stopped or a queue breaks (then the device stays silent until the guest resets it).
+    /// The first pass answers what a restored guest posted before its snapshot.
     fn serve(&self, mut s: Session) {
         loop {
-            if s.stop.load(Ordering::Acquire) {
-                return;
-            }
-            if let Err(e) = self.kick.read()
-                && e.kind() != std::io::ErrorKind::Interrupted
-            {
-                tracing::error!("{}: kick eventfd: {e}", self.name);
-                return;
-            }
             for i in 0..s.queues.len() {
                 if let Err(e) = self.process_queue(&mut s, i) {
                     tracing::error!("{}: queue {i} is broken, device stopped: {e}", self.name);
                     return;
                 }
             }
+            if s.stop.load(Ordering::Acquire) {
+                return;
+            }
+            if let Err(e) = self.wait() {
+                tracing::error!("{}: waiting for the guest: {e}", self.name);
+                return;
+            }
         }
     }
 
+    /// Blocks until a reset's kick or a queue notification, and drains what fired.
+    fn wait(&self) -> std::io::Result<()> {
+        let evts: Vec<&EventFd> = std::iter::once(self.kick.as_ref())
+            .chain(self.notify.iter().map(|e| e.as_ref()))
+            .collect();
+        let mut fds: Vec<libc::pollfd> = evts
+            .iter()
+            .map(|e| libc::pollfd {
+                fd: e.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `fds` is an array of `fds.len()` pollfds that outlives the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.kind() {
+                std::io::ErrorKind::Interrupted => Ok(()),
+                _ => Err(e),
+            };
+        }
+        for (i, (fd, evt)) in fds.iter().zip(&evts).enumerate() {
+            if fd.revents & libc::POLLIN == 0 {
+                continue;
+            }
+            match evt.read() {
+                // Each QueueNotify write adds one: the count is the guest's kicks.
+                Ok(kicks) if i > 0 => add(&self.counters.notifications, kicks),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Answers what is on queue `index`, checking for a stop before each request: a guest
-    /// that keeps the queue full cannot keep a reset waiting.
+    /// that keeps the queue full cannot keep a reset waiting. While it drains, the guest is
+    /// told not to kick (with EVENT_IDX, by the avail event): it only adds to the ring.
     fn process_queue(&self, s: &mut Session, index: usize) -> Result<(), virtio_queue_017::Error> {
         let mem = &s.view.mem;
         let queue = &mut s.queues[index];
         let mut used = false;
-        while !s.stop.load(Ordering::Acquire) {
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                break;
-            };
-            let head = chain.head_index();
-            inc(&self.counters.requests);
-            let len = handle(&self.server, mem, chain, &self.counters, &self.name);
-            // Reset while this request ran (the resetter stopped waiting): the queue is
-            // the guest's again, so the reply is dropped instead of published.
+        loop {
+            queue.disable_notification(mem)?;
+            while !s.stop.load(Ordering::Acquire) {
+                let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                    break;
+                };
+                let head = chain.head_index();
+                inc(&self.counters.requests);
+                let len = handle(&self.server, mem, chain, &self.counters, &self.name);
+                // Reset while this request ran (the resetter stopped waiting): the queue
+                // is the guest's again, so the reply is dropped instead of published.
+                if s.stop.load(Ordering::Acquire) {
+                    return Ok(());
+                }
+                queue.add_used(mem, head, len)?;
+                used = true;
+            }
             if s.stop.load(Ordering::Acquire) {
                 return Ok(());
             }
-            queue.add_used(mem, head, len)?;
-            used = true;
+            // Kicks back on; what the guest added since the last pop is served now, as no
+            // kick will announce it.
+            if !queue.enable_notification(mem)? {
+                break;
+            }
         }
-        if used {
+        if used && queue.needs_notification(mem)? {
             inc(&self.counters.interrupts);
             s.interrupt.signal_used_queue();
         }
