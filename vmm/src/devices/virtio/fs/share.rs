@@ -65,6 +65,10 @@ pub fn open_share(cfg: &FsConfig) -> Result<Passthrough, ShareError> {
         entry_timeout: t,
         writeback: cfg.writeback,
         xattr: cfg.xattr,
+        // HANDLE_KILLPRIV_V2: the passthrough clears set-id bits itself on the writes,
+        // truncates and chowns the kernel flags, so the kernel no longer fetches the
+        // attributes again (a GETATTR) before every chown or chmod of a file.
+        killpriv_v2: true,
         // Serve the directory on its own (no vfs layer): the passthrough then validates
         // every name component itself.
         do_import: true,

@@ -1303,3 +1303,38 @@ fn without_event_idx_every_batch_interrupts() {
         assert!(drv.interrupted_within(IRQ_WAIT), "{name}");
     }
 }
+
+#[test]
+fn init_hands_set_id_clearing_to_the_device_and_opens_ask_for_no_flush() {
+    let (_d, share) = scratch();
+    let mut drv = Driver::unactivated(&share, FsCacheMode::Auto, None);
+    drv.activate_queues();
+    let killpriv = FsOptions::HANDLE_KILLPRIV_V2.bits() as u32;
+    assert_eq!(drv.init_with(killpriv).flags & killpriv, killpriv);
+    let hello = drv.lookup(ROOT_ID, "hello").unwrap();
+    let p = OpenIn {
+        flags: libc::O_RDONLY as u32,
+        fuse_flags: 0,
+    };
+    let r = drv.call(Opcode::Open as u32, hello.nodeid, p.as_slice());
+    let open = *OpenOut::from_slice(&r.body[..16]).unwrap();
+    assert_ne!(open.open_flags & super::passthrough::NO_FLUSH, 0, "OPEN");
+    drv.release(hello.nodeid, open.fh);
+    let mut p = CreateIn {
+        flags: (libc::O_RDWR | libc::O_CREAT) as u32,
+        mode: 0o644,
+        umask: 0,
+        fuse_flags: 0,
+    }
+    .as_slice()
+    .to_vec();
+    p.extend(cstr("new"));
+    let r = drv.call(Opcode::Create as u32, ROOT_ID, &p);
+    let at = std::mem::size_of::<EntryOut>();
+    let create = *OpenOut::from_slice(&r.body[at..at + 16]).unwrap();
+    assert_ne!(
+        create.open_flags & super::passthrough::NO_FLUSH,
+        0,
+        "CREATE"
+    );
+}
