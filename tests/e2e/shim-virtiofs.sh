@@ -2,7 +2,8 @@
 # virtio-fs end to end: a container started by containerd through our shim gets its rootfs
 # and a bind volume over hyper-vmm's virtio-fs share. In the guest it writes and reads both,
 # sees the host's changes, and ls -l, chmod, chown, mkfifo, ln -s and a 64 MiB file behave
-# as on the host (the host side checks each result itself). Writes to the rootfs land in
+# as on the host (the host side checks each result itself); a chown clears set-uid bits,
+# and the share reads ahead 1 MiB. Writes to the rootfs land in
 # containerd's snapshot.
 # timeout: 900
 # needs: containerd hyper-vmm containerd-shim-hyper-v1
@@ -62,6 +63,19 @@ guest_md5=$(grep -E ' (big|hostbig)$' <<<"$out")
 [ "$guest_md5" = "$host_md5" ] || fail "64 MiB files differ: guest $guest_md5, host $host_md5"
 grep -q '^host-v2$' <<<"$out" || fail "reading through the symlink gave: $out"
 log "chmod, chown, mkdir, mkfifo, ln -s, ln, 64 MiB both ways: as on the host"
+
+# Set-id bits: a chown in the guest clears them on the host, as a chown there would (the
+# device handles set-id clearing itself: HANDLE_KILLPRIV_V2).
+out=$(gexec 'set -e; cd /data; echo b > suid-c; chmod 4755 suid-c; chown 1:1 suid-c' 2>&1) \
+  || fail "chmod/chown of a set-uid file failed in the guest: $out"
+[ "$(stat -c '%a %u' $VOL/suid-c)" = "755 1" ] || fail "chown left $(stat -c '%a %u' $VOL/suid-c) on the host"
+log "a chown in the guest clears the set-uid bit on the host"
+
+# The share's readahead is what one request carries (1 MiB), not FUSE's 128 KiB.
+ra=$(gexec 'd=$(stat -c %d /data); cat /sys/class/bdi/$((d >> 8 & 0xfff)):$(( (d & 0xff) | (d >> 12 & 0xfff00) ))/read_ahead_kb') \
+  || fail "cannot read the share's readahead: $ra"
+[ "$ra" = 1024 ] || fail "the share's readahead is $ra KiB, expected 1024"
+log "the share reads ahead 1 MiB"
 
 # A tree unpacked in the guest arrives whole on the host (many small creates).
 mkdir -p /tmp/tree-src && (cd /tmp/tree-src && for d in 0 1 2 3 4 5 6 7 8 9; do
