@@ -295,8 +295,8 @@ impl Driver {
         self.entry(Opcode::Symlink, parent, &p)
     }
 
-    /// CREATE + WRITE + RELEASE of a whole file.
-    fn create_file(&mut self, parent: u64, name: &str, data: &[u8]) -> Result<u64, i32> {
+    /// CREATE of a file open for reading and writing: its entry and its open reply.
+    fn create(&mut self, parent: u64, name: &str) -> Result<(EntryOut, OpenOut), i32> {
         let mut p = CreateIn {
             flags: (libc::O_RDWR | libc::O_CREAT) as u32,
             mode: 0o644,
@@ -310,12 +310,15 @@ impl Driver {
         if r.error != 0 {
             return Err(-r.error);
         }
-        let e = EntryOut::from_slice(&r.body[..std::mem::size_of::<EntryOut>()])
-            .copied()
-            .unwrap();
-        let o = OpenOut::from_slice(&r.body[std::mem::size_of::<EntryOut>()..][..16])
-            .copied()
-            .unwrap();
+        let at = std::mem::size_of::<EntryOut>();
+        let e = EntryOut::from_slice(&r.body[..at]).copied().unwrap();
+        let o = OpenOut::from_slice(&r.body[at..at + 16]).copied().unwrap();
+        Ok((e, o))
+    }
+
+    /// CREATE + WRITE + RELEASE of a whole file.
+    fn create_file(&mut self, parent: u64, name: &str, data: &[u8]) -> Result<u64, i32> {
+        let (e, o) = self.create(parent, name)?;
         let w = self.write(e.nodeid, o.fh, 0, data);
         assert_eq!(w, Ok(data.len() as u32));
         self.release(e.nodeid, o.fh);
@@ -1193,21 +1196,8 @@ fn a_1_mib_write_and_read_are_one_request_each() {
     drv.activate_queues();
     drv.init_with(LARGE_REQUESTS);
     let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
-    let mut p = CreateIn {
-        flags: (libc::O_RDWR | libc::O_CREAT) as u32,
-        mode: 0o644,
-        umask: 0,
-        fuse_flags: 0,
-    }
-    .as_slice()
-    .to_vec();
-    p.extend(cstr("big"));
-    let r = drv.call(Opcode::Create as u32, ROOT_ID, &p);
-    assert_eq!(r.error, 0);
-    let e = *EntryOut::from_slice(&r.body[..std::mem::size_of::<EntryOut>()]).unwrap();
-    let fh = OpenOut::from_slice(&r.body[std::mem::size_of::<EntryOut>()..][..16])
-        .unwrap()
-        .fh;
+    let (e, o) = drv.create(ROOT_ID, "big").unwrap();
+    let fh = o.fh;
     let before = requests(&drv);
     assert_eq!(drv.write(e.nodeid, fh, 0, &data), Ok(1 << 20));
     assert_eq!(drv.read(e.nodeid, fh, 0, 1 << 20).as_deref(), Ok(&data[..]));
@@ -1320,18 +1310,7 @@ fn init_hands_set_id_clearing_to_the_device_and_opens_ask_for_no_flush() {
     let open = *OpenOut::from_slice(&r.body[..16]).unwrap();
     assert_ne!(open.open_flags & super::passthrough::NO_FLUSH, 0, "OPEN");
     drv.release(hello.nodeid, open.fh);
-    let mut p = CreateIn {
-        flags: (libc::O_RDWR | libc::O_CREAT) as u32,
-        mode: 0o644,
-        umask: 0,
-        fuse_flags: 0,
-    }
-    .as_slice()
-    .to_vec();
-    p.extend(cstr("new"));
-    let r = drv.call(Opcode::Create as u32, ROOT_ID, &p);
-    let at = std::mem::size_of::<EntryOut>();
-    let create = *OpenOut::from_slice(&r.body[at..at + 16]).unwrap();
+    let (_, create) = drv.create(ROOT_ID, "new").unwrap();
     assert_ne!(
         create.open_flags & super::passthrough::NO_FLUSH,
         0,
