@@ -58,9 +58,7 @@ round_cmds() {
 vmm_metrics() { hyperctl --config $CTD-hyper.toml vmm --sandbox bfs --prometheus metrics; }
 # breakdown WORKLOAD MS BEFORE AFTER: what the VMM counted during one virtio-fs workload.
 breakdown() {
-  printf '%s\n' "$3" | sed 's/^/0 /' > /dev/shm/m.before
-  printf '%s\n' "$4" | sed 's/^/1 /' > /dev/shm/m.after
-  cat /dev/shm/m.before /dev/shm/m.after | awk -v w="$1" -v ms="$2" '
+  { printf '%s\n' "$3" | sed 's/^/0 /'; printf '%s\n' "$4" | sed 's/^/1 /'; } | awk -v w="$1" -v ms="$2" '
     $2 ~ /^#/ { next }
     { v[$2] += ($1 ? $3 : -$3) }
     function dev(f) { return v["hyper_vmm_device_" f "_total{device=\"fs0\"}"] }

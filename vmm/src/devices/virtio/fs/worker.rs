@@ -94,25 +94,7 @@ impl FsWorker {
     /// stopped or a queue breaks (then the device stays silent until the guest resets it).
     /// The first pass answers what a restored guest posted before its snapshot.
     fn serve(&self, mut s: Session) {
-        loop {
-            for i in 0..s.queues.len() {
-                if let Err(e) = self.process_queue(&mut s, i) {
-                    tracing::error!("{}: queue {i} is broken, device stopped: {e}", self.name);
-                    return;
-                }
-            }
-            if s.stop.load(Ordering::Acquire) {
-                return;
-            }
-            if let Err(e) = self.wait() {
-                tracing::error!("{}: waiting for the guest: {e}", self.name);
-                return;
-            }
-        }
-    }
-
-    /// Blocks until a reset's kick or a queue notification, and drains what fired.
-    fn wait(&self) -> std::io::Result<()> {
+        // What `wait` polls, built once: the reset kick, then each queue's notifications.
         let evts: Vec<&EventFd> = std::iter::once(self.kick.as_ref())
             .chain(self.notify.iter().map(|e| e.as_ref()))
             .collect();
@@ -124,6 +106,26 @@ impl FsWorker {
                 revents: 0,
             })
             .collect();
+        loop {
+            for i in 0..s.queues.len() {
+                if let Err(e) = self.process_queue(&mut s, i) {
+                    tracing::error!("{}: queue {i} is broken, device stopped: {e}", self.name);
+                    return;
+                }
+            }
+            if s.stop.load(Ordering::Acquire) {
+                return;
+            }
+            if let Err(e) = self.wait(&evts, &mut fds) {
+                tracing::error!("{}: waiting for the guest: {e}", self.name);
+                return;
+            }
+        }
+    }
+
+    /// Blocks until a reset's kick or a queue notification (`evts`, polled as `fds`), and
+    /// drains what fired.
+    fn wait(&self, evts: &[&EventFd], fds: &mut [libc::pollfd]) -> std::io::Result<()> {
         // SAFETY: `fds` is an array of `fds.len()` pollfds that outlives the call.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
         if n < 0 {
@@ -133,7 +135,7 @@ impl FsWorker {
                 _ => Err(e),
             };
         }
-        for (i, (fd, evt)) in fds.iter().zip(&evts).enumerate() {
+        for (i, (fd, evt)) in fds.iter().zip(evts).enumerate() {
             if fd.revents & libc::POLLIN == 0 {
                 continue;
             }
