@@ -58,6 +58,10 @@ struct Cli {
     /// JSON config file; flags given as well override it.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Boot no VM: time guest kernel-mode code in a tiny VM and print the result as one
+    /// JSON line (`hyperctl check` reads it).
+    #[arg(long = "probe-kvm", exclusive = true)]
+    probe_kvm: bool,
 }
 
 /// The config file first, then every flag given on top of it.
@@ -182,7 +186,13 @@ fn open_snapshots(cfg: &VmConfig) -> anyhow::Result<OpenSnapshots> {
 }
 
 fn run(start: Instant) -> anyhow::Result<i32> {
-    let cfg = to_config(Cli::parse())?;
+    let cli = Cli::parse();
+    if cli.probe_kvm {
+        let probe = hyper_vmm::vstate::probe::probe_kvm().context("KVM probe")?;
+        println!("{}", serde_json::to_string(&probe)?);
+        return Ok(0);
+    }
+    let cfg = to_config(cli)?;
     // Before anything else takes an fd number.
     let mut fds = InheritedFds::claim(&cfg)?;
     let snapshots = open_snapshots(&cfg)?;

@@ -709,3 +709,24 @@ fn virtio_activation_and_reset_run_under_the_vcpu_filter() {
     let mut b = [0u8; 1];
     assert_eq!(std::io::Read::read(&mut host, &mut b).unwrap(), 0);
 }
+
+#[test]
+fn the_kvm_probe_times_a_loop_of_guest_kernel_code() {
+    if !kvm_usable() {
+        return;
+    }
+    let p = hyper_vmm::vstate::probe::probe_kvm().expect("probe");
+    assert_eq!(p.api_version, 12);
+    assert_eq!(p.iterations, hyper_vmm::vstate::probe::PROBE_ITERATIONS);
+    // No CPU runs an iteration (two instructions, one taken branch) in under 0.2 ns.
+    assert!(p.loop_ns >= u64::from(p.iterations) / 5, "{p:?}");
+    println!(
+        "{:.1} ns per iteration: guest kernel code {}",
+        p.ns_per_iteration(),
+        if p.emulates_kernel_mode() {
+            "emulated"
+        } else {
+            "on the CPU"
+        }
+    );
+}

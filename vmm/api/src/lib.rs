@@ -8,13 +8,17 @@
 //!   `{"ok":false,"error":"…"}`.
 //! - [`BASE_CMDLINE`] is the guest kernel command line every VM starts from.
 //! - [`Metrics::to_prometheus`] renders the `metrics` reply as Prometheus text.
+//! - [`KvmProbe`] is what `hyper-vmm --probe-kvm` prints: how this host's KVM runs guest
+//!   kernel code.
 //!
 //! The VMM keeps validation and flag parsing (they need its limits and errors); this
 //! crate is serde only.
 
 mod config;
 mod control;
+mod probe;
 mod prometheus;
 
 pub use config::*;
 pub use control::*;
+pub use probe::*;

@@ -2,6 +2,7 @@
 
 pub mod kvm;
 pub mod memory;
+pub mod probe;
 pub mod vcpu;
 pub mod vcpu_state;
 pub mod vm;
