@@ -8,6 +8,7 @@ pub mod command;
 pub mod config;
 pub mod factory;
 pub mod host_cgroup;
+pub mod host_check;
 pub mod hypervisor;
 pub mod identifier;
 pub mod network;

@@ -2,7 +2,8 @@
 //!
 //! `run` boots a VM for an OCI bundle and runs its process with the terminal's stdio;
 //! `list` shows the sandboxes on this host; `console` prints a sandbox's guest console;
-//! `agent` calls the agent of a running VM directly.
+//! `agent` calls the agent of a running VM directly; `check` tells whether this host can
+//! run hyper.
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -62,6 +63,17 @@ enum Command {
         prometheus: bool,
         command: Request,
     },
+    /// Tell whether this host can run hyper: one line per check, OK, WARN or FAIL with
+    /// what to do. Exit status 1 if any check failed.
+    Check {
+        /// containerd's config file (default: containerd's own default).
+        #[arg(long)]
+        containerd_config: Option<PathBuf>,
+        /// Run only these checks (and what they need): root, kvm, vmm, kvm-guest-code,
+        /// cgroup2, overlayfs, tun, shim, containerd, containerd-config, guest-kernel,
+        /// guest-image, guest-boot.
+        checks: Vec<String>,
+    },
     /// Talk to the agent inside a running VM.
     Agent {
         /// The VMM's hybrid vsock unix socket.
@@ -107,6 +119,13 @@ async fn real_main() -> Result<()> {
             std::process::exit(status);
         }
         Command::List => list(&config),
+        Command::Check {
+            containerd_config,
+            checks,
+        } => {
+            let failed = check(&config, containerd_config.as_deref(), &checks).await?;
+            std::process::exit(i32::from(failed));
+        }
         Command::Console { sandbox } => {
             let path = sandbox_dir(&config, &sandbox, "the console argument")?.join("console.log");
             let text = std::fs::read_to_string(&path)
@@ -154,6 +173,22 @@ async fn real_main() -> Result<()> {
             agent_call(&client, call).await
         }
     }
+}
+
+/// Prints each finding as it comes, then a verdict; true if anything failed.
+async fn check(config: &Config, containerd_config: Option<&Path>, only: &[String]) -> Result<bool> {
+    use hyper_shim::host_check::{self, Status};
+    let findings = host_check::run(config, containerd_config, only, |f| println!("{f}"))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let count = |s| findings.iter().filter(|f| f.status == s).count();
+    let (fail, warn) = (count(Status::Fail), count(Status::Warn));
+    if fail == 0 {
+        println!("hyper can run on this host ({warn} warning(s))");
+    } else {
+        println!("hyper cannot run on this host: {fail} check(s) failed, {warn} warning(s)");
+    }
+    Ok(fail > 0)
 }
 
 /// The state dir of sandbox `id`, which must be an identifier (not a path elsewhere).
