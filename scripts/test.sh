@@ -99,6 +99,11 @@ if [ -n "$kernel" ] && [ -f "$image" ]; then
   fi
 fi
 
+# make install / make uninstall into temporary roots (the test host runs ctr from one).
+if [ -n "$kernel" ] && [ -f "$image" ]; then
+  suite install env GUEST_KERNEL="$kernel" GUEST_INITRD="$image" bash scripts/tests/install.sh
+fi
+
 # Layer 4: the nested test host. Under TCG the whole test host sometimes goes silent (an
 # emulator-level hang, tests/harness/README.md "Test-host hangs"): run.sh notices it within a minute
 # (the runner's heartbeat stops), reruns only the test it hit in a fresh boot (at most

@@ -276,6 +276,18 @@ mod tests {
         assert_eq!(parse("").unwrap(), Config::default());
     }
 
+    /// `make install` writes deploy/config.toml with its paths filled in: it must say
+    /// exactly the defaults, so that installing changes nothing but where files are.
+    #[test]
+    fn the_installed_config_is_the_defaults() {
+        let text = include_str!("../../deploy/config.toml")
+            .replace("@BINDIR@", "/usr/bin")
+            .replace("@DATADIR@", "/usr/share/hyper");
+        let mut want = Config::default();
+        want.hypervisor.path = PathBuf::from("/usr/bin/hyper-vmm");
+        assert_eq!(parse(&text).unwrap(), want);
+    }
+
     #[test]
     fn every_section_parses() {
         let c = parse(

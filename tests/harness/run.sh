@@ -113,17 +113,35 @@ ginitrd=${GUEST_INITRD:-$(bash "$HYPER_ROOT/guest-kernel-config/image/build.sh")
 # be given as an environment variable named like the binary (HYPER_VMM, HYPERCTL,
 # CONTAINERD_SHIM_HYPER_V1).
 declare -A CARGO_PKG=([hyper-vmm]=hyper-vmm [hyperctl]=hyper-shim [containerd-shim-hyper-v1]=hyper-shim)
+# built_bin NAME: the path of our binary NAME (prebuilt, or built now), or nothing.
+built_bin() {
+  local var
+  var=$(echo "$1" | tr 'a-z-' 'A-Z_')
+  if [ -n "${!var:-}" ]; then echo "${!var}"; return; fi
+  log "building $1 (cargo build --release -p ${CARGO_PKG[$1]} --bin $1)"
+  if (cd "$HYPER_ROOT" && nice cargo build -q --release -p "${CARGO_PKG[$1]}" --bin "$1") > "$run/build-$1.log" 2>&1; then
+    echo "$HYPER_ROOT/target/release/$1"
+  else
+    tail -20 "$run/build-$1.log" >&2
+    log "WARNING: $1 did not build ($run/build-$1.log); tests that need it will fail"
+  fi
+}
 bins=() with=()
 for n in $(printf '%s\n' "${needs[@]}" | sort -u); do
   if [ -n "${CARGO_PKG[$n]:-}" ]; then
-    var=$(echo "$n" | tr 'a-z-' 'A-Z_')
-    if [ -n "${!var:-}" ]; then bins+=("$n=${!var}"); continue; fi
-    log "building $n (cargo build --release -p ${CARGO_PKG[$n]} --bin $n)"
-    if (cd "$HYPER_ROOT" && nice cargo build -q --release -p "${CARGO_PKG[$n]}" --bin "$n") > "$run/build-$n.log" 2>&1; then
-      bins+=("$n=$HYPER_ROOT/target/release/$n")
+    b=$(built_bin "$n"); [ -z "$b" ] || bins+=("$n=$b")
+  elif [ "$n" = install ]; then
+    # `make install` of what was built, staged as a package would be, lands in the test
+    # host at its PREFIX, /opt/hyper (our binaries stay out of /usr/local/bin for it).
+    log "make install DESTDIR=$run/install PREFIX=/opt/hyper SYSCONFDIR=/opt/hyper/etc"
+    if HYPER_VMM=$(built_bin hyper-vmm) CONTAINERD_SHIM_HYPER_V1=$(built_bin containerd-shim-hyper-v1) \
+        HYPERCTL=$(built_bin hyperctl) GUEST_KERNEL=$gkernel GUEST_INITRD=$ginitrd \
+        DESTDIR=$run/install PREFIX=/opt/hyper SYSCONFDIR=/opt/hyper/etc \
+        bash "$HYPER_ROOT/scripts/install.sh" install > "$run/install.log" 2>&1; then
+      adds+=(--add "$run/install/opt/hyper:/opt/hyper")
     else
-      tail -20 "$run/build-$n.log" >&2
-      log "WARNING: $n did not build ($run/build-$n.log); tests that need it will fail"
+      tail -20 "$run/install.log" >&2
+      log "WARNING: make install failed ($run/install.log); tests that need it will fail"
     fi
   elif [ "$n" = distro-bzimage ]; then
     # A compressed distribution kernel for the bzImage boot path: the test host's own.
@@ -131,7 +149,7 @@ for n in $(printf '%s\n' "${needs[@]}" | sort -u); do
   elif grep -q "^@${n}[[:space:]]" "$here/payload.list"; then
     with+=(--with "$n")
   else
-    die "a test needs '$n': neither one of our binaries (${!CARGO_PKG[*]}) nor a @$n group in payload.list"
+    die "a test needs '$n': neither one of our binaries (${!CARGO_PKG[*]}), install, nor a @$n group in payload.list"
   fi
 done
 binargs=() xtests=()
