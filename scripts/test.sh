@@ -103,6 +103,8 @@ fi
 if [ -n "$kernel" ] && [ -f "$image" ]; then
   suite install env GUEST_KERNEL="$kernel" GUEST_INITRD="$image" bash scripts/tests/install.sh
 fi
+# Where `make demo` runs (on this host only where its KVM runs guest kernel code).
+suite demo-decision bash scripts/tests/demo-decision.sh
 
 # Layer 4: the nested test host. Under TCG the whole test host sometimes goes silent (an
 # emulator-level hang, tests/harness/README.md "Test-host hangs"): run.sh notices it within a minute
