@@ -1,12 +1,14 @@
 //! hyper-agent: the guest's PID 1 and the ttrpc server the shim talks to.
 //!
 //! As PID 1 it sets up the guest (see `pid1`) and serves on vsock port 1024 (ttrpc), 1025
-//! (its log) and 1027 (port forwarding).
+//! (its log), 1027 (port forwarding) and, when the kernel command line asks, 1026 (the
+//! debug console).
 //! Run as a normal process (tests, debugging) it serves on the address given with
 //! `--address unix:///path`. Run as `hyper-agent __init` it is the helper that creates
 //! one container process (see `container::child`).
 mod cgroups;
 mod container;
+mod debug_console;
 mod error;
 mod log_stream;
 mod mount;
@@ -22,8 +24,8 @@ mod storage;
 
 use anyhow::{Context, Result};
 use hyper_agent_protocol::{
-    AGENT_LOG_VSOCK_PORT, AGENT_READY_VSOCK_PORT, AGENT_VSOCK_PORT, PORT_FORWARD_VSOCK_PORT,
-    READY_MARKER, agent_ttrpc, guest,
+    AGENT_LOG_VSOCK_PORT, AGENT_READY_VSOCK_PORT, AGENT_VSOCK_PORT, DEBUG_CONSOLE_VSOCK_PORT,
+    PORT_FORWARD_VSOCK_PORT, READY_MARKER, agent_ttrpc, guest,
 };
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -117,6 +119,13 @@ fn run(is_init: bool) -> Result<()> {
         if is_init && let Err(e) = port_forward::serve(PORT_FORWARD_VSOCK_PORT) {
             // Only `kubectl port-forward` needs it.
             tracing::warn!("no port forwarding: {e:#}");
+        }
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        if is_init
+            && debug_console::enabled(&cmdline)
+            && let Err(e) = debug_console::serve(DEBUG_CONSOLE_VSOCK_PORT)
+        {
+            tracing::warn!("no debug console: {e:#}");
         }
         serve(&address, opts).await
     })

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the guest image: a gzip'd newc initramfs whose /init is the statically linked
-# hyper-agent, and prints its path.
+# hyper-agent, with Debian's static busybox as the guest's shell and tools (for the debug
+# console, `hyperctl exec --sandbox`), and prints its path.
 #
 # usage: build.sh [--agent PATH] [--out FILE]
 #   --agent  use this agent binary instead of building it (must be static)
@@ -20,7 +21,7 @@ while [ $# -gt 0 ]; do
     *) die "unknown argument '$1' (usage: build.sh [--agent PATH] [--out FILE])" ;;
   esac
 done
-apt_need cpio gzip
+apt_need cpio gzip busybox-static
 
 if [ -z "$agent" ]; then
   log "building the static hyper-agent"
@@ -36,9 +37,15 @@ fi
 
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
-mkdir -p "$stage"/{dev,proc,sys,run,tmp,etc,sbin}
+mkdir -p "$stage"/{bin,dev,proc,sys,run,tmp,etc,sbin}
 install -m 0755 "$agent" "$stage/init"
 ln -s ../init "$stage/sbin/init"
+# busybox and its applets, each as a link where busybox says it lives (never over /init).
+mkdir -p "$stage"/usr/{bin,sbin}
+install -m 0755 /bin/busybox "$stage/bin/busybox"
+for a in $(/bin/busybox --list-full); do
+  [ -e "$stage/$a" ] || [ -L "$stage/$a" ] || ln -s /bin/busybox "$stage/$a"
+done
 printf 'root:x:0:0:root:/:/init\n' > "$stage/etc/passwd"
 printf 'root:x:0:\n' > "$stage/etc/group"
 chmod 1777 "$stage/tmp"

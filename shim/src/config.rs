@@ -113,6 +113,9 @@ pub struct AgentConfig {
     pub request_timeout_ms: u64,
     /// Timeout of CreateContainer (the guest may mount and set up a lot).
     pub create_container_timeout_ms: u64,
+    /// Serve a root shell in the guest on vsock port 1026 (`hyperctl exec --sandbox`):
+    /// for debugging; anyone who can reach the pod's vsock socket gets it.
+    pub debug_console: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -148,6 +151,7 @@ impl Default for AgentConfig {
         Self {
             request_timeout_ms: 10_000,
             create_container_timeout_ms: 60_000,
+            debug_console: false,
         }
     }
 }

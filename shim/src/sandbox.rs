@@ -598,12 +598,24 @@ impl Sandbox {
     }
 }
 
+/// The user's kernel parameters, and the agent's debug console switch when it is on.
+pub(crate) fn kernel_params(config: &Config) -> String {
+    let mut params = config.hypervisor.kernel_params.clone();
+    if config.agent.debug_console {
+        if !params.trim().is_empty() {
+            params.push(' ');
+        }
+        params.push_str(hyper_agent_protocol::debug_console::KERNEL_PARAM);
+    }
+    params
+}
+
 /// The VM every pod of this config and size starts from: no devices yet, no cgroup.
 pub(crate) fn vm_spec(config: &Config, size: VmSize, state_dir: &Path) -> VmSpec {
     VmSpec {
         kernel: config.hypervisor.kernel.clone(),
         initrd: config.hypervisor.image.clone(),
-        kernel_params: config.hypervisor.kernel_params.clone(),
+        kernel_params: kernel_params(config),
         vcpus: size.vcpus,
         memory_mib: size.memory_mib,
         disks: vec![],

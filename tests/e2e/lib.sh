@@ -256,6 +256,7 @@ boot_timeout_ms = 120000
 [agent]
 request_timeout_ms = 60000
 create_container_timeout_ms = 120000
+debug_console = ${HYPER_AGENT_DEBUG_CONSOLE:-false}
 [runtime]
 log_level = "debug"
 state_dir = "/tmp/hyper"

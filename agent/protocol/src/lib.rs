@@ -44,8 +44,7 @@ pub const AGENT_READY_VSOCK_PORT: u32 = 1028;
 /// agent connects to that port on the pod's loopback and answers one line, `OK` or
 /// `ERR <why>`. After `OK` the stream carries the TCP connection's bytes both ways.
 pub mod port_forward {
-    /// Longest reply line, newline included; a longer one is a broken agent.
-    pub const MAX_REPLY_LEN: usize = 256;
+    pub use crate::handshake::{MAX_REPLY_LEN, parse_reply, reply};
 
     /// The request for pod port `port`.
     pub fn request(port: u16) -> [u8; 2] {
@@ -59,8 +58,15 @@ pub mod port_forward {
             port => Ok(port),
         }
     }
+}
 
-    /// The reply line for the agent's connect result.
+/// The reply that ends the handshake of the agent's raw streams (port forwarding, the
+/// debug console): one line, `OK` or `ERR <why>`; after `OK` the stream is the payload.
+pub mod handshake {
+    /// Longest reply line, newline included; a longer one is a broken agent.
+    pub const MAX_REPLY_LEN: usize = 256;
+
+    /// The reply line for the agent's result.
     pub fn reply(res: &Result<(), String>) -> Vec<u8> {
         let mut line = match res {
             Ok(()) => "OK".to_string(),
@@ -83,9 +89,151 @@ pub mod port_forward {
             Ok("OK") => Ok(()),
             Ok(l) if l.starts_with("ERR ") => Err(format!("the guest said: {}", &l[4..])),
             _ => Err(format!(
-                "not a port-forward reply: {:?}",
+                "not a handshake reply: {:?}",
                 String::from_utf8_lossy(&line[..line.len().min(64)])
             )),
+        }
+    }
+}
+
+/// The guest debug console's handshake. It is served only when the kernel command line
+/// holds [`KERNEL_PARAM`](debug_console::KERNEL_PARAM) (the shim's `agent.debug_console`).
+/// The host opens a vsock stream to [`DEBUG_CONSOLE_VSOCK_PORT`] and writes a
+/// [`Request`](debug_console::Request); the agent starts the command (a login shell when
+/// none is given) on a new pty in the guest, outside every container, and answers a
+/// [`handshake`] line. After `OK` the stream is the pty both ways; it ends when the
+/// command has exited and its output is drained.
+pub mod debug_console {
+    pub use crate::handshake::{MAX_REPLY_LEN, parse_reply, reply};
+
+    /// On the guest kernel's command line: the agent serves the debug console.
+    pub const KERNEL_PARAM: &str = "hyper.debug_console=1";
+    /// Longest encoded request: the command and its arguments.
+    pub const MAX_REQUEST_LEN: usize = 16 * 1024;
+
+    /// The terminal's size and the command to run (empty: the guest's shell).
+    #[derive(Debug, Clone, PartialEq, Eq, Default)]
+    pub struct Request {
+        pub rows: u16,
+        pub cols: u16,
+        pub argv: Vec<String>,
+    }
+
+    impl Request {
+        /// `u32` total length, `u16` rows, `u16` cols, then each argument as a `u16`
+        /// length and its UTF-8 bytes; all big-endian.
+        pub fn encode(&self) -> Result<Vec<u8>, String> {
+            let mut body = Vec::new();
+            body.extend_from_slice(&self.rows.to_be_bytes());
+            body.extend_from_slice(&self.cols.to_be_bytes());
+            for a in &self.argv {
+                let len = u16::try_from(a.len())
+                    .map_err(|_| format!("argument of {} bytes is too long", a.len()))?;
+                body.extend_from_slice(&len.to_be_bytes());
+                body.extend_from_slice(a.as_bytes());
+            }
+            if body.len() + 4 > MAX_REQUEST_LEN {
+                return Err(format!(
+                    "the command is longer than {MAX_REQUEST_LEN} bytes"
+                ));
+            }
+            let mut out = (body.len() as u32).to_be_bytes().to_vec();
+            out.extend(body);
+            Ok(out)
+        }
+
+        /// The body's length from the first four bytes, refused when out of bounds.
+        pub fn body_len(head: [u8; 4]) -> Result<usize, String> {
+            let len = u32::from_be_bytes(head) as usize;
+            if !(4..=MAX_REQUEST_LEN - 4).contains(&len) {
+                return Err(format!(
+                    "a request body of {len} bytes (4 to {} allowed)",
+                    MAX_REQUEST_LEN - 4
+                ));
+            }
+            Ok(len)
+        }
+
+        /// Parses the body that follows the length; anything malformed is named.
+        pub fn parse_body(body: &[u8]) -> Result<Request, String> {
+            let u16_at = |at: usize| -> Result<u16, String> {
+                body.get(at..at + 2)
+                    .map(|b| u16::from_be_bytes([b[0], b[1]]))
+                    .ok_or_else(|| format!("request cut short at byte {at}"))
+            };
+            let (rows, cols) = (u16_at(0)?, u16_at(2)?);
+            let mut argv = Vec::new();
+            let mut at = 4;
+            while at < body.len() {
+                let len = usize::from(u16_at(at)?);
+                let arg = body.get(at + 2..at + 2 + len).ok_or_else(|| {
+                    format!("argument {} runs past the request's end", argv.len())
+                })?;
+                let arg = std::str::from_utf8(arg)
+                    .map_err(|_| format!("argument {} is not UTF-8", argv.len()))?;
+                if arg.contains('\0') {
+                    return Err(format!("argument {} holds a NUL byte", argv.len()));
+                }
+                argv.push(arg.to_string());
+                at += 2 + len;
+            }
+            Ok(Request { rows, cols, argv })
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_request_survives_the_round_trip() {
+            let r = Request {
+                rows: 40,
+                cols: 120,
+                argv: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "echo ü; exit 3".into(),
+                    String::new(),
+                ],
+            };
+            let wire = r.encode().unwrap();
+            let len = Request::body_len(wire[..4].try_into().unwrap()).unwrap();
+            assert_eq!(len, wire.len() - 4);
+            assert_eq!(Request::parse_body(&wire[4..]).unwrap(), r);
+        }
+
+        #[test]
+        fn malformed_requests_are_named() {
+            let cases: [(&str, &[u8], &str); 4] = [
+                ("no size", &[0, 24], "cut short at byte 2"),
+                (
+                    "argument past the end",
+                    &[0, 24, 0, 80, 0, 9, b'l', b's'],
+                    "argument 0 runs past",
+                ),
+                (
+                    "not UTF-8",
+                    &[0, 24, 0, 80, 0, 1, 0xff],
+                    "argument 0 is not UTF-8",
+                ),
+                (
+                    "NUL",
+                    &[0, 24, 0, 80, 0, 2, b'a', 0],
+                    "argument 0 holds a NUL",
+                ),
+            ];
+            for (name, body, want) in cases {
+                let e = Request::parse_body(body).unwrap_err();
+                assert!(e.contains(want), "{name}: {e}");
+            }
+            assert!(Request::body_len(u32::MAX.to_be_bytes()).is_err());
+            assert!(Request::body_len(2u32.to_be_bytes()).is_err());
+            let huge = Request {
+                argv: vec!["x".repeat(60_000)],
+                ..Default::default()
+            };
+            assert!(huge.encode().is_err());
         }
     }
 }

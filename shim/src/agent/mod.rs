@@ -1,6 +1,7 @@
 //! The agent inside the VM as the shim sees it: [`Agent`], the calls the shim makes, each
 //! with its own deadline. [`TtrpcAgent`] is the real one (ttrpc over the VMM's hybrid
 //! vsock); tests use fakes. Nothing outside this module touches the generated client.
+pub mod debug_console;
 pub mod hybrid_vsock;
 pub mod log;
 pub mod ready;

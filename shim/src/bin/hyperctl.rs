@@ -63,6 +63,16 @@ enum Command {
         prometheus: bool,
         command: Request,
     },
+    /// A shell (or CMD) in a pod's guest itself, outside every container, on a terminal:
+    /// the agent's debug console, on only for pods started with agent.debug_console = true.
+    Exec {
+        /// A sandbox id from `hyperctl list`.
+        #[arg(long)]
+        sandbox: String,
+        /// The command and its arguments (default: the guest's shell).
+        #[arg(trailing_var_arg = true)]
+        command: Vec<String>,
+    },
     /// Tell whether this host can run hyper: one line per check, OK, WARN or FAIL with
     /// what to do. Exit status 1 if any check failed.
     Check {
@@ -119,6 +129,11 @@ async fn real_main() -> Result<()> {
             std::process::exit(status);
         }
         Command::List => list(&config),
+        Command::Exec { sandbox, command } => {
+            let dir = sandbox_dir(&config, &sandbox, "--sandbox")?;
+            exec_in_guest(&dir, &sandbox, command).await?;
+            std::process::exit(0);
+        }
         Command::Check {
             containerd_config,
             checks,
@@ -173,6 +188,53 @@ async fn real_main() -> Result<()> {
             agent_call(&client, call).await
         }
     }
+}
+
+/// Runs `argv` on the pod's debug console with our terminal, raw, as its terminal; ends
+/// when the guest's side ends. Our stdin's end does not end the session (a script piped
+/// in still gets its output); closing the terminal does.
+async fn exec_in_guest(dir: &Path, pod: &str, argv: Vec<String>) -> Result<()> {
+    use hyper_agent_protocol::debug_console::Request;
+    use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
+    let stdin = std::io::stdin();
+    let (rows, cols) = terminal_size(&stdin).unwrap_or((0, 0));
+    let req = Request { rows, cols, argv };
+    let stream = hyper_shim::agent::debug_console::open(dir, pod, &req).await?;
+    // Raw: keys such as Ctrl-C go to the guest's terminal, not to us.
+    let saved = tcgetattr(&stdin).ok();
+    if let Some(t) = &saved {
+        let mut raw = t.clone();
+        cfmakeraw(&mut raw);
+        tcsetattr(&stdin, SetArg::TCSANOW, &raw).context("raw mode on our terminal")?;
+    }
+    let (mut from_guest, mut to_guest) = stream.into_split();
+    tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut to_guest).await;
+        // Keep the write half open: the session ends from the guest's side.
+        std::future::pending::<()>().await;
+        drop(to_guest);
+    });
+    let mut stdout = tokio::io::stdout();
+    let copied = tokio::io::copy(&mut from_guest, &mut stdout).await;
+    let _ = stdout.flush().await;
+    if let Some(t) = &saved {
+        let _ = tcsetattr(&stdin, SetArg::TCSANOW, t);
+    }
+    copied.context("the guest's terminal output")?;
+    Ok(())
+}
+
+/// Rows and columns of the terminal on `fd`, if it is one.
+fn terminal_size(fd: &impl std::os::fd::AsRawFd) -> Option<(u16, u16)> {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ fills the winsize it is given.
+    let ok = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) } == 0;
+    ok.then_some((ws.ws_row, ws.ws_col))
 }
 
 /// Prints each finding as it comes, then a verdict; true if anything failed.

@@ -27,7 +27,7 @@ pub fn inputs(config: &Config, shape: Shape) -> Result<String, FactoryError> {
         shape.size.vcpus,
         shape.size.memory_mib,
         shape.nics,
-        h.kernel_params,
+        crate::sandbox::kernel_params(config),
         h.debug_console,
         h.virtio_fs_cache.as_str(),
     ))
@@ -131,7 +131,7 @@ mod tests {
         let f = files();
         let base = key_of(&f.config, SHAPE);
         type Change = fn(&mut Config, &mut Shape);
-        let cases: [(&str, Change); 8] = [
+        let cases: [(&str, Change); 9] = [
             ("vcpus", |_, s| s.size.vcpus = 2),
             ("memory", |_, s| s.size.memory_mib = 512),
             ("nics", |_, s| s.nics = 1),
@@ -139,6 +139,7 @@ mod tests {
                 c.hypervisor.kernel_params = "x=1".into()
             }),
             ("debug_console", |c, _| c.hypervisor.debug_console = true),
+            ("agent debug console", |c, _| c.agent.debug_console = true),
             ("cache", |c, _| {
                 c.hypervisor.virtio_fs_cache = VirtioFsCache::Always
             }),
