@@ -112,6 +112,13 @@ suite demo-decision bash scripts/tests/demo-decision.sh
 # twice) and reports each such infrastructure retry; a test that fails is never retried.
 if [ -x tests/harness/run.sh ]; then
   suite test-host bash tests/harness/run.sh
+  # The shim's suites again under containerd 1.7 (Debian 13's), beside Debian 12's 1.6.
+  if ctd17=$(bash scripts/containerd-1.7.sh "$HYPER_CACHE/containerd-1.7"); then
+    suite test-host-containerd-1.7 bash tests/harness/run.sh --add "$ctd17/bin:/opt/containerd-1.7/bin" \
+      --env HYPER_CONTAINERD=/opt/containerd-1.7/bin $(grep -v '^#' tests/e2e/containerd-1.7.list)
+  else
+    record containerd-1.7-fetch 1
+  fi
   # That hang handling itself, with a test that makes the test host go silent on purpose.
   suite test-host-hang-handling bash tests/harness/selftest-hang.sh
 else
@@ -124,10 +131,10 @@ if [ -x agent/tests/testhost/run.sh ]; then
   suite agent-test-host bash agent/tests/testhost/run.sh
 fi
 
-retries=$(cat "$logs"/test-host.log "$logs"/agent-test-host.log 2>/dev/null | sed -n 's/^infrastructure retries: //p' | paste -sd+ | bc)
+retries=$(cat "$logs"/test-host.log "$logs"/test-host-containerd-1.7.log "$logs"/agent-test-host.log 2>/dev/null | sed -n 's/^infrastructure retries: //p' | paste -sd+ | bc)
 if [ "${retries:-0}" -gt 0 ]; then
   log "WARNING: ${retries} infrastructure retries (the test host hung; each reran only the test it hit):"
-  grep -h '^     - ' "$logs"/test-host.log "$logs"/agent-test-host.log 2>/dev/null >&2
+  grep -h '^     - ' "$logs"/test-host.log "$logs"/test-host-containerd-1.7.log "$logs"/agent-test-host.log 2>/dev/null >&2
 fi
 echo "infrastructure retries: ${retries:-0}"
 [ ${#failures[@]} -gt 0 ] && log "failed: ${failures[*]}"

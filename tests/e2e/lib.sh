@@ -21,6 +21,14 @@ READY_MARKER=HYPER-AGENT-READY
 # hyper-vmm's default guest command line; the i8042/8250 options save ~0.4 s of probing.
 GUEST_CMDLINE=${GUEST_CMDLINE:-console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1}
 
+# HYPER_CONTAINERD=DIR (run.sh --env): the containerd, ctr and runc shim in DIR instead of
+# the test host's Debian 12 ones, e.g. containerd 1.7 (scripts/containerd-1.7.sh, carried
+# in with run.sh --add; tests/e2e/containerd-1.7.list).
+if [ -n "${HYPER_CONTAINERD:-}" ]; then
+  [ -x "$HYPER_CONTAINERD/containerd" ] || { echo "HYPER_CONTAINERD=$HYPER_CONTAINERD has no containerd" >&2; exit 1; }
+  export PATH=$HYPER_CONTAINERD:$PATH
+fi
+
 declare -A VM_PID=() VM_T0=() VM_KIND=()
 # hyper-vmm's hybrid-vsock sockets (host side: connect, send "CONNECT <port>\n").
 TH_VSOCK_DIR=/tmp/vsock-$TH_TEST
@@ -236,7 +244,7 @@ EOT
     (( $(now_ms) - t0 < 60000 )) || { tail -20 "$TH_ART/containerd.log"; fail "containerd did not answer within 60 s"; }
     th_sleep 0.2
   done
-  log "containerd (pid $CTD_PID) answers after $(( $(now_ms) - t0 )) ms; log: $TH_ART/containerd.log"
+  log "containerd $(containerd --version | awk '{ print $3 }') (pid $CTD_PID) answers after $(( $(now_ms) - t0 )) ms; log: $TH_ART/containerd.log"
 }
 ctr() { command ctr --address $CTD/containerd.sock "$@"; }
 crictl() { command crictl --config $CTD/crictl.yaml "$@"; }
