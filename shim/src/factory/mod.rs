@@ -187,6 +187,13 @@ async fn build(
     remove_tree(&work);
     make_private_dir(&work).map_err(store(&work))?;
     let started = std::time::Instant::now();
+    // The first pod of a shape waits for this: say so in containerd's log.
+    tracing::info!(
+        template = %template.key,
+        vcpus = shape.size.vcpus,
+        memory_mib = shape.size.memory_mib,
+        "building a VM template: this pod waits for one boot to its agent, later pods of its shape restore"
+    );
     let built = match save_template_vm(config, backend, shape, &work).await {
         Ok(saved) => std::fs::write(saved.join(INPUTS_FILE), inputs)
             .and_then(|()| std::fs::rename(&saved, &template.dir))
