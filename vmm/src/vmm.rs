@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::Kvm;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
@@ -84,14 +83,7 @@ impl Vmm {
         let kvm = open_kvm()?;
         let mem = create_guest_memory(mem_size)?;
         let mut vmm = Vmm::assemble(kvm, mem, serial_out, start)?;
-        let cpuid = vmm
-            .kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(|source| VcpuError::Setup {
-                id: 0,
-                what: "supported CPUID",
-                source,
-            })?;
+        let cpuid = crate::vstate::vcpu::supported_cpuid(&vmm.kvm)?;
         for id in 0..num_vcpus {
             let vcpu = Vcpu::new(&vmm.vm.fd, id)?;
             vcpu.configure(&cpuid, num_vcpus)?;

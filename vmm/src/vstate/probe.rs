@@ -5,13 +5,12 @@
 use std::time::{Duration, Instant};
 
 use hyper_vmm_api::KvmProbe;
-use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::VcpuExit;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::kvm::{KvmError, open_kvm};
 use super::memory::{MemoryError, create_guest_memory};
-use super::vcpu::{Vcpu, VcpuError};
+use super::vcpu::{Vcpu, VcpuError, supported_cpuid};
 use super::vm::{Vm, VmError};
 
 /// Loop iterations of the measured run: about a millisecond on a CPU, a second emulated.
@@ -50,13 +49,7 @@ pub fn probe_kvm() -> Result<KvmProbe, ProbeError> {
     let mem = create_guest_memory(MEMORY)?;
     let vm = Vm::new(&kvm)?;
     vm.register_memory(&mem)?;
-    let cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(|source| VcpuError::Setup {
-            id: 0,
-            what: "supported CPUID",
-            source,
-        })?;
+    let cpuid = supported_cpuid(&kvm)?;
     let mut vcpu = Vcpu::new(&vm.fd, 0)?;
     vcpu.configure(&cpuid, 1)?;
     let entry = run_loop(&mut vcpu, &mem, 1)?;

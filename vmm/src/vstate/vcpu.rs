@@ -238,6 +238,16 @@ pub fn install_kick_handler() -> Result<(), VcpuError> {
     register_signal_handler(kick_signal(), kick_handler).map_err(VcpuError::Signal)
 }
 
+/// The CPUID entries KVM can give a vCPU on this host ([`Vcpu::configure`] filters them).
+pub fn supported_cpuid(kvm: &kvm_ioctls::Kvm) -> Result<CpuId, VcpuError> {
+    kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(|source| VcpuError::Setup {
+            id: 0,
+            what: "supported CPUID",
+            source,
+        })
+}
+
 pub struct Vcpu {
     pub fd: VcpuFd,
     pub id: u8,
