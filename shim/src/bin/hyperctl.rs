@@ -2,8 +2,8 @@
 //!
 //! `run` boots a VM for an OCI bundle and runs its process with the terminal's stdio;
 //! `list` shows the sandboxes on this host; `console` prints a sandbox's guest console;
-//! `agent` calls the agent of a running VM directly; `check` tells whether this host can
-//! run hyper.
+//! `agent` calls the agent of a running VM directly; `exec` opens a pod's guest debug
+//! console; `check` tells whether this host can run hyper.
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -210,9 +210,8 @@ async fn exec_in_guest(dir: &Path, pod: &str, argv: Vec<String>) -> Result<()> {
     let (mut from_guest, mut to_guest) = stream.into_split();
     tokio::spawn(async move {
         let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut to_guest).await;
-        // Keep the write half open: the session ends from the guest's side.
-        std::future::pending::<()>().await;
-        drop(to_guest);
+        // The write half lives on here, open: the session ends from the guest's side.
+        std::future::pending::<()>().await
     });
     let mut stdout = tokio::io::stdout();
     let copied = tokio::io::copy(&mut from_guest, &mut stdout).await;
