@@ -40,6 +40,10 @@ pub struct DeviceCounters {
     pub notifications: AtomicU64,
     /// Used-buffer interrupts raised (for devices that count them).
     pub interrupts: AtomicU64,
+    /// Connections open now (vsock).
+    pub connections: AtomicU64,
+    /// Connections opened since boot (vsock).
+    pub connections_opened: AtomicU64,
     /// By kind of request, for devices that tell kinds apart (virtio-fs: FUSE opcodes).
     /// The kinds are the device's own names, never the guest's, so the map stays small.
     ops: Mutex<BTreeMap<&'static str, OpTotals>>,
@@ -132,6 +136,8 @@ impl Metrics {
                     errors: r(&d.errors),
                     notifications: r(&d.notifications),
                     interrupts: r(&d.interrupts),
+                    connections: r(&d.connections),
+                    connections_opened: r(&d.connections_opened),
                     ops: d.ops(),
                 };
                 (name.clone(), counts)

@@ -151,6 +151,10 @@ pub struct DeviceMetrics {
     pub notifications: u64,
     /// Used-buffer interrupts raised to the guest.
     pub interrupts: u64,
+    /// Connections open now (vsock; 0 for devices without connections).
+    pub connections: u64,
+    /// Connections opened since boot (vsock).
+    pub connections_opened: u64,
     /// By kind of request (for virtio-fs, the FUSE opcode: "LOOKUP", "WRITE", …); only
     /// devices that tell request kinds apart fill it.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]

@@ -7,7 +7,8 @@
 //!   JSON object per line each way, `{"cmd":"pause"}` → `{"ok":true}` or
 //!   `{"ok":false,"error":"…"}`.
 //! - [`BASE_CMDLINE`] is the guest kernel command line every VM starts from.
-//! - [`Metrics::to_prometheus`] renders the `metrics` reply as Prometheus text.
+//! - [`Metrics::to_prometheus`] renders the `metrics` reply as Prometheus text, with
+//!   [`Exposition`], the text writer the shim's pod metrics use too.
 //! - [`KvmProbe`] is what `hyper-vmm --probe-kvm` prints: how this host's KVM runs guest
 //!   kernel code.
 //!
@@ -18,6 +19,7 @@ mod config;
 mod control;
 mod probe;
 mod prometheus;
+pub use prometheus::{Exposition, Family};
 
 pub use config::*;
 pub use control::*;

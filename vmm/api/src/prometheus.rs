@@ -1,32 +1,85 @@
-//! [`Metrics`] in the Prometheus text exposition format (version 0.0.4), so a scraper, or
-//! a shell script with `awk`, reads the VMM's counters without a JSON parser.
+//! The Prometheus text exposition format (version 0.0.4): [`Exposition`] writes it, and
+//! [`Metrics`] renders itself in it, so a scraper, or a shell script with `awk`, reads the
+//! VMM's counters without a JSON parser. The shim writes its pod metrics with the same
+//! writer.
 
 use std::fmt::Write;
 
 use crate::Metrics;
 
-/// One metric family: its `# HELP`/`# TYPE` header and its samples.
-struct Family<'a> {
-    out: &'a mut String,
+/// A page of metric families; every sample carries the page's constant labels first
+/// (the shim's `pod="…"`).
+#[derive(Debug, Default)]
+pub struct Exposition {
+    out: String,
+    const_labels: String,
 }
 
-impl<'a> Family<'a> {
-    fn new(out: &'a mut String, name: &str, kind: &str, help: &str) -> Self {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        Family { out }
+impl Exposition {
+    /// A page whose samples all carry `const_labels`.
+    pub fn new(const_labels: &[(&str, &str)]) -> Self {
+        Exposition {
+            out: String::new(),
+            const_labels: render_labels(const_labels),
+        }
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-        self.out.push_str(name);
-        if !labels.is_empty() {
-            let body: Vec<String> = labels
-                .iter()
-                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-                .collect();
-            let _ = write!(self.out, "{{{}}}", body.join(","));
+    /// Starts family `name` of type `kind` (`gauge`, `counter`); add its samples to
+    /// what this returns before starting the next family.
+    pub fn family(&mut self, name: &str, kind: &str, help: &str) -> Family<'_> {
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        Family {
+            page: self,
+            name: name.to_string(),
         }
-        let _ = writeln!(self.out, " {value}");
     }
+
+    /// A family with a single sample.
+    pub fn single(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+        self.family(name, kind, help).sample(&[], value);
+    }
+
+    /// The text, one line per header and sample.
+    pub fn finish(self) -> String {
+        self.out
+    }
+}
+
+/// One metric family being written: its samples.
+pub struct Family<'a> {
+    page: &'a mut Exposition,
+    name: String,
+}
+
+impl Family<'_> {
+    /// A sample of this family with `labels` besides the page's.
+    pub fn sample(&mut self, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        let out = &mut self.page.out;
+        out.push_str(&self.name);
+        let own = render_labels(labels);
+        match (self.page.const_labels.is_empty(), own.is_empty()) {
+            (true, true) => {}
+            (false, true) => {
+                let _ = write!(out, "{{{}}}", self.page.const_labels);
+            }
+            (true, false) => {
+                let _ = write!(out, "{{{own}}}");
+            }
+            (false, false) => {
+                let _ = write!(out, "{{{},{own}}}", self.page.const_labels);
+            }
+        }
+        let _ = writeln!(out, " {value}");
+    }
+}
+
+/// `k="v",…` with each value escaped as the format wants.
+fn render_labels(labels: &[(&str, &str)]) -> String {
+    let body: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+        .collect();
+    body.join(",")
 }
 
 /// A label value as the format wants it: backslash, quote and newline escaped.
@@ -43,7 +96,13 @@ fn seconds(us: u64) -> f64 {
 impl Metrics {
     /// Every counter, one sample per line, names prefixed `hyper_vmm_`.
     pub fn to_prometheus(&self) -> String {
-        let mut out = String::new();
+        let mut page = Exposition::new(&[]);
+        self.write_prometheus(&mut page);
+        page.finish()
+    }
+
+    /// Adds every counter to `page`.
+    pub fn write_prometheus(&self, page: &mut Exposition) {
         for (name, help, us) in [
             (
                 "hyper_vmm_boot_time_seconds",
@@ -61,12 +120,11 @@ impl Metrics {
                 self.restored_us,
             ),
         ] {
-            Family::new(&mut out, name, "gauge", help).sample(name, &[], seconds(us));
+            page.single(name, "gauge", help, seconds(us));
         }
 
-        let name = "hyper_vmm_exits_total";
         let e = &self.exits;
-        let mut f = Family::new(&mut out, name, "counter", "vCPU exits by reason.");
+        let mut f = page.family("hyper_vmm_exits_total", "counter", "vCPU exits by reason.");
         for (reason, n) in [
             ("io_in", e.io_in),
             ("io_out", e.io_out),
@@ -82,11 +140,19 @@ impl Metrics {
             ("internal_error", e.internal_error),
             ("other", e.other),
         ] {
-            f.sample(name, &[("reason", reason)], n);
+            f.sample(&[("reason", reason)], n);
         }
 
         type DeviceField = fn(&crate::DeviceMetrics) -> u64;
-        let device_counters: [(&str, &str, DeviceField); 6] = [
+        let mut f = page.family(
+            "hyper_vmm_device_connections",
+            "gauge",
+            "Connections open now (vsock; 0 for the other devices).",
+        );
+        for (device, d) in &self.devices {
+            f.sample(&[("device", device)], d.connections);
+        }
+        let device_counters: [(&str, &str, DeviceField); 7] = [
             ("tx_bytes", "Guest-to-host bytes.", |d| d.tx_bytes),
             ("rx_bytes", "Host-to-guest bytes.", |d| d.rx_bytes),
             ("requests", "Requests, packets or descriptor chains.", |d| {
@@ -101,12 +167,15 @@ impl Metrics {
             ("interrupts", "Used-buffer interrupts to the guest.", |d| {
                 d.interrupts
             }),
+            ("connections_opened", "Connections opened (vsock).", |d| {
+                d.connections_opened
+            }),
         ];
         for (field, help, get) in device_counters {
             let name = format!("hyper_vmm_device_{field}_total");
-            let mut f = Family::new(&mut out, &name, "counter", help);
+            let mut f = page.family(&name, "counter", help);
             for (device, d) in &self.devices {
-                f.sample(&name, &[("device", device)], get(d));
+                f.sample(&[("device", device)], get(d));
             }
         }
 
@@ -129,14 +198,13 @@ impl Metrics {
         ];
         for (field, help, get) in op_counters {
             let name = format!("hyper_vmm_device_op_{field}");
-            let mut f = Family::new(&mut out, &name, "counter", help);
+            let mut f = page.family(&name, "counter", help);
             for (device, d) in &self.devices {
                 for (op, o) in &d.ops {
-                    f.sample(&name, &[("device", device), ("op", op)], get(o));
+                    f.sample(&[("device", device), ("op", op)], get(o));
                 }
             }
         }
-        out
     }
 }
 
@@ -190,6 +258,25 @@ mod tests {
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+
+    #[test]
+    fn a_page_puts_its_constant_labels_first_on_every_sample() {
+        let mut page = Exposition::new(&[("pod", "p\"1")]);
+        page.single("up", "gauge", "Up.", 1);
+        page.family("t_total", "counter", "T.")
+            .sample(&[("device", "vsock")], 2);
+        let m = Metrics::default();
+        m.write_prometheus(&mut page);
+        let text = page.finish();
+        for want in [
+            "up{pod=\"p\\\"1\"} 1\n",
+            "t_total{pod=\"p\\\"1\",device=\"vsock\"} 2\n",
+            "hyper_vmm_boot_time_seconds{pod=\"p\\\"1\"} 0\n",
+            "hyper_vmm_exits_total{pod=\"p\\\"1\",reason=\"hlt\"} 0\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
         }
     }
 }

@@ -14,6 +14,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::EventSet;
@@ -127,6 +128,7 @@ impl Muxer {
         for (_, e) in self.conns.drain() {
             ctl.remove(e.conn.stream.as_raw_fd());
         }
+        self.count_connections();
         self.subs.clear();
         self.rxq.clear();
         self.local_ports.clear();
@@ -285,6 +287,13 @@ impl Muxer {
             self.local_ports.remove(&key.0);
             tracing::debug!("vsock: connection {key:?} closed");
         }
+        self.count_connections();
+    }
+
+    /// Publishes how many connections are open (the `connections` gauge).
+    fn count_connections(&self) {
+        let open = self.conns.len() as u64;
+        self.counters.connections.store(open, Ordering::Relaxed);
     }
 
     fn insert(&mut self, conn: Connection, ctl: &EventCtl) {
@@ -300,6 +309,8 @@ impl Muxer {
                 interest: EventSet::empty(),
             },
         );
+        inc(&self.counters.connections_opened);
+        self.count_connections();
         self.refresh(key, ctl);
     }
 
