@@ -10,6 +10,7 @@ mod cgroups;
 mod container;
 mod debug_console;
 mod error;
+mod guest_metrics;
 mod log_stream;
 mod mount;
 mod network;

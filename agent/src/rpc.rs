@@ -160,6 +160,14 @@ impl agent_ttrpc::AgentService for Agent {
             }))
     }
 
+    async fn guest_metrics(
+        &self,
+        _: &TtrpcContext,
+        _: agent::GuestMetricsRequest,
+    ) -> R<agent::GuestMetricsResponse> {
+        map(crate::guest_metrics::read())
+    }
+
     async fn exec_process(
         &self,
         _: &TtrpcContext,

@@ -173,6 +173,27 @@ impl AgentService for Recorder {
             ..Default::default()
         })
     }
+    async fn guest_metrics(
+        &self,
+        _: &TtrpcContext,
+        _: GuestMetricsRequest,
+    ) -> ttrpc::Result<GuestMetricsResponse> {
+        self.record("GuestMetrics", "");
+        let mut m = GuestMetricsResponse {
+            load1: 0.25,
+            tasks_total: 40,
+            cpu: Some(GuestCpuSeconds {
+                user: 1.5,
+                steal: 0.125,
+                ..Default::default()
+            })
+            .into(),
+            uptime_seconds: 9.5,
+            ..Default::default()
+        };
+        m.meminfo_bytes.insert("MemTotal".into(), 1 << 28);
+        Ok(m)
+    }
     async fn list_processes(
         &self,
         _: &TtrpcContext,
@@ -465,6 +486,15 @@ async fn call_everything(c: &AgentServiceClient) -> Vec<&'static str> {
     );
     called.push("StatsContainer");
 
+    let g = c
+        .guest_metrics(ctx(), &GuestMetricsRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(g.meminfo_bytes.get("MemTotal"), Some(&(1 << 28)));
+    assert_eq!((g.load1, g.tasks_total, g.uptime_seconds), (0.25, 40, 9.5));
+    assert_eq!((g.cpu.user, g.cpu.steal), (1.5, 0.125));
+    called.push("GuestMetrics");
+
     let ps = c
         .list_processes(
             ctx(),
@@ -657,6 +687,7 @@ async fn every_rpc_round_trips_with_its_fields() {
         "ResumeContainer:c1",
         r#"UpdateContainer:c1/{"pids":{"limit":5}}"#,
         "StatsContainer:c1",
+        "GuestMetrics:",
         "ListProcesses:c1",
         r#"ExecProcess:c1/e1/{"args":["ls"]}/false"#,
         "RemoveProcess:c1/e1",
@@ -712,7 +743,7 @@ async fn an_unimplemented_method_is_detected() {
 #[test]
 fn rpc_names_are_parsed_from_the_proto() {
     let names = hyper_agent_protocol::rpc_names();
-    assert_eq!(names.len(), 25, "{names:?}");
+    assert_eq!(names.len(), 26, "{names:?}");
     assert_eq!(names.first(), Some(&"Health"));
     assert!(names.contains(&"GetOOMEvent"));
     let unique: BTreeSet<_> = names.iter().collect();
