@@ -11,6 +11,7 @@ pub mod host_cgroup;
 pub mod host_check;
 pub mod hypervisor;
 pub mod identifier;
+pub mod metrics;
 pub mod network;
 pub mod pid_file;
 pub mod pod;

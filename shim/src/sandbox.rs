@@ -19,7 +19,7 @@ use crate::config::{Config, SharedFs};
 use crate::factory::Shape;
 use crate::hypervisor::{
     Disk, HyperVmm, Hypervisor, HypervisorError, NetDevice, SharedDir, SnapshotUse, Stop, VmSpec,
-    process_alive,
+    VmmMetrics, process_alive,
 };
 use crate::network::{NetworkError, PodNetwork, PortForwarder, TapDevice};
 use crate::rootfs;
@@ -530,6 +530,22 @@ impl Sandbox {
         self.vmm_pid
     }
 
+    /// Runs `task` (a server of the pod's) until the sandbox shuts down.
+    pub fn keep_task(&self, task: JoinHandle<()>) {
+        self.watchers.lock().expect("watchers lock").push(task);
+    }
+
+    /// The VMM's counters, within `timeout` (a VM being stopped does not answer).
+    pub async fn vmm_metrics(&self, timeout: Duration) -> Result<VmmMetrics, String> {
+        let hypervisor = tokio::time::timeout(timeout, self.hypervisor.lock())
+            .await
+            .map_err(|_| "the VM is being stopped or paused".to_string())?;
+        match hypervisor.as_ref() {
+            Some(h) => h.metrics(timeout).await.map_err(|e| e.to_string()),
+            None => Err("the VM is stopped".into()),
+        }
+    }
+
     pub async fn pause(&self) -> Result<(), SandboxError> {
         match self.hypervisor.lock().await.as_ref() {
             Some(h) => Ok(h.pause().await?),
@@ -558,12 +574,7 @@ impl Sandbox {
         let how = if self.vmm_pid.is_none_or(process_alive) {
             // Asked now, off the start path: the VMM's own times of its boot.
             if let Some(t) = h.boot_times().await {
-                self.trace
-                    .mark_vmm_reported(Step::VmRestored, t.restored_us);
-                self.trace
-                    .mark_vmm_reported(Step::VcpusStarted, t.vcpus_started_us);
-                self.trace
-                    .mark_vmm_reported(Step::GuestInit, t.guest_init_us);
+                self.trace.mark_boot_times(&t);
             }
             // Once the agent has destroyed the sandbox nothing in the guest is left to
             // save, and waiting for the guest to reset would only delay the pod's end.

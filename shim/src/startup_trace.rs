@@ -174,6 +174,13 @@ impl StartupTrace {
         self.mark_at(step, spawned.saturating_add(offset_us).min(ready));
     }
 
+    /// Marks the boot steps the VMM timed (see [`StartupTrace::mark_vmm_reported`]).
+    pub fn mark_boot_times(&self, t: &crate::hypervisor::BootTimes) {
+        self.mark_vmm_reported(Step::VmRestored, t.restored_us);
+        self.mark_vmm_reported(Step::VcpusStarted, t.vcpus_started_us);
+        self.mark_vmm_reported(Step::GuestInit, t.guest_init_us);
+    }
+
     /// Makes `container` the one whose steps count: the first one offered wins.
     pub fn follow(&self, container: &str) {
         let _ = self.container.set(container.to_string());
@@ -189,22 +196,29 @@ impl StartupTrace {
     pub fn at(&self, step: Step) -> Option<u64> {
         self.at.lock().unwrap_or_else(|e| e.into_inner())[step.index()]
     }
+
+    /// The steps that happened, each with its µs since the first of them (containerd
+    /// spawning the shim).
+    pub fn since_start(&self) -> Vec<(Step, u64)> {
+        let at = *self.at.lock().unwrap_or_else(|e| e.into_inner());
+        let origin = at.iter().flatten().min().copied().unwrap_or(0);
+        Step::ALL
+            .into_iter()
+            .zip(at)
+            .filter_map(|(step, us)| Some((step, us? - origin)))
+            .collect()
+    }
 }
 
 /// `shim_spawned=0 shim_serving=12 …`: ms since the shim was spawned, for the steps
 /// that happened (a pod whose container printed nothing has no `first_output`).
 impl fmt::Display for StartupTrace {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let at = *self.at.lock().unwrap_or_else(|e| e.into_inner());
-        let origin = at.iter().flatten().min().copied().unwrap_or(0);
-        let mut first = true;
-        for (step, us) in Step::ALL.iter().zip(at) {
-            let Some(us) = us else { continue };
-            if !first {
+        for (i, (step, us)) in self.since_start().into_iter().enumerate() {
+            if i > 0 {
                 f.write_str(" ")?;
             }
-            first = false;
-            write!(f, "{}={}", step.name(), (us - origin) / 1000)?;
+            write!(f, "{}={}", step.name(), us / 1000)?;
         }
         Ok(())
     }

@@ -53,6 +53,24 @@ pub fn create_private_file(path: &Path) -> std::io::Result<std::fs::File> {
     Ok(f)
 }
 
+/// The pods in state dir `root`: (pod id, its dir), sorted by id. Dot entries are the
+/// shim's own (VM templates), not pods; a missing root has no pods.
+pub fn pod_dirs(root: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let entries = match std::fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut pods: Vec<(String, PathBuf)> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+        .filter(|(name, _)| !name.starts_with('.'))
+        .collect();
+    pods.sort();
+    Ok(pods)
+}
+
 fn make_private_mount(root: &Path) -> std::io::Result<()> {
     if !crate::share::mounts_under(root).iter().any(|m| m == root) {
         nix::mount::mount(

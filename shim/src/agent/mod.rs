@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hyper_agent_protocol::agent::{
-    CreateContainerRequest, CreateSandboxRequest, StatsContainerResponse,
+    CreateContainerRequest, CreateSandboxRequest, GuestMetricsResponse, StatsContainerResponse,
 };
 
 pub use hybrid_vsock::HybridVsockError;
@@ -90,6 +90,8 @@ pub trait Agent: Send + Sync {
         &self,
         container_id: &str,
     ) -> Result<StatsContainerResponse, AgentError>;
+    /// The guest's memory, load and CPU time.
+    async fn guest_metrics(&self) -> Result<GuestMetricsResponse, AgentError>;
     /// Guest pids of the container's processes.
     async fn list_processes(&self, container_id: &str) -> Result<Vec<u32>, AgentError>;
 

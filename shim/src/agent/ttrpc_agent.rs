@@ -220,6 +220,13 @@ impl Agent for TtrpcAgent {
             .map_err(err("StatsContainer"))
     }
 
+    async fn guest_metrics(&self) -> Result<pb::GuestMetricsResponse, AgentError> {
+        self.client
+            .guest_metrics(self.prompt(), &pb::GuestMetricsRequest::default())
+            .await
+            .map_err(err("GuestMetrics"))
+    }
+
     async fn list_processes(&self, container_id: &str) -> Result<Vec<u32>, AgentError> {
         let req = pb::ListProcessesRequest {
             container_id: container_id.to_string(),

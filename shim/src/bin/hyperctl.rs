@@ -3,7 +3,8 @@
 //! `run` boots a VM for an OCI bundle and runs its process with the terminal's stdio;
 //! `list` shows the sandboxes on this host; `console` prints a sandbox's guest console;
 //! `agent` calls the agent of a running VM directly; `exec` opens a pod's guest debug
-//! console; `check` tells whether this host can run hyper.
+//! console; `check` tells whether this host can run hyper; `metrics` prints the pods'
+//! Prometheus metrics and `monitor` serves them on one HTTP endpoint.
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use hyper_shim::agent::{Agent, AgentTimeouts, ProcessRef, TtrpcAgent};
 use hyper_shim::config::Config;
 use hyper_shim::hypervisor::hyper_vmm::{CONTROL_TIMEOUT, api_socket_in, request, vsock_uds_in};
 use hyper_shim::identifier;
+use hyper_shim::metrics;
 use hyper_shim::pid_file::{self, Recorded};
 use hyper_shim::pod::{Exit, NewContainer, Pod, PodEvents, Stdio};
 use hyper_shim::sandbox::HyperVmmBackend;
@@ -72,6 +74,18 @@ enum Command {
         /// The command and its arguments (default: the guest's shell).
         #[arg(trailing_var_arg = true)]
         command: Vec<String>,
+    },
+    /// Print the Prometheus metrics of one pod, or of every pod on this host merged.
+    Metrics {
+        /// A sandbox id from `hyperctl list` (default: every pod).
+        #[arg(long)]
+        sandbox: Option<String>,
+    },
+    /// Serve every pod's metrics on one HTTP endpoint (GET /metrics), for Prometheus.
+    Monitor {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: std::net::SocketAddr,
     },
     /// Tell whether this host can run hyper: one line per check, OK, WARN or FAIL with
     /// what to do. Exit status 1 if any check failed.
@@ -133,6 +147,33 @@ async fn real_main() -> Result<()> {
             let dir = sandbox_dir(&config, &sandbox, "--sandbox")?;
             exec_in_guest(&dir, &sandbox, command).await?;
             std::process::exit(0);
+        }
+        Command::Metrics { sandbox } => {
+            let page = match sandbox {
+                Some(id) => {
+                    let socket = sandbox_dir(&config, &id, "--sandbox")?.join(metrics::SOCKET);
+                    metrics::http::fetch_unix(&socket, metrics::SOURCE_TIMEOUT * 2).await?
+                }
+                None => {
+                    let dir = &config.runtime.state_dir;
+                    metrics::monitor::scrape_all(dir, metrics::SOURCE_TIMEOUT * 2).await
+                }
+            };
+            print!("{page}");
+            Ok(())
+        }
+        Command::Monitor { listen } => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("listen on {listen}"))?;
+            eprintln!(
+                "hyperctl: serving the metrics of the pods in {} on http://{listen}{}",
+                config.runtime.state_dir.display(),
+                metrics::http::PATH
+            );
+            let dir = config.runtime.state_dir.clone();
+            metrics::monitor::serve(listener, dir, metrics::SOURCE_TIMEOUT * 2).await?;
+            Ok(())
         }
         Command::Check {
             containerd_config,
@@ -278,17 +319,10 @@ async fn agent_call(client: &TtrpcAgent, call: AgentCall) -> Result<()> {
 fn list(config: &Config) -> Result<()> {
     let dir = &config.runtime.state_dir;
     println!("{:<40} {:>8} STATE", "SANDBOX", "VMM PID");
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("read {}", dir.display())),
-    };
-    // Dot entries are the shim's own (VM templates), not sandboxes.
-    let sandboxes = entries
-        .flatten()
-        .filter(|e| e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.'));
-    for e in sandboxes {
-        let file = e.path().join(hyper_shim::sandbox::VMM_PID_FILE);
+    let pods =
+        hyper_shim::state_dir::pod_dirs(dir).with_context(|| format!("read {}", dir.display()))?;
+    for (pod, pod_dir) in pods {
+        let file = pod_dir.join(hyper_shim::sandbox::VMM_PID_FILE);
         let pid = pid_file::read(&file).map(|r| r.pid);
         let state = match (pid, pid_file::read_live(&file, "hyper-vmm")) {
             (_, Recorded::Live(_) | Recorded::Unverified(_)) => "running",
@@ -296,7 +330,7 @@ fn list(config: &Config) -> Result<()> {
             (None, Recorded::Gone) => "booting",
         };
         let pid = pid.map_or("-".to_string(), |p| p.to_string());
-        println!("{:<40} {pid:>8} {state}", e.file_name().to_string_lossy());
+        println!("{pod:<40} {pid:>8} {state}");
     }
     Ok(())
 }

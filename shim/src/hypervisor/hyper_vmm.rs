@@ -22,7 +22,7 @@ use tokio::net::UnixStream;
 use crate::pid_file::Process;
 use crate::state_dir::{create_private_file, make_private_dir};
 
-use super::{BootTimes, Hypervisor, HypervisorError, SnapshotFiles, SnapshotUse, Stop, VmSpec};
+use super::{Hypervisor, HypervisorError, SnapshotFiles, SnapshotUse, Stop, VmSpec, VmmMetrics};
 
 /// Guest CID of every VM: each VM has its own vsock device, so they need not differ.
 pub const GUEST_CID: u32 = 3;
@@ -32,8 +32,6 @@ const FIRST_TAP_FD: RawFd = 3;
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a `snapshot` request may take: it writes all of guest memory.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long the start-up trace waits for the VMM's own boot times.
-const BOOT_TIMES_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a VMM may take to exit after `poweroff` or SIGKILL: it only stops its
 /// vCPUs and removes its sockets.
 const POWER_OFF_WAIT: Duration = Duration::from_secs(2);
@@ -418,23 +416,12 @@ impl Hypervisor for HyperVmm {
         self.process.as_ref().map(|p| p.pid)
     }
 
-    async fn boot_times(&self) -> Option<BootTimes> {
-        // Asked on the way to stopping the VM: a VMM that does not answer soon must not
-        // hold up the stop, which has its own timeout.
-        match request(&self.api_socket(), Request::Metrics, BOOT_TIMES_TIMEOUT).await {
-            Ok(Success {
-                metrics: Some(m), ..
-            }) => Some(BootTimes {
-                vcpus_started_us: m.vcpus_started_us,
-                guest_init_us: m.boot_time_us,
-                restored_us: m.restored_us,
-            }),
-            Ok(_) => None,
-            Err(e) => {
-                tracing::debug!("VMM boot times: {e}");
-                None
-            }
-        }
+    async fn metrics(&self, timeout: Duration) -> Result<VmmMetrics, HypervisorError> {
+        let success = request(&self.api_socket(), Request::Metrics, timeout).await?;
+        success.metrics.ok_or_else(|| HypervisorError::Control {
+            path: self.api_socket(),
+            message: "metrics: the reply carries no metrics".into(),
+        })
     }
 }
 

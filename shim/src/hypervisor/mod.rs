@@ -4,8 +4,10 @@
 pub mod hyper_vmm;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use async_trait::async_trait;
+pub use hyper_vmm_api::Metrics as VmmMetrics;
 
 pub use hyper_vmm::HyperVmm;
 
@@ -110,12 +112,25 @@ pub trait Hypervisor: Send + Sync {
     fn vsock_uds(&self) -> PathBuf;
     /// PID of the VMM process, while it runs.
     fn pid(&self) -> Option<u32>;
+    /// The VMM's counters (exits, device requests and bytes, boot times), answered
+    /// within `timeout`. The VMM is as untrusted as its guest: these are its word.
+    async fn metrics(&self, timeout: Duration) -> Result<VmmMetrics, HypervisorError>;
     /// When the VM's vCPUs started and its guest reached `/init`, by the VMM's clock;
-    /// `None` when the VMM cannot say.
+    /// `None` when the VMM cannot say soon (asked on the way to stopping the VM, which
+    /// has its own timeout).
     async fn boot_times(&self) -> Option<BootTimes> {
-        None
+        match self.metrics(BOOT_TIMES_TIMEOUT).await {
+            Ok(m) => Some(BootTimes::of(&m)),
+            Err(e) => {
+                tracing::debug!("VMM boot times: {e}");
+                None
+            }
+        }
     }
 }
+
+/// How long the start-up trace waits for the VMM's own boot times.
+const BOOT_TIMES_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How to stop a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +150,17 @@ pub struct BootTimes {
     pub guest_init_us: u64,
     /// A VM restored from a template: when the VMM had restored it (0: it booted).
     pub restored_us: u64,
+}
+
+impl BootTimes {
+    /// The boot times among the VMM's counters.
+    pub fn of(m: &VmmMetrics) -> Self {
+        BootTimes {
+            vcpus_started_us: m.vcpus_started_us,
+            guest_init_us: m.boot_time_us,
+            restored_us: m.restored_us,
+        }
+    }
 }
 
 /// True while `pid` exists and is not a zombie (a zombie is dead, only not yet reaped).

@@ -10,6 +10,7 @@
 //! call. `create_lock` serialises creates, so only one of them can boot the VM.
 pub mod container;
 pub mod io;
+mod metrics;
 pub mod process;
 pub mod sandbox_spec;
 
@@ -373,6 +374,7 @@ impl Pod {
                 e => PodError::Sandbox(e),
             })?;
         self.watch_sandbox(Arc::downgrade(&sandbox), rx);
+        self.serve_metrics(&sandbox);
         Ok(sandbox)
     }
 

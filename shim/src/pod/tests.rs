@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hyper_agent_protocol::agent::{
-    CreateContainerRequest, CreateSandboxRequest, StatsContainerResponse,
+    CreateContainerRequest, CreateSandboxRequest, GuestMetricsResponse, StatsContainerResponse,
 };
 use tokio::sync::watch;
 
@@ -18,7 +18,7 @@ use super::*;
 use crate::agent::{Agent, AgentError, OutStream, ProcessRef};
 use crate::config::{Config, SharedFs};
 use crate::hypervisor::{
-    BootTimes, Hypervisor, HypervisorError, SnapshotFiles, SnapshotUse, Stop, VmSpec,
+    BootTimes, Hypervisor, HypervisorError, SnapshotFiles, SnapshotUse, Stop, VmSpec, VmmMetrics,
 };
 use crate::sandbox::SandboxBackend;
 
@@ -107,7 +107,18 @@ impl Agent for FakeAgent {
     }
     async fn stats_container(&self, id: &str) -> Result<StatsContainerResponse, AgentError> {
         self.call("StatsContainer", id)?;
-        Ok(StatsContainerResponse::default())
+        Ok(StatsContainerResponse {
+            pids: Some(hyper_agent_protocol::agent::PidsStats {
+                current: 1,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        })
+    }
+    async fn guest_metrics(&self) -> Result<GuestMetricsResponse, AgentError> {
+        self.call("GuestMetrics", "")?;
+        Ok(GuestMetricsResponse::default())
     }
     async fn list_processes(&self, id: &str) -> Result<Vec<u32>, AgentError> {
         self.call("ListProcesses", id)?;
@@ -256,8 +267,12 @@ impl Hypervisor for FakeHypervisor {
     fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
-    async fn boot_times(&self) -> Option<BootTimes> {
-        Some(FAKE_BOOT_TIMES)
+    async fn metrics(&self, _: Duration) -> Result<VmmMetrics, HypervisorError> {
+        Ok(VmmMetrics {
+            vcpus_started_us: FAKE_BOOT_TIMES.vcpus_started_us,
+            boot_time_us: FAKE_BOOT_TIMES.guest_init_us,
+            ..VmmMetrics::default()
+        })
     }
 }
 
@@ -694,6 +709,39 @@ async fn removing_the_last_container_stops_the_vm_and_removes_its_state() {
     assert!(r.pod_dirs().is_empty(), "state left: {:?}", r.pod_dirs());
     assert!(r.mounts_left().is_empty());
     assert!(r.pod.shutdown().await);
+}
+
+#[tokio::test]
+async fn the_pod_serves_its_metrics_while_its_vm_runs() {
+    let r = rig();
+    r.create("c1").await.unwrap();
+    r.create("c2").await.unwrap();
+    let socket = r.state_root().join("c1").join(crate::metrics::SOCKET);
+    let page = crate::metrics::http::fetch_unix(&socket, Duration::from_secs(5))
+        .await
+        .unwrap();
+    for line in [
+        r#"hyper_metrics_source_up{pod="c1",source="vmm"} 1"#,
+        r#"hyper_metrics_source_up{pod="c1",source="agent"} 1"#,
+        r#"hyper_vmm_boot_time_seconds{pod="c1"} 0.002"#,
+        r#"hyper_guest_tasks{pod="c1",state="total"} 0"#,
+    ] {
+        assert!(page.lines().any(|l| l == line), "no {line:?} in\n{page}");
+    }
+    for series in [
+        r#"hyper_process_threads{pod="c1",process="shim"}"#,
+        r#"hyper_process_threads{pod="c1",process="vmm"}"#,
+        r#"hyper_container_pids{pod="c1",container="c1"}"#,
+        r#"hyper_container_pids{pod="c1",container="c2"}"#,
+        r#"hyper_startup_step_seconds{pod="c1",step="vmm_spawned"}"#,
+    ] {
+        assert!(page.contains(series), "no {series} in\n{page}");
+    }
+    assert_eq!(r.logged("GuestMetrics"), 1);
+    for id in ["c1", "c2"] {
+        r.pod.delete(&init(id)).await.unwrap();
+    }
+    assert!(!socket.exists(), "the socket outlives the pod");
 }
 
 #[tokio::test]
