@@ -121,6 +121,7 @@ async fn call(c: &AgentServiceClient, name: &str) -> Option<ttrpc::Result<()>> {
             .await
             .map(drop),
         "ListProcesses" => c.list_processes(ctx(), &Default::default()).await.map(drop),
+        "GuestMetrics" => c.guest_metrics(ctx(), &Default::default()).await.map(drop),
         "ExecProcess" => c.exec_process(ctx(), &Default::default()).await.map(drop),
         "RemoveProcess" => c.remove_process(ctx(), &Default::default()).await.map(drop),
         "SignalProcess" => c.signal_process(ctx(), &Default::default()).await.map(drop),
