@@ -152,11 +152,11 @@ async fn real_main() -> Result<()> {
             let page = match sandbox {
                 Some(id) => {
                     let socket = sandbox_dir(&config, &id, "--sandbox")?.join(metrics::SOCKET);
-                    metrics::http::fetch_unix(&socket, metrics::SOURCE_TIMEOUT * 2).await?
+                    metrics::http::fetch_unix(&socket, metrics::FETCH_TIMEOUT).await?
                 }
                 None => {
                     let dir = &config.runtime.state_dir;
-                    metrics::monitor::scrape_all(dir, metrics::SOURCE_TIMEOUT * 2).await
+                    metrics::monitor::scrape_all(dir, metrics::FETCH_TIMEOUT).await
                 }
             };
             print!("{page}");
@@ -172,7 +172,7 @@ async fn real_main() -> Result<()> {
                 metrics::http::PATH
             );
             let dir = config.runtime.state_dir.clone();
-            metrics::monitor::serve(listener, dir, metrics::SOURCE_TIMEOUT * 2).await?;
+            metrics::monitor::serve(listener, dir, metrics::FETCH_TIMEOUT).await?;
             Ok(())
         }
         Command::Check {

@@ -18,3 +18,6 @@ pub use pod::PodSnapshot;
 pub const SOCKET: &str = "metrics.sock";
 /// How long a scrape waits for each source (the VMM, the agent, a pod's shim).
 pub const SOURCE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long hyperctl waits for a pod's shim to serve its page (which waits for its own
+/// sources).
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(4);

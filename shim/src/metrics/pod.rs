@@ -4,7 +4,7 @@
 //! The guest and the VMM are untrusted: their numbers are shown as they came, but what
 //! names a series (meminfo fields, interface names) is bounded in count and length,
 //! non-finite floats are left out, and label values are escaped by the writer.
-use hyper_agent_protocol::agent::{GuestMetricsResponse, StatsContainerResponse};
+use hyper_agent_protocol::agent::{GuestMetricsResponse, NetworkStats, StatsContainerResponse};
 use hyper_vmm_api::Exposition;
 
 use super::process::ProcessStats;
@@ -210,6 +210,12 @@ fn usec(v: u64) -> f64 {
     v as f64 / 1e6
 }
 
+/// One byte count summed over the guest interfaces fit to be counted.
+fn network_bytes(s: &StatsContainerResponse, bytes: fn(&NetworkStats) -> u64) -> f64 {
+    let named = s.network.iter().filter(|n| plain_name(&n.name));
+    named.take(MAX_GUEST_NAMES).map(|n| bytes(n) as f64).sum()
+}
+
 fn containers(page: &mut Exposition, containers: &[(String, StatsContainerResponse)]) {
     let fields: [(&str, &str, &str, ContainerField); 10] = [
         (
@@ -267,19 +273,13 @@ fn containers(page: &mut Exposition, containers: &[(String, StatsContainerRespon
             "hyper_container_network_rx_bytes_total",
             "counter",
             "Bytes the pod's guest interfaces received.",
-            |s| {
-                let named = s.network.iter().filter(|n| plain_name(&n.name));
-                Some(named.take(MAX_GUEST_NAMES).map(|n| n.rx_bytes as f64).sum())
-            },
+            |s| Some(network_bytes(s, |n| n.rx_bytes)),
         ),
         (
             "hyper_container_network_tx_bytes_total",
             "counter",
             "Bytes the pod's guest interfaces sent.",
-            |s| {
-                let named = s.network.iter().filter(|n| plain_name(&n.name));
-                Some(named.take(MAX_GUEST_NAMES).map(|n| n.tx_bytes as f64).sum())
-            },
+            |s| Some(network_bytes(s, |n| n.tx_bytes)),
         ),
     ];
     for (name, kind, help, get) in fields {
